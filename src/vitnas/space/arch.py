@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitnas.errors import VitnasError
+
 _PLAIN_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "mlp_hidden", "head_dim",
     "patch_size", "img_size", "in_chans", "num_classes",
 }
 
 
-class ArchError(ValueError):
+class ArchError(VitnasError, ValueError):
     """An architecture description that cannot be built."""
 
 
@@ -209,6 +211,7 @@ class Arch:
         try:
             d = dict(PUBLISHED[name])
         except KeyError:
-            raise ArchError(f"{name}: unknown published arch; known: {', '.join(sorted(PUBLISHED))}") from None
+            known = ", ".join(sorted(PUBLISHED))
+            raise ArchError(f"{name}: unknown published arch; known: {known}") from None
         d.update(overrides)
         return Arch.from_dict(d)

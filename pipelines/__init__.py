@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline(s): the DAG, compile, run locally."""

@@ -1,0 +1,112 @@
+"""`vitnas <stage>` commands: parse arguments, load params, call `vitnas.stages`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from vitnas.errors import VitnasError
+
+app = typer.Typer(
+    help="Vision Transformer architecture search: one command per pipeline stage.\n\n"
+         "Stages, in pipeline order: data -> supernet -> proxy -> search -> slim -> retrain -> transfer.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+pipeline_app = typer.Typer(help="Compile, run locally or submit the Kubeflow pipeline.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
+TrackOpt = typer.Option(None, "--track/--no-track",
+                        help="Log to MLflow (default: params.yaml tracking.enabled).")
+
+
+@app.command(rich_help_panel="Stages")
+def data(params: Path = ParamsOpt,
+         out: Path = typer.Option(Path("artifacts/data"), "--out", "-o", help="Output directory."),
+         track: bool | None = TrackOpt) -> None:
+    """Prepare the dataset: seeded train/val/test splits + dataset.json."""
+    from vitnas.config import load_params
+    from vitnas.stages import data as stage
+
+    metrics = stage.run(load_params(params), out, track=track)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+@app.command("check-params", rich_help_panel="Tools")
+def check_params(params: Path = ParamsOpt) -> None:
+    """Validate params.yaml and print the resolved search space."""
+    from vitnas.config import load_params
+
+    p = load_params(params)
+    typer.echo(f"{params}: ok")
+    typer.echo(str(p.search_space()))
+
+
+@app.command(rich_help_panel="Tools")
+def spaces() -> None:
+    """List the search space presets with their size and cost range."""
+    from vitnas.space import SearchSpace, count_flops, count_params
+
+    typer.echo(f"{'preset':<18}{'archs':>10}{'params (M)':>18}{'MACs (G)':>18}  input")
+    for name in SearchSpace.presets():
+        s = SearchSpace.preset(name)
+        lo, hi = s.smallest(), s.largest()
+        typer.echo(f"{name:<18}{'1e' + format(s.log10_size(), '.1f'):>10}"
+                   f"{count_params(lo) / 1e6:>8.2f}-{count_params(hi) / 1e6:<9.2f}"
+                   f"{count_flops(lo) / 1e9:>8.3f}-{count_flops(hi) / 1e9:<9.3f}"
+                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes")
+
+
+@app.command(rich_help_panel="Tools")
+def arch(name: str = typer.Argument(..., help="A published arch name (e.g. autoformer-t) or an arch.json."),
+         img_size: int | None = typer.Option(None, help="Evaluate at another input size."),
+         num_classes: int | None = typer.Option(None, help="Evaluate with another number of classes.")) -> None:
+    """Show an architecture with its exact params and multiply-adds."""
+    from vitnas.space import Arch, count_flops, count_params
+    from vitnas.space.published import PUBLISHED
+
+    a = Arch.published(name) if name in PUBLISHED else Arch.load(name)
+    changes = {k: v for k, v in (("img_size", img_size), ("num_classes", num_classes)) if v is not None}
+    a = a.replace(**changes) if changes else a
+    typer.echo(json.dumps(a.to_dict()))
+    typer.echo(f"params {count_params(a) / 1e6:.3f} M, MACs {count_flops(a) / 1e9:.4f} G")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--out", "-o"),
+                     params: Path = ParamsOpt) -> None:
+    """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
+    from pipelines.vitnas_pipeline import compile_pipeline
+    from vitnas.config import load_params
+
+    compile_pipeline(load_params(params), out)
+    typer.echo(f"wrote {out}")
+
+
+@pipeline_app.command("run-local")
+def pipeline_run_local(params: Path = ParamsOpt,
+                       pipeline_root: Path = typer.Option(Path("local_outputs"),
+                                                          help="Where kfp.local writes task outputs.")) -> None:
+    """Run the whole pipeline on this machine through kfp.local (SubprocessRunner)."""
+    from pipelines.vitnas_pipeline import run_local
+    from vitnas.config import load_params
+
+    outputs = run_local(load_params(params), pipeline_root)
+    for name, path in outputs.items():
+        typer.echo(f"{name}: {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except VitnasError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Typed, validated view of params.yaml.
+
+Every problem is reported before any work starts, as one line that names the key path
+(``search.params_max: must be > search.params_min``). Unknown keys are errors, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from vitnas.errors import ConfigError
+from vitnas.space import ArchError, SearchSpace
+
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def _parse_count(v: Any) -> Any:
+    """Counts may be written 5.8M, 1.3G, 500k or 6e6 (YAML reads the last as a string)."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", v)
+        if not m:
+            raise ValueError("expected a number, optionally with a k/M/G suffix (e.g. 5.8M)")
+        return float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    return v
+
+
+Count = Annotated[float, BeforeValidator(_parse_count), Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+_PAIR = Field(min_length=2, max_length=2)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation, passed to timm's `create_transform`."""
+
+    scale: Annotated[list[Annotated[float, Field(gt=0, le=1)]], _PAIR] = [0.08, 1.0]
+    ratio: Annotated[list[Annotated[float, Field(gt=0)]], _PAIR] = [0.75, 1.3333]
+    hflip: Annotated[float, Field(ge=0, le=1)] = 0.5
+    color_jitter: NonNegFloat = 0.4
+    auto_augment: str | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest", "random"] = "bilinear"
+    re_prob: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class DataConfig(_Section):
+    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    root: str | None = None
+    download: bool = False
+    img_size: Annotated[int, Field(gt=0, le=4096)] = 16
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.2
+    seed: int = 0
+    augment: AugmentConfig = AugmentConfig()
+
+
+class SpaceConfig(_Section):
+    """A preset, optionally with some of its choices overridden, or a fully custom space."""
+
+    preset: str | None = "demo"
+    embed_dim: list[PosInt] | None = None
+    depth: list[PosInt] | None = None
+    num_heads: list[PosInt] | None = None
+    mlp_ratio: list[Annotated[float, Field(gt=0)]] | None = None
+    head_dim: PosInt | None = None
+    patch_size: PosInt | None = None
+
+
+class TrainRecipe(_Section):
+    """The timm/DeiT recipe pieces shared by supernet training and retraining."""
+
+    epochs: PosInt = 30
+    batch_size: PosInt = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    min_lr: NonNegFloat = 1e-5
+    weight_decay: NonNegFloat = 0.05
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    mixup: NonNegFloat = 0.0
+    cutmix: NonNegFloat = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    drop_path: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    amp: bool = True
+    workers: Annotated[int, Field(ge=0)] = 0
+    seed: int = 0
+
+
+class SupernetConfig(TrainRecipe):
+    sampling: Literal["uniform", "sandwich"] = "uniform"
+    sandwich_random: Annotated[int, Field(ge=0)] = 2
+    val_random_subnets: Annotated[int, Field(ge=0)] = 3
+    pretrained: str | None = None
+
+
+class ProxyConfig(_Section):
+    num_candidates: PosInt = 200
+    proxies: Annotated[list[str], Field(min_length=1)] = ["dss", "params", "flops"]
+    top_k: PosInt = 10
+    seed: int = 0
+
+
+class SearchConfig(_Section):
+    strategy: Literal["evolution", "random"] = "evolution"
+    fitness: Literal["supernet", "proxy", "hybrid"] = "supernet"
+    proxy: str = "dss"
+    population: PosInt = 50
+    parents: PosInt = 10
+    mutations: Annotated[int, Field(ge=0)] = 25
+    crossovers: Annotated[int, Field(ge=0)] = 25
+    generations: PosInt = 20
+    mutation_prob: Annotated[float, Field(ge=0, le=1)] = 0.2
+    resample_prob: Annotated[float, Field(ge=0, le=1)] = 0.4
+    params_min: Count | None = None
+    params_max: Count | None = None
+    flops_min: Count | None = None
+    flops_max: Count | None = None
+    latency_max_ms: Annotated[float, Field(gt=0)] | None = None
+    latency_table: str | None = None
+    seed: int = 0
+
+
+class SlimConfig(_Section):
+    target_flops_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    target_params_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    epochs: PosInt = 10
+    lr: Annotated[float, Field(gt=0)] = 5e-4
+    batch_size: PosInt = 64
+    w_attn: NonNegFloat = 2e-4
+    w_mlp: NonNegFloat = 5e-5
+    w_token: NonNegFloat = 1e-4
+    round_to: PosInt = 1
+    distill: bool = True
+    seed: int = 0
+
+    @property
+    def target(self) -> tuple[str, float]:
+        """("flops" | "params", fraction kept); a 60% FLOPs target when neither is set."""
+        if self.target_params_ratio is not None:
+            return "params", self.target_params_ratio
+        return "flops", self.target_flops_ratio if self.target_flops_ratio is not None else 0.6
+
+
+class RetrainConfig(TrainRecipe):
+    init: Literal["inherit", "scratch"] = "inherit"
+    distill: bool = False
+
+
+class TransferTarget(_Section):
+    name: Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
+    root: str | None = None
+    epochs: PosInt = 5
+    batch_size: PosInt = 64
+    lr: Annotated[float, Field(gt=0)] = 5e-4
+
+
+class TransferConfig(_Section):
+    targets: list[TransferTarget] = []
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    experiment: Annotated[str, Field(min_length=1)] = "vitnas"
+
+
+class Params(_Section):
+    """The whole params.yaml: one section per stage plus tracking."""
+
+    seed: int = 0
+    tracking: TrackingConfig = TrackingConfig()
+    data: DataConfig = DataConfig()
+    space: SpaceConfig = SpaceConfig()
+    supernet: SupernetConfig = SupernetConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    search: SearchConfig = SearchConfig()
+    slim: SlimConfig = SlimConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    transfer: TransferConfig = TransferConfig()
+
+    def search_space(self, *, num_classes: int | None = None, in_chans: int | None = None) -> SearchSpace:
+        """The configured space, sized for the data (input size, channels, classes)."""
+        return _space_from(self, num_classes=num_classes, in_chans=in_chans)
+
+    def section_params(self, section: str) -> dict[str, Any]:
+        """One section's values with dotted keys (what a stage logs to MLflow)."""
+        return {k: v for k, v in self.flat().items() if k.startswith(f"{section}.")}
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, as MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else k, x)
+            else:
+                out[prefix] = v
+
+        walk("", self.model_dump())
+        return out
+
+
+# ---- cross-field checks (after types and ranges) --------------------------------------------
+def _space_from(p: Params, *, num_classes: int | None, in_chans: int | None) -> SearchSpace:
+    s = p.space
+    overrides = {k: getattr(s, k) for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "head_dim",
+                                            "patch_size") if getattr(s, k) is not None}
+    overrides["img_size"] = p.data.img_size
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if in_chans is not None:
+        overrides["in_chans"] = in_chans
+    try:
+        if s.preset is None:
+            missing = [k for k in ("embed_dim", "depth", "num_heads", "mlp_ratio") if getattr(s, k) is None]
+            if missing:
+                raise ConfigError(f"space.{missing[0]}: required when space.preset is null")
+            return SearchSpace(name="custom", **overrides)
+        return SearchSpace.preset(s.preset, **overrides)
+    except ArchError as e:
+        msg = str(e)
+        key = msg.split(":", 1)[0]
+        if key == s.preset:
+            raise ConfigError(f"space.preset: {msg}") from None
+        if key == "img_size" and "divisible" in msg:
+            raise ConfigError(f"data.img_size: {msg.split(':', 1)[1].strip()}") from None
+        raise ConfigError(f"space.{msg}") from None
+
+
+def _check(p: Params) -> None:
+    d = p.data
+    if d.dataset in ("cifar10", "cifar100", "imagefolder") and not d.root:
+        raise ConfigError(f"data.root: required for dataset '{d.dataset}'")
+    if d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
+    if d.augment.scale[0] > d.augment.scale[1]:
+        raise ConfigError("data.augment.scale: lower bound must be <= upper bound")
+    p.search_space()  # validates preset names and overridden choices
+    s = p.search
+    for lo, hi in (("params_min", "params_max"), ("flops_min", "flops_max")):
+        a, b = getattr(s, lo), getattr(s, hi)
+        if a is not None and b is not None and b <= a:
+            raise ConfigError(f"search.{hi}: must be > search.{lo}")
+    if s.parents > s.population:
+        raise ConfigError("search.parents: must be <= search.population")
+    if s.mutations + s.crossovers == 0:
+        raise ConfigError("search.mutations: search.mutations + search.crossovers must be > 0")
+    sl = p.slim
+    if sl.target_flops_ratio is not None and sl.target_params_ratio is not None:
+        raise ConfigError("slim.target_params_ratio: set only one of slim.target_flops_ratio and "
+                          "slim.target_params_ratio")
+    for i, t in enumerate(p.transfer.targets):
+        if t.name in ("cifar10", "cifar100", "coco") and not t.root:
+            raise ConfigError(f"transfer.targets.{i}.root: required for target '{t.name}'")
+    for name in ("supernet", "retrain"):
+        r = getattr(p, name)
+        if r.warmup_epochs >= r.epochs:
+            raise ConfigError(f"{name}.warmup_epochs: must be < {name}.epochs")
+        if r.min_lr > r.lr:
+            raise ConfigError(f"{name}.min_lr: must be <= {name}.lr")
+
+
+def _format(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if e["type"] == "missing":
+        return f"{loc}: required"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg[0].lower() + msg[1:]} (got {e.get('input')!r})"
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-loaded params mapping (e.g. a KFP pipeline parameter)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        p = Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+    _check(p)
+    return p
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; any problem raises `ConfigError` with one line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated MLflow store, the prepared digits data, the repo root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_mlflow(tmp_path_factory):
+    """Every test logs into a throwaway sqlite store, never the user's mlflow.db."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "VITNAS_PIPELINE_RUN_ID",
+                                          "VITNAS_PARENT_RUN_ID")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    os.environ.pop("VITNAS_PIPELINE_RUN_ID", None)
+    os.environ.pop("VITNAS_PARENT_RUN_ID", None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """The data stage's output for the default params (digits), made once per test session."""
+    from vitnas.config import parse_params
+    from vitnas.stages import data
+
+    out = tmp_path_factory.mktemp("artifacts") / "data"
+    data.run(parse_params({}), out, track=False)
+    return out
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
