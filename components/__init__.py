@@ -5,5 +5,6 @@ Each is a thin lightweight component running in the project image: its body only
 """
 
 from components.data import data_op
+from components.supernet import supernet_op
 
-__all__ = ["data_op"]
+__all__ = ["data_op", "supernet_op"]

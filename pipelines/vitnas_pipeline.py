@@ -15,32 +15,46 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl
 
-from components import data_op
+from components import data_op, supernet_op
 from vitnas.config import Params
 
 PIPELINE_NAME = "vitnas"
 
 
-def build(default_params: Params):
-    """The pipeline function, with `default_params` as its default parameters."""
+def _request_gpus(task, gpus: int) -> None:
+    """GPU request of a training task on the cluster (kfp.local ignores it)."""
+    if gpus > 0:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+
+
+def build(default_params: Params, gpus: int = 1):
+    """The pipeline function, with `default_params` as its default parameters and `gpus` GPUs per
+    training stage."""
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="ViT architecture search: data -> supernet -> proxy -> search -> slim -> "
                               "retrain -> transfer")
     def vitnas_pipeline(params_json: str = default_params.model_dump_json()) -> NamedTuple(
-            "Outputs", data=dsl.Dataset):
+            "Outputs", data=dsl.Dataset, supernet=dsl.Model):
         data_task = data_op(params_json=params_json)
         data_task.set_display_name("data")
         data_task.set_caching_options(True)
-        return NamedTuple("Outputs", data=dsl.Dataset)(data=data_task.outputs["data"])
+
+        supernet_task = supernet_op(params_json=params_json, data=data_task.outputs["data"])
+        supernet_task.set_display_name("supernet")
+        supernet_task.set_caching_options(False)  # never silently reuse a training run
+        _request_gpus(supernet_task, gpus)
+
+        return NamedTuple("Outputs", data=dsl.Dataset, supernet=dsl.Model)(
+            data=data_task.outputs["data"], supernet=supernet_task.outputs["supernet"])
 
     return vitnas_pipeline
 
 
-def compile_pipeline(params: Params, out: str | Path) -> Path:
+def compile_pipeline(params: Params, out: str | Path, gpus: int = 1) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(params), str(out))
+    compiler.Compiler().compile(build(params, gpus), str(out))
     return out
 
 
@@ -52,5 +66,5 @@ def run_local(params: Params, pipeline_root: str | Path = "local_outputs") -> di
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        run = build(params)(params_json=params.model_dump_json())
+        run = build(params, gpus=0)(params_json=params.model_dump_json())
     return {name: a.path for name, a in run.outputs.items()}

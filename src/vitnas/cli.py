@@ -36,6 +36,29 @@ def data(params: Path = ParamsOpt,
     typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 
+@app.command(rich_help_panel="Stages")
+def supernet(params: Path = ParamsOpt,
+             data: Path = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output."),
+             out: Path = typer.Option(Path("artifacts/supernet"), "--out", "-o", help="Output directory."),
+             checkpoints: Path | None = typer.Option(
+                 None, help="Per-epoch checkpoints (default: OUT-checkpoints beside the output)."),
+             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint when it "
+                                         "matches these params and data."),
+             device: str = typer.Option("auto", help="auto | cpu | cuda"),
+             track: bool | None = TrackOpt) -> None:
+    """Train the weight-entangled supernet (AutoFormer).
+
+    Data-parallel: torchrun --nproc_per_node N -m vitnas supernet ...
+    """
+    from vitnas.config import load_params
+    from vitnas.stages import supernet as stage
+
+    metrics = stage.run(load_params(params), data, out, checkpoint_dir=checkpoints, resume=resume, device=device,
+                        track=track)
+    if metrics:
+        typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
 @app.command("check-params", rich_help_panel="Tools")
 def check_params(params: Path = ParamsOpt) -> None:
     """Validate params.yaml and print the resolved search space."""
@@ -78,12 +101,13 @@ def arch(name: str = typer.Argument(..., help="A published arch name (e.g. autof
 
 @pipeline_app.command("compile")
 def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--out", "-o"),
-                     params: Path = ParamsOpt) -> None:
+                     params: Path = ParamsOpt,
+                     gpus: int = typer.Option(1, min=0, help="GPUs requested by each training stage.")) -> None:
     """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
     from pipelines.vitnas_pipeline import compile_pipeline
     from vitnas.config import load_params
 
-    compile_pipeline(load_params(params), out)
+    compile_pipeline(load_params(params), out, gpus)
     typer.echo(f"wrote {out}")
 
 

@@ -1,0 +1,171 @@
+"""Supernet stage: train the AutoFormer weight-entangled supernet on the prepared data.
+
+Checkpoints every epoch (resumable to the same result as an uninterrupted run), validates the
+smallest, largest and K random subnets every epoch, stops on a NaN/Inf loss keeping the last good
+checkpoint, and runs data-parallel under torchrun (the same subnet on every rank).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from vitnas import tracking
+from vitnas.config import ConfigError, Params
+from vitnas.data import PreparedData
+from vitnas.errors import ArtifactError
+from vitnas.space import count_flops, count_params
+from vitnas.stages import _checkpoint
+from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.supernet import Supernet, init_from_timm
+from vitnas.supernet.trainer import SupernetTrainer, validation_archs
+from vitnas.train import LossNotFinite, batches, epoch_loader, init_distributed, replicas_in_sync, reseed
+
+log = logging.getLogger("vitnas.supernet")
+_EVAL_CACHE_BYTES = 512 * 2**20  # val splits below this are kept as one tensor for fast re-evaluation
+
+
+def check_data(params: Params, data: PreparedData) -> None:
+    """The prepared data must be what params.yaml describes (else the space would not fit it)."""
+    if data.img_size != params.data.img_size:
+        raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
+                            f"{params.data.img_size} in params; re-run `vitnas data`")
+
+
+def val_batches(data: PreparedData, batch_size: int, workers: int = 0):
+    """A function returning an iterable of eval batches of the val split."""
+    n = data.meta["splits"]["val"]
+    if n * data.in_chans * data.img_size**2 * 4 <= _EVAL_CACHE_BYTES:
+        x, y = data.eval_tensors("val")
+        return lambda: batches(x, y, batch_size)
+    ds = data.dataset("val")
+    return lambda: torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted(k for k in history[0] if k.startswith("val_acc_")):
+        style = "-" if key in ("val_acc_smallest", "val_acc_largest") else ":"
+        ax1.plot(epochs, [h[key] for h in history], style, label=key.removeprefix("val_acc_"))
+    ax1.set(xlabel="epoch", ylabel="val top-1", title="subnets on the val split")
+    ax1.legend(fontsize=8)
+    ax2.plot(epochs, [h["train_loss"] for h in history])
+    ax2.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir: str | Path | None = None,
+        resume: bool = False, device: str = "auto", track: bool | None = None,
+        progress: bool = True) -> dict[str, float]:
+    """Train the supernet; writes `out/supernet.pt`, `metrics.json`, `curves.png`."""
+    cfg = params.supernet
+    out = Path(out)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + "-checkpoints")
+    dist = init_distributed(device)
+    data = PreparedData(data_dir)
+    check_data(params, data)
+    space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
+
+    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    steps = (len(train_ds) // dist.world_size) // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"supernet.batch_size: {cfg.batch_size} is larger than the training split per "
+                          f"process ({len(train_ds) // dist.world_size} samples)")
+
+    reseed(cfg.seed, "init")
+    supernet = Supernet(space, drop_path_rate=cfg.drop_path)
+    if cfg.pretrained:
+        init_from_timm(supernet, cfg.pretrained)
+    trainer = SupernetTrainer(
+        supernet, dist=dist, epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup, cutmix=cfg.cutmix,
+        label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp, sampling=cfg.sampling,
+        sandwich_random=cfg.sandwich_random, seed=cfg.seed)
+    val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
+    val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
+
+    fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
+                                 params.data.augment.model_dump(), dist.world_size)
+    start, history = 0, []
+    if resume:
+        state = _checkpoint.load(ckpt_dir)
+        if state is not None and state.get("fingerprint") == fp:
+            trainer.load_state_dict(state["trainer"])
+            start, history = int(state["epoch"]), list(state["history"])
+            if dist.is_main:
+                print(f"resuming from {ckpt_dir / _checkpoint.CHECKPOINT} after epoch {start}")
+        elif state is not None and dist.is_main:
+            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params or data; "
+                  "starting over")
+
+    enabled = (params.tracking.enabled if track is None else track) and dist.is_main
+    t0 = time.time()
+    with tracking.stage_run("supernet", params=params.section_params("supernet") | params.section_params("space"),
+                            experiment=params.tracking.experiment, enabled=enabled) as run_:
+        for h in history:  # a resumed run's MLflow run still shows the whole curve
+            run_.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+        for epoch in range(start, cfg.epochs):
+            reseed(cfg.seed, epoch, dist.rank)
+            loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                  rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,
+                                  pin_memory=dist.device.type == "cuda")
+            try:
+                stats = trainer.train_epoch(loader, epoch, progress)
+            except LossNotFinite as e:
+                kept = f"the last good checkpoint (epoch {start}) is kept in {ckpt_dir}" if history or start \
+                    else "no checkpoint was written yet"
+                raise LossNotFinite(f"supernet: training diverged at {e}; {kept}. Lower supernet.lr or "
+                                    "enable supernet.ema_decay/warmup") from None
+            if not replicas_in_sync(trainer.model, dist.world_size):
+                raise RuntimeError("supernet: data-parallel replicas diverged (ranks hold different weights)")
+            record = {"epoch": epoch + 1, **stats}
+            if dist.is_main:
+                accs = trainer.validate(val_data, val_archs)
+                record.update({f"val_acc_{k}": v for k, v in accs.items()})
+                rand = [v for k, v in accs.items() if k.startswith("random")]
+                if rand:
+                    record["val_acc_random_mean"] = sum(rand) / len(rand)
+                history.append(record)
+                _checkpoint.save(ckpt_dir, {"fingerprint": fp, "epoch": epoch + 1, "history": history,
+                                            "trainer": trainer.state_dict()})
+                run_.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+                print(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
+                      f"val smallest {accs['smallest']:.3f}  largest {accs['largest']:.3f}"
+                      + (f"  random mean {record['val_acc_random_mean']:.3f}" if rand else ""), flush=True)
+            dist.barrier()
+
+        metrics: dict[str, float] = {}
+        if dist.is_main:
+            last = history[-1]
+            metrics = flat_metrics({
+                "epochs": cfg.epochs,
+                **{k: v for k, v in last.items() if k.startswith("val_acc_") or k == "train_loss"},
+                "params_smallest": count_params(space.smallest()),
+                "params_largest": count_params(space.largest()),
+                "flops_smallest": count_flops(space.smallest()),
+                "flops_largest": count_flops(space.largest()),
+                "train_seconds": round(time.time() - t0, 2),
+            })
+            with atomic_dir(out) as tmp:
+                trainer.eval_model.save(tmp / "supernet.pt", meta={
+                    "epochs": cfg.epochs, "history": history, "dataset": data.name,
+                    "sampling": cfg.sampling, "ema": cfg.ema_decay is not None})
+                write_json(tmp / "metrics.json", metrics)
+                write_json(tmp / "history.json", history)
+                plot_curves(history, tmp / "curves.png")
+            run_.log_artifact(out / "supernet.pt")
+            run_.log_artifact(out / "curves.png")
+            run_.log_metrics({k: v for k, v in metrics.items() if k.startswith(("params", "flops", "train_s"))})
+        dist.barrier()
+    return metrics

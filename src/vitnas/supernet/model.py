@@ -1,0 +1,276 @@
+"""The AutoFormer weight-entangled supernet: one set of largest weights runs every arch of a space.
+
+Every subnet uses the top-left slices of the shared weights (see `layers.py`); blocks beyond the
+arch's depth are skipped. The math is timm's ViT (pre-norm, LayerNorm eps 1e-6, exact GELU, CLS
+token + learned absolute position embedding, final norm, classifier on the CLS token), so
+`vitnas.extract(supernet, arch)` gives a `vitnas.build(arch)` model with the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import drop_path, trunc_normal_
+
+from vitnas.space.arch import Arch, ArchError
+from vitnas.space.search_space import SearchSpace
+from vitnas.supernet.layers import SlicedLayerNorm, SlicedLinear, SlicedPatchEmbed, SlicedQKV, top_left
+
+FORMAT = "vitnas-supernet/1"
+_PLAN_CACHE_SIZE = 4096
+
+
+class SupernetFileError(ValueError):
+    """A supernet file that is missing, unreadable or not a vitnas supernet."""
+
+
+class SuperAttention(nn.Module):
+    """Multi-head self-attention with a fixed head dim and a per-call head count."""
+
+    def __init__(self, dim_max: int, heads_max: int, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.qkv = SlicedQKV(dim_max, heads_max, head_dim)
+        self.proj = SlicedLinear(heads_max * head_dim, dim_max)
+
+    def forward(self, x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+        B, N, _ = x.shape
+        q_dim = heads * self.head_dim
+        qkv = self.qkv(x, heads, dim).reshape(B, N, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as timm
+        return self.proj(x.transpose(1, 2).reshape(B, N, q_dim), dim, q_dim)
+
+
+class SuperMlp(nn.Module):
+    def __init__(self, dim_max: int, hidden_max: int) -> None:
+        super().__init__()
+        self.fc1 = SlicedLinear(dim_max, hidden_max)
+        self.fc2 = SlicedLinear(hidden_max, dim_max)
+
+    def forward(self, x: torch.Tensor, hidden: int, dim: int) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x, hidden, dim)), dim, hidden)
+
+
+class SuperBlock(nn.Module):
+    """timm's pre-norm ViT block over sliced weights (same submodule names as timm's Block)."""
+
+    def __init__(self, dim_max: int, heads_max: int, head_dim: int, hidden_max: int) -> None:
+        super().__init__()
+        self.norm1 = SlicedLayerNorm(dim_max)
+        self.attn = SuperAttention(dim_max, heads_max, head_dim)
+        self.norm2 = SlicedLayerNorm(dim_max)
+        self.mlp = SuperMlp(dim_max, hidden_max)
+
+    def forward(self, x: torch.Tensor, dim: int, heads: int, hidden: int, drop: float) -> torch.Tensor:
+        if drop > 0.0 and self.training:
+            x = x + drop_path(self.attn(self.norm1(x, dim), heads, dim), drop, True)
+            return x + drop_path(self.mlp(self.norm2(x, dim), hidden, dim), drop, True)
+        x = x + self.attn(self.norm1(x, dim), heads, dim)
+        return x + self.mlp(self.norm2(x, dim), hidden, dim)
+
+
+def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
+    """Why `arch` is not in `space` (the first reason), or None when it is."""
+    if space.contains(arch):
+        return None
+    if arch.mlp_ratio is None:
+        return "it is given by mlp_hidden, not by mlp_ratio choices"
+    for name in ("patch_size", "img_size", "in_chans", "num_classes"):
+        if getattr(arch, name) != getattr(space, name):
+            return f"{name} {getattr(arch, name)} != the space's {getattr(space, name)}"
+    if arch.embed_dim not in space.embed_dim:
+        return f"embed_dim {arch.embed_dim} not in {list(space.embed_dim)}"
+    if arch.depth not in space.depth:
+        return f"depth {arch.depth} not in {list(space.depth)}"
+    for i, h in enumerate(arch.num_heads):
+        if h not in space.num_heads:
+            return f"num_heads[{i}] {h} not in {list(space.num_heads)}"
+    for i, r in enumerate(arch.mlp_ratio):
+        if r not in space.mlp_ratio:
+            return f"mlp_ratio[{i}] {r} not in {list(space.mlp_ratio)}"
+    for i, d in enumerate(arch.head_dim):
+        if d != space.head_dim:
+            return f"head_dim[{i}] {d} != the space's {space.head_dim}"
+    return "it does not match the space"
+
+
+class Supernet(nn.Module):
+    """All archs of `space` in one module; `supernet(x, arch)` runs one of them.
+
+    Sized by `space.largest()`: max embed, max depth, max heads (head dim fixed by the space) and
+    MLP hidden `int(max_embed * max_ratio)`.
+
+    Drop path: block `i` of an arch of depth `L` drops with `drop_path_rate * i / (L - 1)`, timm's
+    linear rule over the *arch's* depth, so a subnet trains with the same per-block rates as
+    `vitnas.build(arch, drop_path_rate=...)` (AutoFormer spreads the rate over the max depth;
+    then a shallow subnet would never see the top rate). Only active in training mode.
+
+    `forward(x)` without an arch runs the one given to `set_arch` (the largest until then), so
+    tools that call `model(x)` work.
+    """
+
+    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(space, SearchSpace):
+            raise TypeError(f"space: expected a vitnas.SearchSpace, got {type(space).__name__}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate: must be in [0, 1), got {drop_path_rate}")
+        self.space = space
+        self.drop_path_rate = float(drop_path_rate)
+        largest = space.largest()
+        self.embed_dim = largest.embed_dim
+        self.depth = largest.depth
+        self.num_heads = max(space.num_heads)
+        self.head_dim = space.head_dim
+        self.mlp_hidden = int(largest.embed_dim * max(space.mlp_ratio))
+        self.num_classes = space.num_classes
+
+        self.patch_embed = SlicedPatchEmbed(space.in_chans, self.embed_dim, space.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, largest.num_tokens, self.embed_dim))
+        self.blocks = nn.ModuleList(
+            SuperBlock(self.embed_dim, self.num_heads, self.head_dim, self.mlp_hidden)
+            for _ in range(self.depth))
+        self.norm = SlicedLayerNorm(self.embed_dim)
+        self.head = SlicedLinear(self.embed_dim, self.num_classes)
+        # As timm's VisionTransformer.init_weights; the layers init themselves.
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+        self.meta: dict[str, Any] = {}  # what `save` was given, filled by `load`
+        self._plans: dict[Arch, tuple] = {}
+        self._arch = largest
+        self._plan = self._make_plan(largest)
+
+    # ---- archs ------------------------------------------------------------------------------
+    def _make_plan(self, arch: Arch) -> tuple:
+        """The per-layer slice sizes of `arch`, validated once and cached (the hot path only reads)."""
+        if not isinstance(arch, Arch):
+            raise TypeError(f"arch: expected a vitnas.Arch, got {type(arch).__name__}")
+        plan = self._plans.get(arch)
+        if plan is not None:
+            return plan
+        why = arch_mismatch(self.space, arch)
+        if why is None and (arch.embed_dim > self.embed_dim or arch.depth > self.depth
+                            or max(arch.num_heads) > self.num_heads
+                            or max(arch.mlp_hidden) > self.mlp_hidden):
+            why = "it is larger than the supernet's weights"
+        if why is not None:
+            raise ArchError(f"arch is not in the supernet's search space ({self.space.name}): {why}")
+        layers = tuple(zip(arch.num_heads, arch.mlp_hidden, strict=True))
+        plan = (arch.embed_dim, arch.depth, layers)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[arch] = plan
+        return plan
+
+    def check_arch(self, arch: Arch) -> None:
+        """Raise `ArchError` (a ValueError) saying why, when this supernet cannot run `arch`."""
+        self._make_plan(arch)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Kept out of weight decay by timm's optimizer factory, as in timm's ViT."""
+        return {"pos_embed", "cls_token"}
+
+    def set_arch(self, arch: Arch | Mapping[str, Any]) -> None:
+        """Make `forward(x)` run `arch` (validated here, so a bad arch fails at once)."""
+        arch = Arch.from_dict(arch) if isinstance(arch, Mapping) else arch
+        self._plan = self._make_plan(arch)
+        self._arch = arch
+
+    @property
+    def arch(self) -> Arch:
+        """The arch `forward(x)` runs without an explicit one."""
+        return self._arch
+
+    # ---- forward ----------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+        """Final-norm token features [B, tokens, embed_dim] of `arch`."""
+        dim, depth, layers = self._plan if arch is None else self._make_plan(arch)
+        if x.shape[-2:] != (self.space.img_size, self.space.img_size):
+            raise ValueError(f"input: expected {self.space.img_size}x{self.space.img_size} images, "
+                             f"got shape {tuple(x.shape)}")
+        x = self.patch_embed(x, dim)
+        x = torch.cat((top_left(self.cls_token, 1, 1, dim).expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + top_left(self.pos_embed, 1, self.pos_embed.shape[1], dim)
+        rate = self.drop_path_rate / (depth - 1) if depth > 1 else 0.0
+        for i, (heads, hidden) in enumerate(layers):
+            x = self.blocks[i](x, dim, heads, hidden, rate * i)
+        return self.norm(x, dim)
+
+    def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+        """Class logits of `arch` (or of the arch given to `set_arch`)."""
+        x = self.forward_features(x, arch)
+        dim = x.shape[-1]
+        return self.head(x[:, 0], self.num_classes, dim)
+
+    # ---- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write weights + search space (+ `meta`, plain JSON-like values) atomically to `path`."""
+        path = Path(path)
+        meta = dict(meta or {})
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"meta: must hold plain JSON values (str, number, list, dict): {e}") from None
+        payload = {
+            "format": FORMAT,
+            "space": self.space.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "meta": meta,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, map_location: str | torch.device = "cpu",
+             drop_path_rate: float = 0.0) -> Supernet:
+        """Read a file written by `save`; the caller's `meta` comes back as `supernet.meta`."""
+        path = Path(path)
+        if not path.is_file():
+            raise SupernetFileError(f"{path}: supernet file not found")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises many types for corrupt or foreign files
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise SupernetFileError(
+                f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise SupernetFileError(f"{path}: not a vitnas supernet file (format {found!r}, "
+                                    f"expected {FORMAT!r})")
+        try:
+            space = SearchSpace.from_dict(payload["space"])
+            state = payload["state_dict"]
+            meta = dict(payload.get("meta") or {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise SupernetFileError(f"{path}: malformed supernet file ({type(e).__name__}: {e})") from None
+        net = cls(space, drop_path_rate=drop_path_rate)
+        try:
+            net.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [""])[-1].strip()[:200]
+            raise SupernetFileError(f"{path}: weights do not fit the stored search space ({first})") \
+                from None
+        net.meta = meta
+        return net.to(map_location)

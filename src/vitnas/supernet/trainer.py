@@ -1,0 +1,139 @@
+"""Supernet training steps: AutoFormer's uniform single-path sampling, or the sandwich rule with
+in-place distillation (largest on labels; smallest and random subnets on the largest's output)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from vitnas.space import Arch, SearchSpace
+from vitnas.supernet.model import Supernet
+from vitnas.train import (
+    DistInfo,
+    Precision,
+    average_gradients,
+    evaluate,
+    make_loss,
+    make_mixup,
+    make_optimizer,
+    make_scheduler,
+)
+from vitnas.train.loop import check_finite
+
+
+def step_archs(space: SearchSpace, sampling: str, sandwich_random: int, seed: int, epoch: int,
+               step: int) -> list[Arch]:
+    """The subnets trained at one step. Depends only on (seed, epoch, step), never on the rank,
+    so every data-parallel rank trains the same subnet."""
+    rng = random.Random(repr(("subnet", seed, epoch, step)))
+    if sampling == "uniform":
+        return [space.sample(rng)]
+    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(sandwich_random)]
+
+
+def validation_archs(space: SearchSpace, k: int, seed: int = 0) -> dict[str, Arch]:
+    """Smallest, largest and `k` fixed random subnets: the same ones every epoch, so their curves
+    show whether the supernet converges across the space."""
+    rng = random.Random(repr(("val-subnets", seed)))
+    archs = {"smallest": space.smallest(), "largest": space.largest()}
+    archs.update({f"random{i}": space.sample(rng) for i in range(k)})
+    return archs
+
+
+class SupernetTrainer:
+    def __init__(self, supernet: Supernet, *, dist: DistInfo, epochs: int, steps_per_epoch: int,
+                 lr: float, min_lr: float, weight_decay: float, warmup_epochs: int, mixup: float,
+                 cutmix: float, label_smoothing: float, ema_decay: float | None, amp: bool,
+                 sampling: str = "uniform", sandwich_random: int = 2, seed: int = 0) -> None:
+        self.dist = dist
+        self.model = supernet.to(dist.device)
+        self.space = supernet.space
+        self.sampling, self.sandwich_random, self.seed = sampling, sandwich_random, seed
+        self.optimizer = make_optimizer(self.model, lr, weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                        warmup_epochs=warmup_epochs, min_lr=min_lr)
+        self.mixup = make_mixup(mixup=mixup, cutmix=cutmix, label_smoothing=label_smoothing,
+                                num_classes=self.space.num_classes)
+        self.loss_fn = make_loss(mixup_active=self.mixup is not None, label_smoothing=label_smoothing)
+        self.precision = Precision(dist.device, amp)
+        self.ema = ModelEmaV3(self.model, decay=ema_decay) if ema_decay else None
+        self.updates = 0
+
+    # ---- training -----------------------------------------------------------------------
+    def train_epoch(self, loader: Iterable, epoch: int, progress: bool = True) -> dict[str, float]:
+        self.model.train()
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"supernet epoch {epoch + 1}", leave=False, unit="step",
+                   disable=not (progress and self.dist.is_main) or None)
+        for step, (x, y) in enumerate(bar):
+            x = x.to(self.dist.device, non_blocking=True)
+            y = y.to(self.dist.device, non_blocking=True)
+            target = y
+            if self.mixup is not None:
+                x, target = self.mixup(x, y)
+            archs = step_archs(self.space, self.sampling, self.sandwich_random, self.seed, epoch, step)
+            loss = self._step(x, target, archs, f"epoch {epoch + 1} step {step + 1}")
+            total += loss
+            n += 1
+            bar.set_postfix(loss=f"{loss:.3f}")
+        return {"train_loss": total / max(n, 1), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _step(self, x: torch.Tensor, target: torch.Tensor, archs: Sequence[Arch], where: str) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher = None
+        first = 0.0
+        for i, arch in enumerate(archs):
+            with self.precision.autocast():
+                logits = self.model(x, arch)
+                if teacher is None:
+                    loss = self.loss_fn(logits, target)
+                    if len(archs) > 1:
+                        teacher = logits.detach().float().softmax(-1)
+                else:  # in-place distillation from the largest subnet
+                    loss = torch.sum(-teacher * F.log_softmax(logits.float(), -1), -1).mean()
+            check_finite(loss, f"{where} ({arch})")
+            self.precision.backward(loss)
+            if i == 0:
+                first = loss.item()
+        average_gradients(self.model.parameters(), self.dist.world_size)
+        self.precision.step(self.optimizer)
+        self.updates += 1
+        self.scheduler.step_update(self.updates)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.updates)
+        return first
+
+    # ---- evaluation ---------------------------------------------------------------------
+    @property
+    def eval_model(self) -> Supernet:
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self, data_fn, archs: dict[str, Arch]) -> dict[str, float]:
+        """Val accuracy of each named subnet; `data_fn()` yields fresh (x, y) batches."""
+        model = self.eval_model
+        model.eval()
+        out = {}
+        for name, arch in archs.items():
+            out[name] = evaluate(lambda x, a=arch: model(x, a), data_fn(), self.dist.device,
+                                 self.precision.autocast)["acc"]
+        return out
+
+    # ---- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state["precision"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.updates = int(state["updates"])

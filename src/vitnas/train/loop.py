@@ -1,0 +1,75 @@
+"""Deterministic data order, evaluation, and divergence detection for training loops."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vitnas.errors import VitnasError
+
+
+class LossNotFinite(VitnasError):
+    """Training diverged (NaN/Inf loss); the last good checkpoint is kept."""
+
+
+def reseed(*keys: object) -> int:
+    """Seed python, numpy and torch from `keys` (e.g. seed, epoch, rank).
+
+    Reseeding at every epoch start makes a resumed run replay exactly what an uninterrupted run
+    does, without saving RNG states.
+    """
+    seed = random.Random(repr(keys)).getrandbits(32)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+def epoch_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                 world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """This rank's shard of a shuffled epoch; the order depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(random.Random(repr(("order", seed, epoch))).getrandbits(63))
+    order = torch.randperm(len(dataset), generator=g)
+    per_rank = len(order) // world_size  # equal shards keep ranks in lock step
+    shard = order[rank * per_rank:(rank + 1) * per_rank].tolist()
+    wg = torch.Generator().manual_seed(random.Random(repr(("workers", seed, epoch, rank))).getrandbits(63))
+    return DataLoader(Subset(dataset, shard), batch_size=batch_size, shuffle=False, drop_last=True,
+                      num_workers=workers, pin_memory=pin_memory, generator=wg,
+                      persistent_workers=False)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size], y[i:i + batch_size]
+
+
+@torch.no_grad()
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor],
+             data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+             autocast=None) -> dict[str, float]:
+    """Top-1 accuracy (and mean CE loss) of `forward` over (images, labels) batches."""
+    correct = total = 0
+    loss = 0.0
+    for x, y in data:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if autocast is not None:
+            with autocast():
+                logits = forward(x)
+        else:
+            logits = forward(x)
+        logits = logits.float()
+        loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += len(y)
+    if total == 0:
+        return {"acc": float("nan"), "loss": float("nan")}
+    return {"acc": correct / total, "loss": loss / total}
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss).all():
+        raise LossNotFinite(f"{where}: loss is {loss.item()}")
