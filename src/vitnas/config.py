@@ -104,7 +104,8 @@ class SupernetConfig(TrainRecipe):
 
 class ProxyConfig(_Section):
     num_candidates: PosInt = 200
-    proxies: Annotated[list[str], Field(min_length=1)] = ["dss", "params", "flops"]
+    proxies: Annotated[list[str], Field(min_length=1)] = ["dss", "dss_rank", "params", "flops"]
+    batch_size: PosInt = 32  # train images for the data-dependent proxies (dss uses an all-ones input)
     top_k: PosInt = 10
     seed: int = 0
 
@@ -126,6 +127,8 @@ class SearchConfig(_Section):
     flops_max: Count | None = None
     latency_max_ms: Annotated[float, Field(gt=0)] | None = None
     latency_table: str | None = None
+    hybrid_ratio: Annotated[int, Field(ge=1)] = 4  # hybrid: proxy-score this many x candidates per supernet eval
+    eval_batch_size: PosInt = 256
     seed: int = 0
 
 
