@@ -35,16 +35,21 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "kfp-local-test")
-    params = parse_params({"tracking": {"experiment": "kfp-local"}})
+    params = parse_params({"tracking": {"experiment": "kfp-local"},
+                           "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128},
+                           "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2]}})
     outputs = run_local(params, tmp_path / "kfp")
     data_dir = Path(outputs["data"])
     meta = json.loads((data_dir / "dataset.json").read_text())
     assert meta["splits"] == {"train": 1293, "val": 144, "test": 360}
     exp = mlflow.get_experiment_by_name("kfp-local")
     runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list")
-    stage = [r for r in runs if r.data.tags.get(tracking.STAGE_TAG) == "data"]
-    assert len(stage) == 1 and stage[0].data.tags[tracking.PIPELINE_TAG] == "kfp-local-test"
-    assert stage[0].data.metrics["val_count"] == 144
+    stages = {r.data.tags.get(tracking.STAGE_TAG): r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "stage"}
+    assert set(stages) == {"data", "supernet"}
+    assert all(r.data.tags[tracking.PIPELINE_TAG] == "kfp-local-test" for r in stages.values())
+    assert stages["data"].data.metrics["val_count"] == 144
+    assert 0 <= stages["supernet"].data.metrics["val_acc_largest"] <= 1
+    assert (Path(outputs["supernet"]) / "supernet.pt").exists()
 
 
 def _copy_project(repo: Path, dest: Path) -> None:

@@ -15,8 +15,11 @@ from timm.scheduler import CosineLRScheduler
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW without decay on norms, biases and `model.no_weight_decay()` (pos/cls tokens)."""
-    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay)
+    """AdamW without decay on norms, biases and `model.no_weight_decay()` (pos/cls tokens).
+
+    `foreach` (multi-tensor) also on CPU, where torch would default to a per-tensor Python loop.
+    """
+    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def make_scheduler(optimizer, *, epochs: int, steps_per_epoch: int, warmup_epochs: int,
