@@ -5,6 +5,9 @@ Each is a thin lightweight component running in the project image: its body only
 """
 
 from components.data import data_op
+from components.proxy import proxy_op
+from components.search import search_op
+from components.slim import slim_op
 from components.supernet import supernet_op
 
-__all__ = ["data_op", "supernet_op"]
+__all__ = ["data_op", "proxy_op", "search_op", "slim_op", "supernet_op"]

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl
 
-from components import data_op, supernet_op
+from components import data_op, proxy_op, search_op, slim_op, supernet_op
 from vitnas.config import Params
 
 PIPELINE_NAME = "vitnas"
@@ -35,7 +35,8 @@ def build(default_params: Params, gpus: int = 1):
                   description="ViT architecture search: data -> supernet -> proxy -> search -> slim -> "
                               "retrain -> transfer")
     def vitnas_pipeline(params_json: str = default_params.model_dump_json()) -> NamedTuple(
-            "Outputs", data=dsl.Dataset, supernet=dsl.Model):
+            "Outputs", data=dsl.Dataset, supernet=dsl.Model, proxy=dsl.Artifact, search=dsl.Artifact,
+            slim=dsl.Model):
         data_task = data_op(params_json=params_json)
         data_task.set_display_name("data")
         data_task.set_caching_options(True)
@@ -45,8 +46,24 @@ def build(default_params: Params, gpus: int = 1):
         supernet_task.set_caching_options(False)  # never silently reuse a training run
         _request_gpus(supernet_task, gpus)
 
-        return NamedTuple("Outputs", data=dsl.Dataset, supernet=dsl.Model)(
-            data=data_task.outputs["data"], supernet=supernet_task.outputs["supernet"])
+        proxy_task = proxy_op(params_json=params_json, data=data_task.outputs["data"])
+        proxy_task.set_display_name("proxy")
+
+        search_task = search_op(params_json=params_json, data=data_task.outputs["data"],
+                                supernet=supernet_task.outputs["supernet"])
+        search_task.set_display_name("search")
+        search_task.after(proxy_task)  # the pipeline's stage order; proxy scores are reviewed beside the search
+        _request_gpus(search_task, gpus)
+
+        slim_task = slim_op(params_json=params_json, data=data_task.outputs["data"],
+                            supernet=supernet_task.outputs["supernet"], search=search_task.outputs["search"])
+        slim_task.set_display_name("slim")
+        _request_gpus(slim_task, gpus)
+
+        return NamedTuple("Outputs", data=dsl.Dataset, supernet=dsl.Model, proxy=dsl.Artifact, search=dsl.Artifact,
+                          slim=dsl.Model)(
+            data=data_task.outputs["data"], supernet=supernet_task.outputs["supernet"],
+            proxy=proxy_task.outputs["proxy"], search=search_task.outputs["search"], slim=slim_task.outputs["slim"])
 
     return vitnas_pipeline
 

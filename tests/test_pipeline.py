@@ -37,7 +37,11 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "kfp-local-test")
     params = parse_params({"tracking": {"experiment": "kfp-local"},
                            "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128},
-                           "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2]}})
+                           "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2]},
+                           "proxy": {"num_candidates": 3, "proxies": ["dss", "params"]},
+                           "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2,
+                                      "generations": 1},
+                           "slim": {"epochs": 1}})
     outputs = run_local(params, tmp_path / "kfp")
     data_dir = Path(outputs["data"])
     meta = json.loads((data_dir / "dataset.json").read_text())
@@ -45,11 +49,15 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     exp = mlflow.get_experiment_by_name("kfp-local")
     runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list")
     stages = {r.data.tags.get(tracking.STAGE_TAG): r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "stage"}
-    assert set(stages) == {"data", "supernet"}
+    assert set(stages) == {"data", "supernet", "proxy", "search", "slim"}
     assert all(r.data.tags[tracking.PIPELINE_TAG] == "kfp-local-test" for r in stages.values())
     assert stages["data"].data.metrics["val_count"] == 144
     assert 0 <= stages["supernet"].data.metrics["val_acc_largest"] <= 1
     assert (Path(outputs["supernet"]) / "supernet.pt").exists()
+    assert len((Path(outputs["proxy"]) / "scores.jsonl").read_text().splitlines()) == 3
+    best = json.loads((Path(outputs["search"]) / "best_arch.json").read_text())
+    slimmed = json.loads((Path(outputs["slim"]) / "arch.json").read_text())
+    assert slimmed["depth"] == best["depth"] and (Path(outputs["slim"]) / "model.safetensors").exists()
 
 
 def _copy_project(repo: Path, dest: Path) -> None:

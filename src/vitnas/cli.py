@@ -53,10 +53,77 @@ def supernet(params: Path = ParamsOpt,
     from vitnas.config import load_params
     from vitnas.stages import supernet as stage
 
-    metrics = stage.run(load_params(params), data, out, checkpoint_dir=checkpoints, resume=resume, device=device,
-                        track=track)
+    _report(out, stage.run(load_params(params), data, out, checkpoint_dir=checkpoints, resume=resume,
+                           device=device, track=track))
+
+
+DataOpt = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output.")
+SupernetOpt = typer.Option(Path("artifacts/supernet/supernet.pt"), "--supernet", help="The trained supernet.")
+DeviceOpt = typer.Option("auto", help="auto | cpu | cuda")
+
+
+def _report(out: Path, metrics: dict) -> None:
     if metrics:
         typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+@app.command(rich_help_panel="Stages")
+def proxy(params: Path = ParamsOpt, data: Path = DataOpt,
+          out: Path = typer.Option(Path("artifacts/proxy"), "--out", "-o", help="Output directory."),
+          supernet: Path | None = typer.Option(None, "--supernet",
+                                               help="Score through this trained supernet instead of a "
+                                                    "randomly initialised one (TF-TAS scores at init)."),
+          device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+    """Score sampled candidates with training-free proxies (TF-TAS DSS and baselines); resumable."""
+    from vitnas.config import load_params
+    from vitnas.stages import proxy as stage
+
+    _report(out, stage.run(load_params(params), data, out, supernet_path=supernet, device=device, track=track))
+
+
+@app.command(rich_help_panel="Stages")
+def search(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path = SupernetOpt,
+           out: Path = typer.Option(Path("artifacts/search"), "--out", "-o", help="Output directory."),
+           checkpoints: Path | None = typer.Option(
+               None, help="Per-generation checkpoints (default: OUT-checkpoints beside the output)."),
+           resume: bool = typer.Option(False, "--resume", help="Continue from the last generation checkpoint."),
+           device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+    """Evolutionary (or random) search under params/FLOPs/latency constraints."""
+    from vitnas.config import load_params
+    from vitnas.stages import search as stage
+
+    _report(out, stage.run(load_params(params), data, supernet, out, checkpoint_dir=checkpoints, resume=resume,
+                           device=device, track=track))
+
+
+@app.command("latency-table", rich_help_panel="Tools")
+def latency_table(params: Path = ParamsOpt, data: Path = DataOpt,
+                  out: Path = typer.Option(Path("artifacts/latency.json"), "--out", "-o"),
+                  batch_size: int = typer.Option(1, min=1), repeats: int = typer.Option(50, min=1),
+                  warmup: int = typer.Option(10, min=0), rounds: int = typer.Option(5, min=1),
+                  check_archs: int = typer.Option(5, min=0, help="Full models measured to check the table."),
+                  device: str = DeviceOpt, threads: int | None = typer.Option(None, min=1),
+                  track: bool | None = TrackOpt) -> None:
+    """Measure a per-block latency lookup table on this device (for search.latency_max_ms)."""
+    from vitnas.config import load_params
+    from vitnas.stages import latency as stage
+
+    _report(out, stage.run(load_params(params), data, out, batch_size=batch_size, repeats=repeats, warmup=warmup,
+                           rounds=rounds, check_archs=check_archs, device=device, threads=threads, track=track))
+
+
+@app.command(rich_help_panel="Stages")
+def slim(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None = SupernetOpt,
+         arch: Path = typer.Option(Path("artifacts/search/best_arch.json"), "--arch",
+                                   help="An arch.json (weights from --supernet) or a model directory "
+                                        "(arch.json + model.safetensors)."),
+         out: Path = typer.Option(Path("artifacts/slim"), "--out", "-o", help="Output directory."),
+         device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+    """ViT-Slim soft-mask search to a FLOPs/params budget, then physical pruning."""
+    from vitnas.config import load_params
+    from vitnas.stages import slim as stage
+
+    _report(out, stage.run(load_params(params), data, supernet, arch, out, device=device, track=track))
 
 
 @app.command("check-params", rich_help_panel="Tools")

@@ -1,0 +1,125 @@
+"""Physical pruning: a smaller standalone `vitnas.build(plan.arch)` with the masks folded in.
+
+Folding (exact, so the pruned model equals the masked model with its masks binarised by the
+plan — dropped entries 0, kept entries at their soft values):
+
+- attention: the mask of entry (h, d) scales q, k and v of that entry, so it multiplies the
+  q, k and v rows of that entry in `attn.qkv` (weight and bias). The pruned layer has a smaller
+  head dim d', so timm scales logits by 1/sqrt(d') instead of 1/sqrt(d): the q rows also get
+  sqrt(d'/d). `attn.proj` keeps the columns of the kept entries.
+- MLP: the mask sits after fc1 + GELU, so it multiplies the kept columns of `fc2`; `fc1` keeps
+  the rows of the kept units unscaled (GELU is not linear, the mask cannot go before it).
+- tokens are not removed physically (`Arch` has no token keep-counts); see `vitnas.slim.budget`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vitnas.errors import ArtifactError
+from vitnas.slim.budget import SlimPlan
+from vitnas.slim.masks import MaskedViT
+from vitnas.space.arch import Arch, ArchError
+from vitnas.space.build import build
+
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@torch.no_grad()
+def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
+    """`vitnas.build(plan.arch)` carrying the masked model's weights with the masks folded in."""
+    src_arch, arch = masked.arch, plan.arch
+    if (arch.embed_dim, arch.depth, arch.patch_size, arch.img_size, arch.in_chans, arch.num_classes) != (
+            src_arch.embed_dim, src_arch.depth, src_arch.patch_size, src_arch.img_size, src_arch.in_chans,
+            src_arch.num_classes):
+        raise ValueError("plan: its arch differs from the masked model's outside heads/head dim/MLP widths")
+    src = {k: v.detach() for k, v in masked.model.state_dict().items()}
+    out: dict[str, torch.Tensor] = {k: v for k, v in src.items() if not k.startswith("blocks.")}
+    for i in range(arch.depth):
+        p = f"blocks.{i}."
+        H, D = src_arch.num_heads[i], src_arch.head_dim[i]
+        heads, dims, units = plan.heads[i], plan.dims[i], plan.mlp[i]
+        hd = arch.head_dim[i]
+        if len(heads) != arch.num_heads[i] or any(len(d) != hd for d in dims) or len(units) != arch.mlp_hidden[i]:
+            raise ValueError(f"plan: layer {i} kept sets do not match its arch")
+        m = masked.attn_masks[i].detach()
+        cols = torch.tensor([h * D + d for h, ds in zip(heads, dims, strict=True) for d in ds], dtype=torch.long)
+        mval = torch.stack([m[h, list(ds)] for h, ds in zip(heads, dims, strict=True)]).flatten()
+        q_fix = math.sqrt(hd / D)
+        rows = torch.cat([cols + s * H * D for s in range(3)])
+        scale = torch.cat([mval * q_fix, mval, mval]).to(src[p + "attn.qkv.weight"].dtype)
+        out[p + "attn.qkv.weight"] = src[p + "attn.qkv.weight"][rows] * scale[:, None]
+        if p + "attn.qkv.bias" in src:
+            out[p + "attn.qkv.bias"] = src[p + "attn.qkv.bias"][rows] * scale
+        out[p + "attn.proj.weight"] = src[p + "attn.proj.weight"][:, cols]
+        out[p + "attn.proj.bias"] = src[p + "attn.proj.bias"]
+        u = torch.tensor(units, dtype=torch.long)
+        mm = masked.mlp_masks[i].detach()[u].to(src[p + "mlp.fc2.weight"].dtype)
+        out[p + "mlp.fc1.weight"] = src[p + "mlp.fc1.weight"][u]
+        out[p + "mlp.fc1.bias"] = src[p + "mlp.fc1.bias"][u]
+        out[p + "mlp.fc2.weight"] = src[p + "mlp.fc2.weight"][:, u] * mm[None, :]
+        out[p + "mlp.fc2.bias"] = src[p + "mlp.fc2.bias"]
+        for k in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
+            out[p + k] = src[p + k]
+    ref = masked.model.pos_embed
+    model = build(arch).to(device=ref.device, dtype=ref.dtype)
+    model.load_state_dict({k: v.contiguous() for k, v in out.items()}, strict=True)
+    return model.train(masked.training)
+
+
+def save_model(model: torch.nn.Module, arch: Arch, directory: str | Path) -> None:
+    """Write `arch.json` + `model.safetensors` (the `vitnas.build(arch)` state dict) into `directory`."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ARCH_FILE).write_text(arch.to_json() + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "vitnas-model/1"})
+
+
+def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.device = "cpu") -> VisionTransformer:
+    """`vitnas.build(arch)` with weights from a `.safetensors` or torch (`.pth`/`.pt`) state dict
+    (a `{"model": ...}` / `{"state_dict": ...}` wrapper is unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device=str(map_location))
+        else:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+            for key in ("model", "state_dict"):
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+    except Exception as e:  # many types for corrupt or foreign files
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"{path}: unreadable weights ({type(e).__name__}: {first})") from None
+    model = build(arch)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise ArtifactError(f"{path}: weights do not fit the architecture ({(lines or [''])[-1][:200]})") \
+            from None
+    return model.to(map_location)
+
+
+def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[VisionTransformer, Arch]:
+    """The model saved by `save_model` (or any directory with `arch.json` + `model.safetensors`)."""
+    directory = Path(directory)
+    if not (directory / ARCH_FILE).is_file():
+        raise ArtifactError(f"{directory / ARCH_FILE}: not found (expected a model directory with "
+                            f"{ARCH_FILE} and {WEIGHTS_FILE})")
+    try:
+        arch = Arch.load(directory / ARCH_FILE)
+    except ArchError as e:
+        raise ArtifactError(str(e)) from None
+    return load_weights(arch, directory / WEIGHTS_FILE, map_location=map_location), arch

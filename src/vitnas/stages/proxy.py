@@ -1,0 +1,363 @@
+"""Proxy stage: sample legal candidates of the space and score them with training-free proxies.
+
+Candidates: `proxy.num_candidates` distinct archs sampled uniformly (seed `proxy.seed`), keeping
+only those inside the `search.params_min/max` and `search.flops_min/max` windows (the search
+stage's constraints), so the scores rank exactly the candidates a search may pick.
+
+Weights: as TF-TAS, candidates are scored randomly initialised. One `Supernet(space)` is built,
+seeded by `proxy.seed`, once; each candidate is scored through it (its weights are the used
+slices of the shared ones; `vitnas.proxies` gives the same values as on the extracted subnet),
+so a candidate's score depends only on the seed and the arch, never on the order or on what was
+scored before, and no model is built or copied per candidate. With `supernet_path` (opt-in; the
+pipeline does not pass it) the candidates are scored through the *trained* supernet instead.
+
+Outputs in `out/`:
+- `scores.jsonl`: one candidate a line, {"arch", "params", "flops", "scores": {name: value}} plus
+  "terms": {"msa", "mlp"} (DSS term totals) when dss or dss_rank is scored. It is the stage's
+  checkpoint: each line is appended and flushed as soon as its candidate is scored, so an
+  interruption loses at most the candidate being scored; a re-run with the same params and
+  inputs (fingerprint in `out/.scores.fingerprint`) skips the candidates already in it, a re-run
+  with other params starts it over. It therefore lives in `out` directly rather than appearing
+  atomically. Set-level proxies (dss_rank) are computed over the whole set at the end, and the
+  file is then rewritten once, atomically, with their values in every line.
+- `top_k.json`: the best `proxy.top_k` candidates by the first configured proxy;
+- `metrics.json`: flat numbers (counts, timing, best score per proxy, Kendall tau of the first
+  proxy against each other one). Both written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from vitnas import proxies, tracking
+from vitnas.config import ConfigError, Params
+from vitnas.data import PreparedData
+from vitnas.errors import ArtifactError
+from vitnas.space import Arch, SearchSpace, count_flops, count_params
+from vitnas.stages._checkpoint import fingerprint as make_fingerprint
+from vitnas.stages._io import flat_metrics, write_json
+from vitnas.supernet import Supernet, SupernetFileError
+
+log = logging.getLogger("vitnas.proxy")
+
+SCORES = "scores.jsonl"
+FINGERPRINT = ".scores.fingerprint"
+_MAX_TRIES_PER_CANDIDATE = 200
+_MIN_TRIES = 2000
+
+
+# ---- candidates -------------------------------------------------------------------------------
+def _windows(params: Params) -> dict[str, float | None]:
+    s = params.search
+    return {"params_min": s.params_min, "params_max": s.params_max, "flops_min": s.flops_min,
+            "flops_max": s.flops_max}
+
+
+def _check_feasible(space: SearchSpace, windows: dict[str, float | None]) -> None:
+    """Fail at once when a window excludes the whole space (costs are monotone in every choice)."""
+    lo_arch, hi_arch = space.smallest(), space.largest()
+    for kind, count in (("params", count_params), ("flops", count_flops)):
+        lo, hi = count(lo_arch), count(hi_arch)
+        feasible = f"the space {space.name} spans {kind} {lo:,}-{hi:,}"
+        vmin, vmax = windows[f"{kind}_min"], windows[f"{kind}_max"]
+        if vmax is not None and vmax < lo:
+            raise ConfigError(f"search.{kind}_max: {vmax:,.0f} is below the smallest arch ({feasible})")
+        if vmin is not None and vmin > hi:
+            raise ConfigError(f"search.{kind}_min: {vmin:,.0f} is above the largest arch ({feasible})")
+
+
+def _violation(arch: Arch, windows: dict[str, float | None]) -> str | None:
+    """The first window key `arch` falls outside of, or None."""
+    costs = {"params": count_params(arch), "flops": count_flops(arch)}
+    for kind, value in costs.items():
+        vmin, vmax = windows[f"{kind}_min"], windows[f"{kind}_max"]
+        if vmin is not None and value < vmin:
+            return f"{kind}_min"
+        if vmax is not None and value > vmax:
+            return f"{kind}_max"
+    return None
+
+
+def sample_candidates(space: SearchSpace, num: int, seed: int,
+                      windows: dict[str, float | None]) -> list[Arch]:
+    """`num` distinct archs, uniformly sampled (seeded), inside the params/FLOPs windows.
+
+    Raises `ConfigError` naming the key when the windows exclude the space or leave too few
+    archs to find `num` distinct ones.
+    """
+    _check_feasible(space, windows)
+    size = space.size()
+    if num > size:
+        raise ConfigError(f"proxy.num_candidates: {num} is more than the {size} archs of the space {space.name}")
+    rng = random.Random(repr(("proxy-candidates", seed)))
+    found: dict[Arch, None] = {}
+    rejected: dict[str, int] = {}
+    tries = 0
+    max_tries = max(_MIN_TRIES, _MAX_TRIES_PER_CANDIDATE * num)
+    while len(found) < num and tries < max_tries:
+        tries += 1
+        arch = space.sample(rng)
+        if arch in found:
+            rejected["duplicate"] = rejected.get("duplicate", 0) + 1
+            continue
+        why = _violation(arch, windows)
+        if why is not None:
+            rejected[why] = rejected.get(why, 0) + 1
+            continue
+        found[arch] = None
+    if len(found) < num:
+        window_rejects = {k: v for k, v in rejected.items() if k != "duplicate"}
+        lo, hi = space.smallest(), space.largest()
+        ranges = (f"space {space.name}: params {count_params(lo):,}-{count_params(hi):,}, "
+                  f"flops {count_flops(lo):,}-{count_flops(hi):,}")
+        if window_rejects and (not found or max(window_rejects.values()) >= rejected.get("duplicate", 0)):
+            key = max(window_rejects, key=window_rejects.get)
+            raise ConfigError(
+                f"search.{key}: only {len(found)} of {tries} sampled archs fall inside the params/flops windows "
+                f"({window_rejects[key]} rejected by {key}); proxy.num_candidates={num} needs a wider window "
+                f"({ranges})")
+        raise ConfigError(f"proxy.num_candidates: only {len(found)} distinct legal archs found in {tries} samples; "
+                          f"lower proxy.num_candidates or widen the search windows ({ranges})")
+    return list(found)
+
+
+# ---- the resumable score log ----------------------------------------------------------------
+def _read_log(path: Path, wanted: set[str]) -> dict[str, dict]:
+    """Records of scores.jsonl by arch key; a torn last line (interrupted write) is cut off."""
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records
+    good = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rec = json.loads(raw)
+                key = Arch.from_dict(rec["arch"]).key()
+                dict(rec["scores"])
+            except (ValueError, KeyError, TypeError):
+                break
+            if key in wanted:
+                records[key] = rec
+            good += len(raw)
+    if good != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return records
+
+
+def _rewrite(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+def _check_proxies(names: list[str]) -> None:
+    known = proxies.names()
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"proxy.proxies: unknown proxy '{n}'; known: {', '.join(known)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"proxy.proxies: '{dup[0]}' is listed twice")
+
+
+def _data_batch(data: PreparedData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, seeded batch of train images (eval transform) for the data-dependent proxies."""
+    ds = data.dataset("train")
+    if batch_size > len(ds):
+        raise ConfigError(f"proxy.batch_size: {batch_size} is larger than the train split ({len(ds)} images)")
+    g = torch.Generator().manual_seed(random.Random(repr(("proxy-batch", seed))).getrandbits(63))
+    idx = torch.randperm(len(ds), generator=g)[:batch_size].tolist()
+    xs, ys = zip(*(ds[i] for i in idx), strict=True)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def _scoring_model(space: SearchSpace, seed: int, supernet_path: str | Path | None,
+                   device: torch.device) -> Supernet:
+    if supernet_path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random.Random(repr(("proxy-init", seed))).getrandbits(63))
+            net = Supernet(space)
+        return net.to(device).eval()
+    try:
+        net = Supernet.load(supernet_path, map_location=device)
+    except SupernetFileError as e:
+        raise ArtifactError(str(e)) from None
+    mine, theirs = space.to_dict(), net.space.to_dict()
+    mine.pop("name"), theirs.pop("name")
+    if mine != theirs:
+        raise ArtifactError(f"{supernet_path}: the supernet was built for another search space ({net.space}); "
+                            f"params.yaml and the data give {space}")
+    return net.eval()
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path: str | Path | None = None,
+        device: str = "auto", track: bool | None = None, progress: bool = True) -> dict[str, float]:
+    """Score `proxy.num_candidates` legal candidates; writes `out/scores.jsonl`, `top_k.json`, `metrics.json`."""
+    cfg = params.proxy
+    out = Path(out)
+    names = list(cfg.proxies)
+    _check_proxies(names)
+    data = PreparedData(data_dir)
+    if data.img_size != params.data.img_size:
+        raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
+                            f"{params.data.img_size} in params; re-run `vitnas data`")
+    space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
+    windows = _windows(params)
+    candidates = sample_candidates(space, cfg.num_candidates, cfg.seed, windows)
+
+    set_level = [n for n in names if proxies.is_set_level(n)]
+    dev = _device(device)
+    use_data = any(proxies.needs_data(n) for n in names)
+    inputs = targets = None
+    if use_data:
+        inputs, targets = _data_batch(data, cfg.batch_size, cfg.seed)
+        inputs, targets = inputs.to(dev), targets.to(dev)
+    weights = "random" if supernet_path is None else _file_digest(Path(supernet_path))
+    # num_candidates is left out: sampling is sequential, so a larger set extends a smaller one.
+    data_id = {k: data.meta.get(k) for k in ("name", "splits", "seed", "mean", "std")} if use_data else None
+    fp = make_fingerprint(cfg.model_dump(exclude={"top_k", "num_candidates"}), windows, space.to_dict(), weights,
+                          dev.type, data_id)
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, fp_path = out / SCORES, out / FINGERPRINT
+    keys = [a.key() for a in candidates]
+    done: dict[str, dict] = {}
+    old_fp = fp_path.read_text().strip() if fp_path.exists() else None
+    if old_fp == fp:
+        done = _read_log(log_path, set(keys))
+    else:
+        if log_path.exists() and log_path.stat().st_size:
+            print(f"warning: {log_path} was made with other params or inputs; starting over", flush=True)
+        log_path.write_text("")
+        tmp = fp_path.with_name(f"{fp_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(fp + "\n")
+        os.replace(tmp, fp_path)
+    todo = [(k, a) for k, a in zip(keys, candidates, strict=True) if k not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(candidates)} candidates already scored in {log_path}", flush=True)
+
+    enabled = params.tracking.enabled if track is None else track
+    section = params.section_params("proxy") | params.section_params("space") | \
+        {f"search.{k}": v for k, v in windows.items()}
+    t0 = time.time()
+    with tracking.stage_run("proxy", params=section | {"proxy.weights": "random" if supernet_path is None
+                                                         else "trained"},
+                            experiment=params.tracking.experiment, enabled=enabled) as run_:
+        scored_seconds = 0.0
+        if todo:
+            model = _scoring_model(space, cfg.seed, supernet_path, dev)
+            with open(log_path, "a") as f:
+                for key, arch in tqdm(todo, desc="proxy", unit="cand", total=len(candidates), initial=len(done),
+                                      disable=not progress, dynamic_ncols=True):
+                    t = time.perf_counter()
+                    res = proxies.score_candidate(names, model, arch, inputs=inputs, targets=targets)
+                    scored_seconds += time.perf_counter() - t
+                    rec: dict[str, Any] = {"arch": arch.to_dict(), "params": count_params(arch),
+                                           "flops": count_flops(arch),
+                                           "scores": {k: _finite(v) for k, v in res.scores.items()}}
+                    if res.terms is not None:
+                        rec["terms"] = res.terms
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    done[key] = rec
+                os.fsync(f.fileno())
+        records = [done[k] for k in keys]
+        for name in set_level:
+            values = proxies.combine_set(name, [r["terms"] for r in records])
+            for r, v in zip(records, values, strict=True):
+                r["scores"][name] = v
+        for r in records:  # scores in the configured order
+            r["scores"] = {n: r["scores"][n] for n in names}
+        if set_level or _read_log_order(log_path) != keys:
+            _rewrite(log_path, records)
+
+        metrics = _metrics(records, names, len(todo), time.time() - t0, scored_seconds)
+        top = _top_k(records, names[0], cfg.top_k)
+        write_json(out / "top_k.json", top)
+        write_json(out / "metrics.json", metrics)
+        run_.log_metrics(metrics)
+        run_.log_artifact(log_path)
+        run_.log_artifact(out / "top_k.json")
+    return metrics
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no NaN/Inf: a proxy that is not finite for a candidate is recorded as null (and ranks last)."""
+    return float(v) if math.isfinite(v) else None
+
+
+def _sort_value(v: float | None) -> float:
+    return -math.inf if v is None else v
+
+
+def _read_log_order(path: Path) -> list[str]:
+    keys = []
+    with open(path) as f:
+        for line in f:
+            keys.append(Arch.from_dict(json.loads(line)["arch"]).key())
+    return keys
+
+
+def _top_k(records: list[dict], by: str, k: int) -> list[dict]:
+    # stable: ties keep the sample order
+    order = sorted(range(len(records)), key=lambda i: -_sort_value(records[i]["scores"][by]))
+    return [{"rank": r + 1, "index": i, **records[i]} for r, i in enumerate(order[:k])]
+
+
+def _metrics(records: list[dict], names: list[str], scored: int, seconds: float,
+             scored_seconds: float) -> dict[str, float]:
+    m: dict[str, float] = {
+        "num_candidates": len(records),
+        "candidates_scored": scored,
+        "seconds": round(seconds, 3),
+        "seconds_per_candidate": round(scored_seconds / scored, 5) if scored else 0.0,
+    }
+    cols = {n: [r["scores"][n] for r in records] for n in names}
+    for n in names:
+        finite = [v for v in cols[n] if v is not None]
+        if finite:
+            m[f"best_{n}"] = max(finite)
+    first = names[0]
+    for n in names[1:]:
+        pairs = [(a, b) for a, b in zip(cols[first], cols[n], strict=True) if a is not None and b is not None]
+        tau = proxies.kendall_tau(*zip(*pairs, strict=True)) if len(pairs) > 1 else math.nan
+        if math.isfinite(tau):
+            m[f"kendall_tau_{first}_{n}"] = round(tau, 6)
+    return flat_metrics(m)

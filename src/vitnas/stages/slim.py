@@ -1,0 +1,212 @@
+"""Slim stage: ViT-Slim soft masks on the searched arch, cut to a FLOPs/params budget, pruned.
+
+Input model: the searched `arch.json` with weights inherited from the supernet (`extract`), or
+a model directory (`arch.json` + `model.safetensors`, e.g. retrain's output or any
+`vitnas.build` model) given as `arch_path`, in which case the supernet is not needed.
+
+Steps: val accuracy of the unmasked model; masks (attention head-dims, MLP units) and weights
+trained jointly for `slim.epochs` on the augmented train split with L1 on the masks (and
+distillation from the unmasked model); the budget solver picks the kept entries whose physical
+arch hits `slim.target_flops_ratio` / `slim.target_params_ratio` within 2% (exact counts); the
+masks are binarised and folded into a smaller standalone model; its val accuracy. No fine-tune.
+
+Tokens: `Arch` cannot describe per-layer token keep-counts yet, so token masks are off here
+(`tokens=False`, `slim.w_token` unused); see `vitnas.slim.masks` for the token option.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from vitnas import tracking
+from vitnas.config import Params
+from vitnas.data import PreparedData
+from vitnas.errors import ArtifactError, ConfigError
+from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, load_model, prune, save_model
+from vitnas.slim.prune import ARCH_FILE, WEIGHTS_FILE
+from vitnas.space import Arch, ArchError, count_flops, count_params
+from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.supernet import Supernet, SupernetFileError, extract
+from vitnas.train import batches, epoch_loader, evaluate, init_distributed, replicas_in_sync, reseed
+
+OUTPUTS = ("arch.json", "model.safetensors", "metrics.json", "widths.png")
+TOL = 0.02  # the pruned model's FLOPs/params are within 2% of the target
+
+
+def target_key(kind: str) -> str:
+    return "slim.target_params_ratio" if kind == "params" else "slim.target_flops_ratio"
+
+
+def check_fits_data(arch: Arch, data: PreparedData, where: Path) -> None:
+    want = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.img_size}
+    for k, v in want.items():
+        if getattr(arch, k) != v:
+            raise ArtifactError(f"{where}: arch has {k}={getattr(arch, k)} but the data "
+                                f"({data.path / 'dataset.json'}) has {k}={v}")
+
+
+def load_input_model(arch_path: str | Path, supernet_path: str | Path | None,
+                     device: torch.device) -> tuple[torch.nn.Module, Arch, str]:
+    """(model, arch, source): a model directory's own weights, or the arch's supernet weights."""
+    arch_path = Path(arch_path)
+    if arch_path.is_dir():
+        if not (arch_path / WEIGHTS_FILE).is_file() and (arch_path / ARCH_FILE).is_file():
+            raise ArtifactError(f"{arch_path / WEIGHTS_FILE}: not found (a model directory needs "
+                                f"{ARCH_FILE} and {WEIGHTS_FILE})")
+        model, arch = load_model(arch_path, map_location=device)
+        return model, arch, "model"
+    if not arch_path.exists():
+        raise ArtifactError(f"{arch_path}: architecture file not found")
+    try:
+        arch = Arch.load(arch_path)
+    except ArchError as e:
+        raise ArtifactError(str(e)) from None
+    if supernet_path is None:
+        raise ArtifactError(f"{arch_path}: an arch.json needs the supernet (--supernet) for its weights; "
+                            "or give a model directory with arch.json + model.safetensors")
+    try:
+        supernet = Supernet.load(supernet_path, map_location=device)
+    except SupernetFileError as e:
+        raise ArtifactError(str(e)) from None
+    try:
+        supernet.check_arch(arch)
+    except ArchError as e:
+        raise ArtifactError(f"{arch_path}: {e}") from None
+    return extract(supernet, arch).eval(), arch, "supernet"
+
+
+def plot_widths(before: Arch, after: Arch, path: Path) -> None:
+    """ViT-Slim's figure: per-layer attention (heads x head dim) and MLP widths, before vs after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = np.arange(before.depth)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.6 * before.depth + 6), 3.8))
+    for ax, title, b, a in (
+            (axes[0], "attention dims (heads x head dim)", before.qkv_dim, after.qkv_dim),
+            (axes[1], "MLP hidden units", before.mlp_hidden, after.mlp_hidden)):
+        ax.bar(layers - 0.2, b, width=0.4, label="before", color="#bbbbbb")
+        ax.bar(layers + 0.2, a, width=0.4, label="after", color="#1f77b4")
+        ax.set(xlabel="layer", title=title, xticks=layers)
+        ax.legend(fontsize=8)
+    for i, (h, d) in enumerate(zip(after.num_heads, after.head_dim, strict=True)):
+        axes[0].annotate(f"{h}x{d}", (i + 0.2, after.qkv_dim[i]), ha="center", va="bottom", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
+        out: str | Path, *, device: str = "auto", track: bool | None = None,
+        progress: bool = True) -> dict[str, float]:
+    """Slim the model to the budget; writes `out/arch.json`, `model.safetensors`, `metrics.json`,
+    `widths.png`. `arch_path`: an arch.json (weights from `supernet_path`) or a model directory."""
+    cfg = params.slim
+    kind, ratio = cfg.target
+    out = Path(out)
+    dist = init_distributed(device)
+    dev = dist.device
+    data = PreparedData(data_dir)
+
+    model, arch, source = load_input_model(arch_path, supernet_path, dev)
+    where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
+    check_fits_data(arch, data, where)
+
+    # An impossible target fails here, before any training (the scores do not change the bounds).
+    probe = BudgetSolver(arch, [torch.ones(h, d) for h, d in zip(arch.num_heads, arch.head_dim, strict=True)],
+                         [torch.ones(m) for m in arch.mlp_hidden], round_to=cfg.round_to, kind=kind)
+    min_ratio = probe.min_cost() / probe.full_cost()
+    if min_ratio > ratio * (1 + TOL):
+        raise ConfigError(f"{target_key(kind)}: {ratio:g} is below the smallest model slimming can reach "
+                          f"({min_ratio:.3f} of the {kind} at slim.round_to={cfg.round_to})")
+
+    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    steps = (len(train_ds) // dist.world_size) // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"slim.batch_size: {cfg.batch_size} is larger than the training split per process "
+                          f"({len(train_ds) // dist.world_size} samples)")
+    xv, yv = data.eval_tensors("val")
+    eval_bs = max(cfg.batch_size, 256)
+
+    def val_acc(forward) -> float:
+        return evaluate(forward, batches(xv, yv, eval_bs), dev)["acc"]
+
+    reseed(cfg.seed, "init")
+    model = model.to(dev).eval()
+    acc_before = val_acc(model) if dist.is_main else float("nan")
+    masked = MaskedViT(model, arch, tokens=False).to(dev)
+    trainer = SlimTrainer(masked, lr=cfg.lr, w_attn=cfg.w_attn, w_mlp=cfg.w_mlp, w_token=0.0,
+                          distill=cfg.distill, dist=dist)
+
+    enabled = (params.tracking.enabled if track is None else track) and dist.is_main
+    t0 = time.time()
+    with tracking.stage_run("slim", params=params.section_params("slim"), experiment=params.tracking.experiment,
+                            enabled=enabled, tags={"vitnas.slim.source": source}) as run_:
+        for epoch in range(cfg.epochs):
+            reseed(cfg.seed, epoch, dist.rank)
+            loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                  rank=dist.rank, world_size=dist.world_size,
+                                  pin_memory=dev.type == "cuda")
+            stats = trainer.train_epoch(loader, epoch, progress)
+            if not replicas_in_sync(masked, dist.world_size):
+                raise RuntimeError("slim: data-parallel replicas diverged (ranks hold different weights)")
+            if dist.is_main:
+                masked.eval()
+                stats["val_acc_masked"] = val_acc(masked)
+                run_.log_metrics(stats, step=epoch + 1)
+                if progress:
+                    print(f"slim epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
+                          f"masks attn {stats['mask_attn_mean']:.3f} mlp {stats['mask_mlp_mean']:.3f}  "
+                          f"val (soft masks) {stats['val_acc_masked']:.3f}", flush=True)
+            dist.barrier()
+
+        metrics: dict[str, float] = {}
+        if dist.is_main:
+            masked.eval()
+            scores = masked.scores()
+            solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=cfg.round_to, kind=kind)
+            try:
+                plan = solver.solve(ratio, tol=TOL)
+            except BudgetError as e:
+                raise ConfigError(f"{target_key(kind)}: {e}") from None
+            acc_soft = val_acc(masked)
+            masked.apply_plan(plan)
+            acc_binary = val_acc(masked)
+            pruned = prune(masked, plan).eval()
+            with torch.no_grad():
+                xs = xv[:64].to(dev)
+                diff = (pruned(xs) - masked(xs)).abs().max().item() if len(xs) else 0.0
+            acc_after = val_acc(pruned)
+            after = plan.arch
+            pb, pa, fb, fa = count_params(arch), count_params(after), count_flops(arch), count_flops(after)
+            metrics = flat_metrics({
+                "params_before": pb, "params_after": pa, "params_ratio": pa / pb,
+                "flops_before": fb, "flops_after": fa, "flops_ratio": fa / fb,
+                "target_ratio": ratio, "target_is_flops": int(kind == "flops"),
+                "target_rel_error": plan.rel_error,
+                "val_acc_before": acc_before, "val_acc_masked": acc_soft, "val_acc_binarized": acc_binary,
+                "val_acc_after": acc_after,
+                "keep_attn": plan.keep_attn, "keep_mlp": plan.keep_mlp,
+                "attn_dims_kept": sum(after.qkv_dim) / sum(arch.qkv_dim),
+                "mlp_units_kept": sum(after.mlp_hidden) / sum(arch.mlp_hidden),
+                "prune_max_abs_diff": diff, "epochs": cfg.epochs,
+                "slim_seconds": round(time.time() - t0, 2),
+            })
+            with atomic_dir(out) as tmp:
+                save_model(pruned, after, tmp)
+                write_json(tmp / "metrics.json", metrics)
+                plot_widths(arch, after, tmp / "widths.png")
+            run_.log_metrics(metrics)
+            run_.log_artifact(out / "arch.json")
+            run_.log_artifact(out / "widths.png")
+            print(f"slim: {kind} {fb if kind == 'flops' else pb:,} -> {fa if kind == 'flops' else pa:,} "
+                  f"({(fa / fb if kind == 'flops' else pa / pb):.3f}, target {ratio:g}); val acc "
+                  f"{acc_before:.3f} -> {acc_after:.3f}; {after}", flush=True)
+        dist.barrier()
+    return metrics

@@ -1,0 +1,257 @@
+"""The search stage: contract outputs, resume, constraints, fitness kinds, clear errors; latency-table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitnas import Arch, count_flops, count_params
+from vitnas.config import parse_params
+from vitnas.errors import ArtifactError, ConfigError
+from vitnas.search import LatencyTable, SupernetFitness
+from vitnas.stages import latency as latency_stage
+from vitnas.stages import search as stage
+from vitnas.supernet import Supernet
+
+BUDGET = {"population": 6, "parents": 3, "mutations": 3, "crossovers": 3, "generations": 3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def params(**search):
+    return parse_params({"tracking": {"enabled": False}, "search": BUDGET | search})
+
+
+@pytest.fixture(scope="module")
+def supernet_file(tmp_path_factory) -> Path:
+    """An untrained supernet of the default (demo) space sized for digits: enough for plumbing."""
+    space = parse_params({}).search_space(num_classes=10, in_chans=1)
+    torch.manual_seed(0)
+    return Supernet(space).save(tmp_path_factory.mktemp("supernet") / "supernet.pt")
+
+
+def _history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+def test_stage_writes_the_contract_and_every_candidate_is_feasible(digits_dir, supernet_file, tmp_path):
+    p = params(params_min="30k", params_max="120k", flops_max="2M")
+    out = tmp_path / "search"
+    metrics = stage.run(p, digits_dir, supernet_file, out, progress=False)
+    assert {"best_arch.json", "history.jsonl", "pareto.png", "metrics.json"} <= {f.name for f in out.iterdir()}
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    hist = _history(out)
+    assert len(hist) == metrics["evaluations"] == metrics["budget"] == 6 + 3 * 6
+    for rec in hist:
+        arch = Arch.from_dict(rec["arch"])
+        assert 30e3 <= count_params(arch) == rec["params"] <= 120e3
+        assert count_flops(arch) == rec["flops"] <= 2e6
+        assert 0.0 <= rec["fitness"] <= 1.0 and rec["generation"] in range(4)
+    assert len({json.dumps(r["arch"]) for r in hist}) == len(hist)
+    best = max(hist, key=lambda r: r["fitness"])
+    assert json.loads((out / "best_arch.json").read_text()) == best["arch"]
+    assert metrics["best_fitness"] == best["fitness"] and metrics["best_params"] == best["params"]
+    assert metrics["rejected"] == metrics["rejected_params"] + metrics["rejected_flops"] + \
+        metrics["rejected_duplicate"] + metrics["rejected_latency"] > 0
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "search-checkpoints" / "checkpoint.pt").exists()
+
+
+def test_resume_after_interruption_equals_uninterrupted(digits_dir, supernet_file, tmp_path, monkeypatch):
+    p = params(strategy="evolution", seed=5)
+    stage.run(p, digits_dir, supernet_file, tmp_path / "full", progress=False)
+    stage.run(p, digits_dir, supernet_file, tmp_path / "again", progress=False)
+    assert _history(tmp_path / "full") == _history(tmp_path / "again")  # seeded runs reproduce
+
+    real = SupernetFitness.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, archs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # generation 2
+            raise KeyboardInterrupt
+        return real(self, archs)
+
+    monkeypatch.setattr(SupernetFitness, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(p, digits_dir, supernet_file, tmp_path / "part", progress=False)
+    assert not (tmp_path / "part").exists()  # nothing half written
+    monkeypatch.setattr(SupernetFitness, "__call__", real)
+    counted = {"archs": 0}
+
+    def counting(self, archs):
+        counted["archs"] += len(archs)
+        return real(self, archs)
+
+    monkeypatch.setattr(SupernetFitness, "__call__", counting)
+    stage.run(p, digits_dir, supernet_file, tmp_path / "part", resume=True, progress=False)
+    assert counted["archs"] == 2 * 6  # only generations 2 and 3 were evaluated again
+    assert _history(tmp_path / "full") == _history(tmp_path / "part")
+    assert (tmp_path / "full/best_arch.json").read_text() == (tmp_path / "part/best_arch.json").read_text()
+
+
+def test_impossible_constraint_fails_before_any_evaluation(digits_dir, supernet_file, tmp_path, monkeypatch):
+    def never(self, archs):
+        raise AssertionError("evaluated")
+
+    monkeypatch.setattr(SupernetFitness, "__call__", never)
+    with pytest.raises(ConfigError, match=r"^search.params_max: 1000 is below the smallest arch in the space "
+                                          r"\(14.4k params\); feasible range 14.4k-203k$"):
+        stage.run(params(params_max=1000), digits_dir, supernet_file, tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match=r"^search.latency_table: required when search.latency_max_ms is set$"):
+        stage.run(params(latency_max_ms=1.0), digits_dir, supernet_file, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_inputs_are_clear(digits_dir, supernet_file, tmp_path):
+    with pytest.raises(ArtifactError, match=r"missing.pt: supernet file not found"):
+        stage.run(params(), digits_dir, tmp_path / "missing.pt", tmp_path / "s")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a torch file")
+    with pytest.raises(ArtifactError, match=r"corrupt.pt: not a readable torch file"):
+        stage.run(params(), digits_dir, corrupt, tmp_path / "s")
+    other = parse_params({"space": {"embed_dim": [16, 32]}}).search_space(num_classes=10, in_chans=1)
+    with pytest.raises(ArtifactError, match=r"other.pt: supernet was trained on another search space \(embed_dim"):
+        stage.run(params(), digits_dir, Supernet(other).save(tmp_path / "other.pt"), tmp_path / "s")
+    with pytest.raises(ArtifactError, match=r"nope.json: latency table not found"):
+        stage.run(params(latency_table=str(tmp_path / "nope.json"), latency_max_ms=1.0), digits_dir, supernet_file,
+                  tmp_path / "s")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ArtifactError, match=r"bad.json: corrupt latency table"):
+        stage.run(params(latency_table=str(bad)), digits_dir, supernet_file, tmp_path / "s")
+    with pytest.raises(ArtifactError, match=r"dataset.json: not found"):
+        stage.run(params(), tmp_path / "nodata", supernet_file, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_latency_table_command_and_latency_budget(digits_dir, supernet_file, tmp_path, capsys):
+    table_path = tmp_path / "latency.json"
+    m = latency_stage.run(params(), digits_dir, table_path, warmup=1, repeats=3, rounds=1, check_archs=2,
+                          progress=False, track=False)
+    assert m["entries"] == 3 + 3 * 4 * 3 and "mean_rel_error" in m and m["max_rel_error"] >= m["mean_rel_error"]
+    out = capsys.readouterr().out
+    assert "mean relative error" in out and "predicted" in out
+    table = LatencyTable.load(table_path)
+    assert table.device["type"] in ("cpu", "cuda") and len(table.check["archs"]) == 2
+    space = params().search_space(num_classes=10, in_chans=1)
+    lo, hi = table.range(space)
+    budget = lo + (hi - lo) / 3
+    metrics = stage.run(params(latency_table=str(table_path), latency_max_ms=budget), digits_dir, supernet_file,
+                        tmp_path / "s", progress=False)
+    hist = _history(tmp_path / "s")
+    assert all(r["latency_ms"] <= budget + 1e-4 for r in hist)
+    assert all(abs(r["latency_ms"] - table.predict(Arch.from_dict(r["arch"]))) < 1e-4 for r in hist)
+    assert metrics["best_latency_ms"] <= budget + 1e-4
+    with pytest.raises(ConfigError, match=r"^search.latency_max_ms: .* below the fastest arch .* feasible range"):
+        stage.run(params(latency_table=str(table_path), latency_max_ms=lo / 10), digits_dir, supernet_file,
+                  tmp_path / "s2", progress=False)
+
+
+@pytest.fixture
+def fake_proxies(monkeypatch):
+    """A stand-in `vitnas.proxies` registry (the real one is written separately)."""
+    calls = []
+
+    def score(name, model, arch=None, *, inputs=None, targets=None):
+        calls.append((name, arch, None if inputs is None else tuple(inputs.shape)))
+        return float(sum(h * r for h, r in zip(arch.num_heads, arch.mlp_ratio, strict=True)))
+
+    mod = types.ModuleType("vitnas.proxies")
+    mod.score = score
+    mod.names = lambda: ["dss", "synflow"]
+    monkeypatch.setitem(sys.modules, "vitnas.proxies", mod)
+    return calls
+
+
+def test_proxy_and_hybrid_fitness(digits_dir, supernet_file, tmp_path, fake_proxies, monkeypatch):
+    m = stage.run(params(fitness="proxy", proxy="synflow"), digits_dir, None, tmp_path / "p", progress=False)
+    hist = _history(tmp_path / "p")
+    assert len(fake_proxies) == len(hist) == m["evaluations"] and all(c[0] == "synflow" for c in fake_proxies)
+    assert fake_proxies[0][2] == (32, 1, 16, 16)  # a fixed batch of train images (params.proxy.batch_size)
+    assert all(r["proxy"] == r["fitness"] for r in hist)
+
+    fake_proxies.clear()
+    evaluated = []
+    real = SupernetFitness.__call__
+
+    def counting(self, archs):
+        evaluated.extend(archs)
+        return real(self, archs)
+
+    monkeypatch.setattr(SupernetFitness, "__call__", counting)
+    m = stage.run(params(fitness="hybrid", hybrid_ratio=3), digits_dir, supernet_file, tmp_path / "h", progress=False)
+    hist = _history(tmp_path / "h")
+    assert len(evaluated) == len(hist) == m["evaluations"] == 24
+    assert len(fake_proxies) == m["proxy_evaluations"] == 3 * 24
+    assert all("proxy" in r and 0 <= r["fitness"] <= 1 for r in hist)
+
+    with pytest.raises(ConfigError, match=r"^search.proxy: unknown proxy 'nope'; known: dss, synflow"):
+        stage.run(params(fitness="proxy", proxy="nope"), digits_dir, None, tmp_path / "x", progress=False)
+
+
+def test_real_proxy_registry_end_to_end(digits_dir, supernet_file, tmp_path):
+    pytest.importorskip("vitnas.proxies")
+    with pytest.raises(ConfigError, match=r"^search.proxy: 'dss_rank' ranks a whole scored set.*use one of dss"):
+        stage.run(params(fitness="proxy", proxy="dss_rank"), digits_dir, None, tmp_path / "x", progress=False)
+    small = {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1}
+    m = stage.run(params(fitness="hybrid", proxy="dss", hybrid_ratio=2, **small), digits_dir, supernet_file,
+                  tmp_path / "h", progress=False)
+    hist = _history(tmp_path / "h")
+    assert m["evaluations"] == len(hist) == 8 and m["proxy_evaluations"] == 16
+    assert all(r["proxy"] > 0 for r in hist)  # DSS of a random init is positive
+
+
+class Recorder:
+    """Stands in for the MLflow facade's StageRun (the facade itself is tested in test_tracking)."""
+
+    def __init__(self):
+        self.metrics: list[tuple[dict, int | None]] = []
+        self.artifacts: list[str] = []
+        self.stage = None
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((dict(metrics), step))
+
+    def log_artifact(self, path, artifact_path=None):
+        assert Path(path).exists()
+        self.artifacts.append(Path(path).name)
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def test_random_strategy_and_tracking(digits_dir, supernet_file, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from vitnas import tracking
+
+    rec = Recorder()
+
+    @contextmanager
+    def stage_run(stage_name, **kwargs):
+        rec.stage = stage_name
+        rec.enabled = kwargs.get("enabled")
+        yield rec
+
+    monkeypatch.setattr(tracking, "stage_run", stage_run)
+    p = parse_params({"search": BUDGET | {"strategy": "random"}})
+    m = stage.run(p, digits_dir, supernet_file.parent, tmp_path / "r", progress=False)  # the stage's output dir
+    assert m["evaluations"] == 24 and {r["origin"] for r in _history(tmp_path / "r")} == {"random"}
+    assert rec.stage == "search" and rec.enabled is True
+    per_gen = [(mm, step) for mm, step in rec.metrics if step is not None]
+    assert [step for _, step in per_gen] == [0, 1, 2, 3]
+    assert all({"best_fitness", "population_mean_fitness"} <= set(mm) for mm, _ in per_gen)
+    assert {"pareto.png", "history.jsonl", "best_arch.json"} <= set(rec.artifacts)
