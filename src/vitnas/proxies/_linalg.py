@@ -7,13 +7,14 @@ hundreds of ~zero eigenvalues into ~3e-4 sigma_1 each (1% error measured); in fl
 error against `torch.linalg.matrix_norm(ord="nuc")` is ~1e-7.
 
 On CPU each matrix's Gram (numpy's `a.T @ a`, a symmetric rank-k update) and eigenvalues (LAPACK
-through numpy) run single-threaded, and the matrices are spread over `torch.get_num_threads()`
-worker threads: parallel across matrices rather than inside each small factorisation. Measured on
-the shared 2-core AMD CPU for the 26 qkv/proj gradients of an autoformer-tiny candidate: about
-half the time of stacking same-shape matrices into batched torch float64 GEMMs + one batched
-numpy eigvalsh, and far below `torch.linalg.svdvals` or torch's (MKL) `eigvalsh`, which were slower
-than the candidate's forward and backward there. On CUDA, same-shape matrices are stacked and
-solved with torch's batched `eigvalsh`.
+dsyevr through scipy; numpy's eigvalsh without scipy) run single-threaded, and the matrices are
+spread over `torch.get_num_threads()` worker threads: parallel across matrices rather than inside
+each small factorisation. Measured on the shared 2-core AMD CPU for the 26 qkv/proj gradients of an
+autoformer-tiny candidate (~2.7 ms a matrix on one core): ~42-55 ms, against ~55-70 ms for same-shape
+matrices stacked into batched torch float64 GEMMs + one batched numpy eigvalsh (and far worse inside
+the DSS loop on one thread, where torch's float64 bmm is slow), while `torch.linalg.svdvals` and
+torch's (MKL) `eigvalsh` each took longer than the candidate's forward and backward. On CUDA,
+same-shape matrices are stacked and solved with torch's batched `eigvalsh`.
 
 Weights do not change between candidates scored through one supernet, so their norms are
 cached per (parameter, slice); a cached value is used only while the parameter's storage,
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -33,11 +34,8 @@ import torch
 from vitnas.proxies._model import UsedWeight
 
 
-def nuclear_norms(mats: Sequence[torch.Tensor], overlap: Callable[[], None] | None = None) -> torch.Tensor:
-    """Nuclear norms of 2-D matrices (any shapes, any float dtype), as a float64 CPU tensor.
-
-    `overlap`: work for the calling thread while the CPU workers compute (it runs exactly once).
-    """
+def nuclear_norms(mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Nuclear norms of 2-D matrices (any shapes, any float dtype), as a float64 CPU tensor."""
     for a in mats:
         if a.dim() != 2:
             raise ValueError(f"nuclear_norms: expected 2-D matrices, got shape {tuple(a.shape)}")
@@ -45,9 +43,7 @@ def nuclear_norms(mats: Sequence[torch.Tensor], overlap: Callable[[], None] | No
     out = torch.empty(len(mats), dtype=torch.float64)
     cpu = [i for i, a in enumerate(oriented) if a.device.type == "cpu"]
     if cpu:
-        out[cpu] = _nuclear_cpu([oriented[i] for i in cpu], overlap)
-    elif overlap is not None:
-        overlap()
+        out[cpu] = _nuclear_cpu([oriented[i] for i in cpu])
     groups: dict[tuple, list[int]] = {}
     for i, a in enumerate(oriented):
         if a.device.type != "cpu":
@@ -88,7 +84,7 @@ def _nuclear_one(a: np.ndarray) -> float:
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
 
 
-def _nuclear_cpu(mats: list[torch.Tensor], overlap: Callable[[], None] | None = None) -> torch.Tensor:
+def _nuclear_cpu(mats: list[torch.Tensor]) -> torch.Tensor:
     """Per matrix: float64 Gram + eigenvalues in numpy's LAPACK, single-threaded, spread over
     `torch.get_num_threads()` worker threads (numpy releases the GIL): parallel over matrices
     instead of inside each small factorisation."""
@@ -99,18 +95,11 @@ def _nuclear_cpu(mats: list[torch.Tensor], overlap: Callable[[], None] | None = 
     workers = min(torch.get_num_threads(), len(arrays))
     with _one_blas_thread():
         if workers <= 1:
-            if overlap is not None:
-                overlap()
             values = [_nuclear_one(a) for a in arrays]
         else:
             if _POOL is None or _POOL[0] < workers:
                 _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vitnas-nuc"))
-            futures = [_POOL[1].submit(_nuclear_one, a) for a in arrays]
-            try:
-                if overlap is not None:
-                    overlap()
-            finally:
-                values = [f.result() for f in futures]
+            values = list(_POOL[1].map(_nuclear_one, arrays))
     return torch.tensor(values, dtype=torch.float64)
 
 

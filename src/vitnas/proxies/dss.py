@@ -36,18 +36,15 @@ def compute_terms(cand: Candidate) -> dict:
     grad_of = {id(p): g for p, g in zip(params, grads, strict=True)}
     msa = [w for layer in cand.layers for w in (layer.qkv, layer.proj)]
     mlp = [w for layer in cand.layers for w in (layer.fc1, layer.fc2)]
-    parts: dict[str, torch.Tensor] = {}
-
-    def on_this_thread() -> None:  # runs while the worker threads compute the gradients' nuclear norms
-        parts["w_nuc"] = weight_nuclear_norms(msa)
-        parts["saliency"] = torch.stack([
+    with torch.no_grad():
+        # torch work first, then the numpy worker threads: overlapping the two oversubscribes the
+        # cores, and torch's OpenMP regions stall on descheduled threads (measured slower)
+        w_nuc = weight_nuclear_norms(msa)
+        saliency = torch.stack([
             torch.linalg.vector_norm(w.matrix() * w.view(grad_of[id(w.param)]), ord=1) for w in mlp
         ]).double().cpu().view(-1, 2)  # [layers, (fc1, fc2)]
-
-    with torch.no_grad():
-        g_nuc = nuclear_norms([w.view(grad_of[id(w.param)]) for w in msa], overlap=on_this_thread)
-        diversity = (g_nuc * parts["w_nuc"]).view(-1, 2)  # [layers, (qkv, proj)]
-        saliency = parts["saliency"]
+        g_nuc = nuclear_norms([w.view(grad_of[id(w.param)]) for w in msa])
+        diversity = (g_nuc * w_nuc).view(-1, 2)  # [layers, (qkv, proj)]
     qkv, proj = diversity.T.tolist()
     fc1, fc2 = saliency.T.tolist()
     msa_l = diversity.sum(1).tolist()
