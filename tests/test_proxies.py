@@ -14,13 +14,7 @@ from vitnas.proxies import ProxyError
 PER_CANDIDATE = [n for n in proxies.names() if not proxies.is_set_level(n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU threads make them much slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

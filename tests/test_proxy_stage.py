@@ -24,12 +24,7 @@ def params(**proxy_cfg):
     return parse_params({"tracking": {"enabled": False}, "space": SPACE, "proxy": cfg, "search": search})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lines(path):

@@ -21,13 +21,7 @@ from vitnas.supernet import Supernet
 BUDGET = {"population": 6, "parents": 3, "mutations": 3, "crossovers": 3, "generations": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def params(**search):

@@ -18,14 +18,7 @@ from vitnas.stages import slim as stage
 from vitnas.supernet import Supernet
 from vitnas.train import batches, evaluate
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def params(**slim):
