@@ -17,6 +17,7 @@ With --data, --supernet and --arch (a searched arch.json, or a model directory i
 that (small) model.
 
     uv run python benchmarks/slim_speedup.py
+    uv run python benchmarks/slim_speedup.py --token-keep 0.7    # tokens removed too
     uv run python benchmarks/slim_speedup.py --data artifacts/data --supernet artifacts/supernet/supernet.pt \\
         --arch artifacts/search/best_arch.json
 """
@@ -74,6 +75,8 @@ def random_scores(masked: MaskedViT, seed: int) -> None:
         for m in masked.mlp_masks:
             layer = 0.3 + 0.7 * torch.rand((), generator=g)
             m.copy_(layer * torch.rand(m.shape, generator=g))
+        for s in masked.token_scores:  # tokens: scores falling with depth, so later layers keep fewer
+            s.copy_(3.0 * torch.rand(s.shape, generator=g) + 1.0 - 0.15 * len(masked.token_scores))
 
 
 def table(rows: list[dict], flops_ratio: float) -> bool:
@@ -95,6 +98,8 @@ def describe(name: str, before: Arch, after: Arch) -> None:
           f"{pa / 1e6:.3f}M ({pa / pb:.3f})")
     print(f"  before: heads {list(before.num_heads)} head_dim {list(before.head_dim)} mlp {list(before.mlp_hidden)}")
     print(f"  after:  heads {list(after.num_heads)} head_dim {list(after.head_dim)} mlp {list(after.mlp_hidden)}")
+    if after.keep_tokens is not None:
+        print(f"  tokens: {before.num_patches} patches in -> per layer {list(after.keep_tokens)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--target", type=float, default=0.6, help="FLOPs kept (0.6 = a 40%% cut)")
     ap.add_argument("--round-to", type=int, default=8, help="head dims and MLP widths rounded up to this")
+    ap.add_argument("--token-keep", type=float, default=None,
+                    help="also remove tokens: fraction of (layer, patch) token slots kept (slim.token_keep_ratio)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--repeats", type=int, default=15, help="timed passes per model and batch (median)")
     ap.add_argument("--threads", type=int, default=1,
@@ -125,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         arch = Arch.published(args.arch_name, img_size=args.img_size)
         model = build(arch).eval()
-        masked = MaskedViT(model, arch)
+        masked = MaskedViT(model, arch, tokens=args.token_keep is not None)
         random_scores(masked, args.seed)
         t0 = time.perf_counter()
-        plan = solve_budget(arch, masked.scores(), kind="flops", ratio=args.target, round_to=args.round_to)
+        plan = solve_budget(arch, masked.scores(), kind="flops", ratio=args.target, round_to=args.round_to,
+                            token_keep=args.token_keep)
         solve_s = time.perf_counter() - t0
         masked.apply_plan(plan)
         pruned = prune(masked, plan).eval()
@@ -155,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--data needs --arch (and --supernet unless --arch is a model directory)")
         params = load_params(args.params)
         params = params.model_copy(update={"slim": params.slim.model_copy(
-            update={"target_flops_ratio": args.target, "target_params_ratio": None, "round_to": args.round_to})})
+            update={"target_flops_ratio": args.target, "target_params_ratio": None, "round_to": args.round_to,
+                    "token_keep_ratio": args.token_keep})})
         out = args.out or Path(tempfile.mkdtemp(prefix="slim-bench-")) / "slim"
         m = stage.run(params, args.data, args.supernet, args.arch, out, track=False, progress=False)
         before, arch = load_input_model(args.arch, args.supernet, torch.device("cpu"))[:2]

@@ -315,3 +315,77 @@ def test_trainer_sparsifies_masks_and_keeps_training_the_weights():
     # the teacher is a frozen copy of the unmasked model
     assert torch.equal(trainer.teacher.blocks[0].mlp.fc1.weight, w0)
     assert not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+# ---- physical token pruning ----------------------------------------------------------------
+def _token_masks(masked: MaskedViT, seed: int = 5) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in masked.token_scores:
+            s.copy_(torch.randn(s.shape, generator=g) * 1.5 + 1.0)
+
+
+@pytest.mark.parametrize("token_keep", [0.5, 0.8])
+def test_token_pruned_model_equals_masked_model_and_costs_what_count_flops_says(token_keep):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model()
+    masked = MaskedViT(model, ARCH, tokens=True).eval()
+    _random_masks(masked, seed=2)
+    _token_masks(masked)
+    plan = solve_budget(ARCH, masked.scores(), ratio=0.5, token_keep=token_keep)
+    assert plan.arch.keep_tokens == tuple(len(t) for t in plan.tokens)
+    assert sum(plan.arch.keep_tokens) < ARCH.depth * ARCH.num_patches
+    assert abs(plan.rel_error) <= 0.02  # the tokens' savings are inside the solved FLOPs
+    masked.apply_plan(plan)
+    pruned = prune(masked, plan).eval()
+    x = _x(8)
+    with torch.no_grad():
+        a, b = masked(x), pruned(x)
+    assert (a - b).abs().max().item() <= 1e-4
+    assert sum(p.numel() for p in pruned.parameters()) == count_params(plan.arch)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc, torch.no_grad():
+        pruned(x[:1])
+    assert fc.get_total_flops() // 2 == count_flops(plan.arch)  # dropped tokens are never computed
+
+
+def test_token_pruned_model_round_trips_and_loads_with_all_tokens(tmp_path):
+    masked = MaskedViT(_model(), ARCH, tokens=True).eval()
+    _random_masks(masked)
+    _token_masks(masked)
+    plan = solve_budget(ARCH, masked.scores(), ratio=0.6, token_keep=0.6)
+    masked.apply_plan(plan)
+    pruned = prune(masked, plan).eval()
+    save_model(pruned, plan.arch, tmp_path / "m")
+    loaded, arch = load_model(tmp_path / "m")
+    assert arch.keep_tokens == plan.arch.keep_tokens
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), pruned(x))  # the kept positions travel with the weights
+    full, full_arch = load_model(tmp_path / "m", all_tokens=True)
+    assert full_arch.keep_tokens is None and count_flops(full_arch) > count_flops(arch)
+    big = full_arch.replace(img_size=32)  # e.g. fine-tuning at another size needs every token
+    assert big.num_patches == 64
+    with pytest.raises(ValueError, match="keep_tokens"):
+        arch.replace(img_size=32)
+
+
+def test_keep_tokens_are_validated_and_rejected_where_they_cannot_apply():
+    from vitnas import ArchError, SearchSpace
+    from vitnas.supernet import Supernet
+
+    d = ARCH.to_dict()
+    for bad, msg in (([16, 17, 3], "more than the 16"), ([4, 8, 2], "cannot come back"), ([4, 4], "entries"),
+                     ([4, 0, 0], "must be > 0")):
+        with pytest.raises(ArchError, match=msg):
+            Arch.from_dict({**d, "keep_tokens": bad})
+    a = Arch.from_dict({**d, "keep_tokens": [16, 9, 4]})
+    assert Arch.from_dict(a.to_dict()) == a and a.key() != ARCH.key()
+    assert [a.tokens_in(i) for i in range(3)] == [17, 10, 5]
+    with pytest.raises(ValueError, match="already removes tokens"):
+        MaskedViT(build(a), a)
+    space = SearchSpace.preset("demo")
+    arch = space.largest().replace(keep_tokens=[8] * space.largest().depth)
+    with pytest.raises(ArchError, match="removes tokens"):
+        Supernet(space).check_arch(arch)

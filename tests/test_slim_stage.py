@@ -69,6 +69,20 @@ def test_stage_writes_the_contract_and_meets_the_flops_budget(digits_dir, supern
     assert 0 <= m["val_acc_before"] <= 1 and (out / "widths.png").stat().st_size > 1000
 
 
+def test_stage_removes_tokens_physically_when_asked(digits_dir, supernet_file, arch_file, tmp_path):
+    out = tmp_path / "slim"
+    m = stage.run(params(token_keep_ratio=0.6, target_flops_ratio=0.5), digits_dir, supernet_file, arch_file, out,
+                  progress=False)
+    after = Arch.load(out / "arch.json")
+    assert after.keep_tokens is not None and list(after.keep_tokens) == sorted(after.keep_tokens, reverse=True)
+    assert m["tokens_kept"] == pytest.approx(sum(after.keep_tokens) / (3 * 16))
+    assert abs(m["tokens_kept"] - 0.6) <= 0.1  # fewer only where a layer keeps its last token
+    assert abs(m["flops_after"] / (0.5 * m["flops_before"]) - 1) <= 0.02 and m["flops_after"] == count_flops(after)
+    assert m["prune_max_abs_diff"] <= 1e-4
+    model, _ = load_model(out)
+    assert _val_acc(model, digits_dir) == pytest.approx(m["val_acc_after"])
+
+
 def test_stage_slims_a_model_directory_to_a_params_budget(digits_dir, tmp_path):
     arch = Arch.create(embed_dim=32, depth=2, num_heads=[2, 3], mlp_hidden=[96, 64], head_dim=8, patch_size=4,
                        img_size=16, in_chans=1, num_classes=10)

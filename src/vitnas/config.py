@@ -141,6 +141,7 @@ class SlimConfig(_Section):
     w_attn: NonNegFloat = 2e-4
     w_mlp: NonNegFloat = 5e-5
     w_token: NonNegFloat = 1e-4
+    token_keep_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: keep every token
     round_to: PosInt = 1
     distill: bool = True
     seed: int = 0

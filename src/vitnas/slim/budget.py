@@ -22,9 +22,10 @@ From kept entries to a physical architecture (`SlimPlan`), per layer:
   the head dim of strong heads hurt more than cutting weak layers harder, so "max" is the
   default. Either way each kept head keeps its top-scoring dims and the
   accounting uses the final physical arch.
-- tokens (optional, diagnostic only): a global threshold on the nested (cumulative-min) token
-  masks gives nested per-layer keep-sets. `Arch` has no token field, so they are not in the
-  physical model nor in its FLOPs.
+- tokens (optional): a global threshold on the nested (cumulative-min) token masks keeps a
+  given fraction of all (layer, patch) slots as nested per-layer keep-sets (`token_plan`).
+  They are fixed first; their counts become `arch.keep_tokens`, so every candidate's cost
+  below already includes the token savings and the widths are solved for what remains.
 
 Solver: the kept counts k_attn and k_mlp (of the pooled entries of each kind) move the cost
 monotonically. For a grid of k_attn values (plus the ends) the largest k_mlp with cost <= target
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -125,7 +126,8 @@ class BudgetSolver:
     """Plans for any kept counts of the pooled attention / MLP entries of `arch`."""
 
     def __init__(self, arch: Arch, attn_scores: Sequence[torch.Tensor], mlp_scores: Sequence[torch.Tensor],
-                 *, round_to: int = 1, kind: str = "flops", head_rule: str = "max") -> None:
+                 *, round_to: int = 1, kind: str = "flops", head_rule: str = "max",
+                 tokens: Sequence[Sequence[int]] | None = None, keep_tokens: float | None = None) -> None:
         if head_rule not in HEAD_RULES:
             raise ValueError(f"head_rule: expected one of {HEAD_RULES}, got {head_rule!r}")
         if kind not in KINDS:
@@ -141,6 +143,11 @@ class BudgetSolver:
             if tuple(m.shape) != (arch.mlp_hidden[i],):
                 raise ValueError(f"mlp scores[{i}]: shape {tuple(m.shape)}, expected {(arch.mlp_hidden[i],)}")
         self.arch, self.kind, self.round_to, self.head_rule = arch, kind, int(round_to), head_rule
+        self.tokens = None if tokens is None else tuple(tuple(sorted(int(j) for j in t)) for t in tokens)
+        self.keep_tokens = keep_tokens
+        self._token_counts = None if self.tokens is None else [len(t) for t in self.tokens]
+        if self._token_counts is not None:  # validates the counts (nested, in range) at once
+            arch.replace(keep_tokens=self._token_counts)
         self.attn_scores = [a.detach().float().cpu() for a in attn_scores]
         self.mlp_scores = [m.detach().float().cpu() for m in mlp_scores]
         self.attn = _Pool(self.attn_scores, arch.head_dim)
@@ -209,7 +216,8 @@ class BudgetSolver:
         key = (k_attn, k_mlp)
         if key not in self._cache:
             heads, hdims, units = self.widths(k_attn, k_mlp)
-            arch = self.arch.replace(num_heads=[len(h) for h in heads], head_dim=hdims, mlp_hidden=units)
+            arch = self.arch.replace(num_heads=[len(h) for h in heads], head_dim=hdims, mlp_hidden=units,
+                                     keep_tokens=self._token_counts)
             self._cache[key] = (arch, cost_of(arch, self.kind))
         return self._cache[key]
 
@@ -221,8 +229,8 @@ class BudgetSolver:
             dims.append(tuple(tuple(sorted(_order(self.attn_scores[i][h])[:hd].tolist())) for h in hs))
         mlp = tuple(tuple(sorted(_order(self.mlp_scores[i])[:u].tolist())) for i, u in enumerate(units))
         return SlimPlan(arch=arch, heads=tuple(tuple(h) for h in heads), dims=tuple(dims), mlp=mlp,
-                        keep_attn=k_attn / self.attn.n, keep_mlp=k_mlp / self.mlp.n, kind=self.kind,
-                        cost=cost, target=float(target))
+                        tokens=self.tokens, keep_attn=k_attn / self.attn.n, keep_mlp=k_mlp / self.mlp.n,
+                        keep_tokens=self.keep_tokens, kind=self.kind, cost=cost, target=float(target))
 
     # ---- solve ------------------------------------------------------------------------------
     def min_cost(self) -> int:
@@ -272,34 +280,42 @@ class BudgetSolver:
 
 
 def token_plan(token_scores: Sequence[torch.Tensor], keep: float) -> tuple[tuple[int, ...], ...]:
-    """Nested per-layer kept patch positions: a global top-`keep` fraction of the (cumulative-min)
-    token masks, at least one patch per layer. Nested because the masks are non-increasing over
-    depth and one threshold applies to all layers."""
+    """Nested per-layer kept patch positions: the global top-`keep` fraction of all (layer, patch)
+    slots of the (cumulative-min) token masks, at least one patch per layer.
+
+    Ties (masks clamp at 0 and 1) are broken towards earlier layers, then lower positions: with
+    masks non-increasing over depth this keeps the sets nested and the count exact."""
     if not token_scores:
         return ()
-    flat = torch.cat([t.detach().float().flatten().cpu() for t in token_scores])
-    k = max(1, round(keep * flat.numel()))
-    thr = torch.sort(flat, descending=True).values[k - 1]
+    flat = torch.cat([t.detach().double().flatten().cpu() for t in token_scores])  # layer-major
+    k = min(flat.numel(), max(1, round(keep * flat.numel())))
+    chosen = torch.sort(-flat, stable=True).indices[:k]
+    n = token_scores[0].numel()
+    per_layer: list[set[int]] = [set() for _ in token_scores]
+    for idx in chosen.tolist():
+        per_layer[idx // n].add(idx % n)
     out, prev = [], None
-    for t in token_scores:
-        kept = set(torch.nonzero(t >= thr).flatten().tolist())
+    for t, kept in zip(token_scores, per_layer, strict=True):
         if prev is not None:
-            kept &= prev  # only differs on exact ties, where cummin made them equal
+            kept &= prev  # a no-op for cumulative-min masks; guards hand-made scores
         if not kept:
-            best = int(t.argmax()) if prev is None else max(prev, key=lambda j: float(t[j]))
-            kept = {best}
+            kept = {int(t.argmax())} if prev is None else {max(sorted(prev), key=lambda j: float(t[j]))}
         out.append(tuple(sorted(kept)))
         prev = kept
     return tuple(out)
 
 
 def solve_budget(arch: Arch, scores: dict, *, kind: str = "flops", ratio: float = 0.6, round_to: int = 1,
-                 tol: float = 0.02, head_rule: str = "max") -> SlimPlan:
-    """`scores` as `MaskedViT.scores()` ({"attn": [...], "mlp": [...], optionally "tokens": [...]})."""
-    solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=round_to, kind=kind, head_rule=head_rule)
-    plan = solver.solve(ratio, tol=tol)
-    if scores.get("tokens"):
-        keep = (plan.keep_attn + plan.keep_mlp) / 2
-        toks = token_plan(scores["tokens"], keep)
-        plan = replace(plan, tokens=toks, keep_tokens=keep)
-    return plan
+                 tol: float = 0.02, head_rule: str = "max", token_keep: float | None = None) -> SlimPlan:
+    """`scores` as `MaskedViT.scores()` ({"attn": [...], "mlp": [...], optionally "tokens": [...]}).
+
+    `token_keep`: the fraction of (layer, patch) token slots kept (needs token scores); None keeps
+    every token."""
+    tokens = None
+    if token_keep is not None:
+        if not scores.get("tokens"):
+            raise ValueError("token_keep: needs token scores (MaskedViT(..., tokens=True))")
+        tokens = token_plan(scores["tokens"], token_keep)
+    solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=round_to, kind=kind, head_rule=head_rule,
+                          tokens=tokens, keep_tokens=token_keep)
+    return solver.solve(ratio, tol=tol)

@@ -40,6 +40,8 @@ TOKEN_INIT = 3.0
 def _check_model(model: nn.Module, arch: Arch) -> None:
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"model: expected a timm VisionTransformer (vitnas.build), got {type(model).__name__}")
+    if arch.keep_tokens is not None:
+        raise ValueError("model: its arch already removes tokens (keep_tokens); slim a model with every token")
     if len(model.blocks) != arch.depth:
         raise ValueError(f"model: has {len(model.blocks)} blocks, arch.depth is {arch.depth}")
     if model.cls_token is None or getattr(model, "global_pool", "token") != "token" or model.num_reg_tokens:

@@ -9,7 +9,9 @@ plan — dropped entries 0, kept entries at their soft values):
   sqrt(d'/d). `attn.proj` keeps the columns of the kept entries.
 - MLP: the mask sits after fc1 + GELU, so it multiplies the kept columns of `fc2`; `fc1` keeps
   the rows of the kept units unscaled (GELU is not linear, the mask cannot go before it).
-- tokens are not removed physically (`Arch` has no token keep-counts); see `vitnas.slim.budget`.
+- tokens: the plan's nested kept positions become `arch.keep_tokens` (counts, for `build` and
+  `count_flops`) and, per block that drops tokens, a `token_rows` buffer (positions within its
+  input sequence) in the state dict, so the pruned model gathers them out and never computes them.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
         out[p + "mlp.fc2.bias"] = src[p + "mlp.fc2.bias"]
         for k in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
             out[p + k] = src[p + k]
+    want = None if plan.tokens is None else tuple(len(t) for t in plan.tokens)
+    if arch.keep_tokens != want:
+        raise ValueError(f"plan: arch.keep_tokens {arch.keep_tokens} does not match its token keep-sets {want}")
+    if plan.tokens is not None:
+        prev = torch.arange(src_arch.num_patches)
+        for i, keep in enumerate(plan.tokens):
+            k = torch.tensor(sorted(keep), dtype=torch.long)
+            if len(k) < len(prev):
+                out[f"blocks.{i}.token_rows"] = torch.searchsorted(prev, k).to(masked.model.pos_embed.device)
+            prev = k
     ref = masked.model.pos_embed
     model = build(arch).to(device=ref.device, dtype=ref.dtype)
     model.load_state_dict({k: v.contiguous() for k, v in out.items()}, strict=True)
@@ -83,9 +95,13 @@ def save_model(model: torch.nn.Module, arch: Arch, directory: str | Path) -> Non
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "vitnas-model/1"})
 
 
-def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.device = "cpu") -> VisionTransformer:
+def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.device = "cpu",
+                 all_tokens: bool = False) -> VisionTransformer:
     """`vitnas.build(arch)` with weights from a `.safetensors` or torch (`.pth`/`.pt`) state dict
-    (a `{"model": ...}` / `{"state_dict": ...}` wrapper is unwrapped)."""
+    (a `{"model": ...}` / `{"state_dict": ...}` wrapper is unwrapped).
+
+    `all_tokens=True` loads a token-pruned model with every token kept (the weights do not depend
+    on the token count): what fine-tuning at another input size or dense prediction needs."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: weights file not found")
@@ -102,6 +118,9 @@ def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.devi
     except Exception as e:  # many types for corrupt or foreign files
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ArtifactError(f"{path}: unreadable weights ({type(e).__name__}: {first})") from None
+    if all_tokens and arch.keep_tokens is not None:
+        arch = arch.replace(keep_tokens=None)
+        state = {k: v for k, v in state.items() if not k.endswith(".token_rows")}
     model = build(arch)
     try:
         model.load_state_dict(state, strict=True)
@@ -112,8 +131,10 @@ def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.devi
     return model.to(map_location)
 
 
-def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[VisionTransformer, Arch]:
-    """The model saved by `save_model` (or any directory with `arch.json` + `model.safetensors`)."""
+def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu",
+               all_tokens: bool = False) -> tuple[VisionTransformer, Arch]:
+    """The model saved by `save_model` (or any directory with `arch.json` + `model.safetensors`);
+    `all_tokens`: see `load_weights` (the returned arch then has no `keep_tokens`)."""
     directory = Path(directory)
     if not (directory / ARCH_FILE).is_file():
         raise ArtifactError(f"{directory / ARCH_FILE}: not found (expected a model directory with "
@@ -122,4 +143,5 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         arch = Arch.load(directory / ARCH_FILE)
     except ArchError as e:
         raise ArtifactError(str(e)) from None
-    return load_weights(arch, directory / WEIGHTS_FILE, map_location=map_location), arch
+    model = load_weights(arch, directory / WEIGHTS_FILE, map_location=map_location, all_tokens=all_tokens)
+    return model, (arch.replace(keep_tokens=None) if all_tokens and arch.keep_tokens else arch)

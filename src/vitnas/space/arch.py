@@ -16,7 +16,7 @@ from vitnas.errors import VitnasError
 
 _PLAIN_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "mlp_hidden", "head_dim",
-    "patch_size", "img_size", "in_chans", "num_classes",
+    "patch_size", "img_size", "in_chans", "num_classes", "keep_tokens",
 }
 
 
@@ -48,6 +48,16 @@ def _per_layer(name: str, value: Any, depth: int, kind: type) -> tuple:
     return tuple(out)
 
 
+def _check_keep_tokens(keep: tuple, depth: int, num_patches: int) -> None:
+    counts = _per_layer("keep_tokens", list(keep), depth, int)
+    for i, k in enumerate(counts):
+        if k > num_patches:
+            raise ArchError(f"keep_tokens[{i}]: {k} is more than the {num_patches} patch tokens")
+        if i and k > counts[i - 1]:
+            raise ArchError(f"keep_tokens[{i}]: {k} > keep_tokens[{i - 1}]={counts[i - 1]} (tokens removed "
+                            "by a block cannot come back)")
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
         raise ArchError(f"{name}: expected an integer, got {value!r}")
@@ -75,6 +85,8 @@ class Arch:
     in_chans: int = 3
     num_classes: int = 1000
     mlp_ratio: tuple[float, ...] | None = field(default=None)
+    # Slimmed models only: patch tokens (CLS excluded) that enter each block; non-increasing.
+    keep_tokens: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "patch_size", "img_size", "in_chans", "num_classes"):
@@ -86,6 +98,8 @@ class Arch:
         if self.img_size % self.patch_size:
             raise ArchError(
                 f"img_size: {self.img_size} is not divisible by patch_size={self.patch_size}")
+        if self.keep_tokens is not None:
+            _check_keep_tokens(tuple(self.keep_tokens), self.depth, self.num_patches)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -102,6 +116,7 @@ class Arch:
         img_size: int = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
+        keep_tokens: int | Sequence[int] | None = None,
     ) -> Arch:
         """Build an Arch from scalars or per-layer lists, checking every field."""
         embed_dim = _positive_int("embed_dim", embed_dim)
@@ -121,9 +136,10 @@ class Arch:
             hidden = _per_layer("mlp_hidden", mlp_hidden, depth, int)
         else:
             raise ArchError("mlp_ratio: missing (give mlp_ratio or mlp_hidden)")
+        tokens = None if keep_tokens is None else _per_layer("keep_tokens", keep_tokens, depth, int)
         return cls(embed_dim=embed_dim, depth=depth, num_heads=heads, mlp_hidden=hidden,
                    head_dim=hdim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
-                   num_classes=num_classes, mlp_ratio=ratios)
+                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Arch:
@@ -147,6 +163,8 @@ class Arch:
         d["head_dim"] = self.head_dim[0] if len(set(self.head_dim)) == 1 else list(self.head_dim)
         d.update(patch_size=self.patch_size, img_size=self.img_size, in_chans=self.in_chans,
                  num_classes=self.num_classes)
+        if self.keep_tokens is not None:
+            d["keep_tokens"] = list(self.keep_tokens)
         return d
 
     def to_json(self) -> str:
@@ -169,11 +187,17 @@ class Arch:
     def replace(self, **changes: Any) -> Arch:
         """A copy with some fields changed (input size, classes...), re-validated."""
         d = self.to_dict()
+        if self.keep_tokens is not None and "keep_tokens" not in changes and (
+                {"img_size", "patch_size"} & set(changes)):
+            raise ArchError("keep_tokens: this arch removes tokens at fixed positions of its input grid; "
+                            "pass keep_tokens=None to change the input size")
         if "mlp_hidden" in changes:
             d.pop("mlp_ratio", None)
         if "embed_dim" in changes and "mlp_ratio" not in d and "mlp_hidden" not in changes:
             raise ArchError("embed_dim: cannot change the width of an arch given by mlp_hidden")
         d.update(changes)
+        if d.get("keep_tokens") is None:
+            d.pop("keep_tokens", None)
         return Arch.from_dict(d)
 
     # ---- derived ------------------------------------------------------------------------
@@ -185,6 +209,10 @@ class Arch:
     def num_tokens(self) -> int:
         return self.num_patches + 1  # + CLS
 
+    def tokens_in(self, layer: int) -> int:
+        """Tokens (CLS included) that block `layer` works on."""
+        return (self.num_patches if self.keep_tokens is None else self.keep_tokens[layer]) + 1
+
     @property
     def qkv_dim(self) -> tuple[int, ...]:
         """Per-layer width of each of q, k and v (heads x head dim)."""
@@ -193,12 +221,13 @@ class Arch:
     def key(self) -> str:
         """A canonical string, equal for equal architectures (dedupe, caching, file names)."""
         return json.dumps([self.embed_dim, self.depth, self.num_heads, self.mlp_hidden, self.head_dim,
-                           self.patch_size, self.img_size, self.in_chans, self.num_classes])
+                           self.patch_size, self.img_size, self.in_chans, self.num_classes, self.keep_tokens])
 
     def __str__(self) -> str:
         ratios = self.mlp_ratio or tuple(round(m / self.embed_dim, 2) for m in self.mlp_hidden)
         return (f"Arch(embed={self.embed_dim}, depth={self.depth}, heads={list(self.num_heads)}, "
-                f"mlp={list(ratios)}, head_dim={self.to_dict()['head_dim']})")
+                f"mlp={list(ratios)}, head_dim={self.to_dict()['head_dim']}"
+                + (f", tokens={list(self.keep_tokens)}" if self.keep_tokens is not None else "") + ")")
 
     @staticmethod
     def published(name: str, **overrides: Any) -> Arch:

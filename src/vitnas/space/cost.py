@@ -2,7 +2,8 @@
 
 Search rejects candidates by params/FLOPs before evaluating them, so these must be cheap and must
 agree with the built model: params exactly, multiply-adds with `torch.utils.flop_counter` (which
-counts matmuls, convolutions and attention, not norms, softmax or activations).
+counts matmuls, convolutions and attention, not norms, softmax or activations). Token pruning
+(`Arch.keep_tokens`) changes FLOPs, not params: the position embedding keeps every position.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def count_params(arch: Arch) -> int:
 
 def count_flops(arch: Arch) -> int:
     """Multiply-adds of one forward pass at batch 1 (the usual "FLOPs" of ViT papers)."""
-    d, t = arch.embed_dim, arch.num_tokens
+    d = arch.embed_dim
     macs = arch.num_patches * d * arch.in_chans * arch.patch_size**2  # patch embedding
-    for q, m in zip(arch.qkv_dim, arch.mlp_hidden, strict=True):
+    for i, (q, m) in enumerate(zip(arch.qkv_dim, arch.mlp_hidden, strict=True)):
+        t = arch.tokens_in(i)  # slimmed models drop patch tokens block by block
         macs += t * d * 3 * q  # qkv
         macs += 2 * t * t * q  # q @ k^T and attn @ v
         macs += t * q * d  # proj

@@ -117,7 +117,7 @@ class SearchSpace:
 
     def contains(self, arch: Arch) -> bool:
         """Whether `arch` is one of this space's architectures (same input/output shape too)."""
-        if arch.mlp_ratio is None:
+        if arch.mlp_ratio is None or arch.keep_tokens is not None:
             return False
         return (
             arch.embed_dim in self.embed_dim

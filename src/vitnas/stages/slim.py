@@ -10,8 +10,10 @@ distillation from the unmasked model); the budget solver picks the kept entries 
 arch hits `slim.target_flops_ratio` / `slim.target_params_ratio` within 2% (exact counts); the
 masks are binarised and folded into a smaller standalone model; its val accuracy. No fine-tune.
 
-Tokens: `Arch` cannot describe per-layer token keep-counts yet, so token masks are off here
-(`tokens=False`, `slim.w_token` unused); see `vitnas.slim.masks` for the token option.
+Tokens (`slim.token_keep_ratio` set): token masks are trained too (L1 weight `slim.w_token`),
+that fraction of the (layer, patch) token slots is kept as nested per-layer sets, and the pruned
+model removes the others physically (`arch.keep_tokens`); the widths are then solved for the
+FLOPs that remain. Token pruning ties the model to its input size, so it is off by default.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError, ConfigError
-from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, load_model, prune, save_model
+from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, load_model, prune, save_model, token_plan
 from vitnas.slim.prune import ARCH_FILE, WEIGHTS_FILE
 from vitnas.space import Arch, ArchError, count_flops, count_params
 from vitnas.stages._io import atomic_dir, flat_metrics, write_json
@@ -87,10 +89,12 @@ def plot_widths(before: Arch, after: Arch, path: Path) -> None:
     import numpy as np
 
     layers = np.arange(before.depth)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.6 * before.depth + 6), 3.8))
-    for ax, title, b, a in (
-            (axes[0], "attention dims (heads x head dim)", before.qkv_dim, after.qkv_dim),
-            (axes[1], "MLP hidden units", before.mlp_hidden, after.mlp_hidden)):
+    panels = [("attention dims (heads x head dim)", before.qkv_dim, after.qkv_dim),
+              ("MLP hidden units", before.mlp_hidden, after.mlp_hidden)]
+    if after.keep_tokens is not None:
+        panels.append(("patch tokens in", [before.num_patches] * before.depth, after.keep_tokens))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 0.6 * before.depth + 6) * len(panels) / 2, 3.8))
+    for ax, (title, b, a) in zip(axes, panels, strict=True):
         ax.bar(layers - 0.2, b, width=0.4, label="before", color="#bbbbbb")
         ax.bar(layers + 0.2, a, width=0.4, label="after", color="#1f77b4")
         ax.set(xlabel="layer", title=title, xticks=layers)
@@ -118,9 +122,12 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
     where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
     check_fits_data(arch, data, where)
 
-    # An impossible target fails here, before any training (the scores do not change the bounds).
+    # An impossible target fails here, before any training (the scores do not change the bounds;
+    # with tokens, one token per layer bounds what any token plan can save).
+    tokens = cfg.token_keep_ratio is not None
     probe = BudgetSolver(arch, [torch.ones(h, d) for h, d in zip(arch.num_heads, arch.head_dim, strict=True)],
-                         [torch.ones(m) for m in arch.mlp_hidden], round_to=cfg.round_to, kind=kind)
+                         [torch.ones(m) for m in arch.mlp_hidden], round_to=cfg.round_to, kind=kind,
+                         tokens=[[0]] * arch.depth if tokens and kind == "flops" else None)
     min_ratio = probe.min_cost() / probe.full_cost()
     if min_ratio > ratio * (1 + TOL):
         raise ConfigError(f"{target_key(kind)}: {ratio:g} is below the smallest model slimming can reach "
@@ -140,9 +147,9 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
     reseed(cfg.seed, "init")
     model = model.to(dev).eval()
     acc_before = val_acc(model) if dist.is_main else float("nan")
-    masked = MaskedViT(model, arch, tokens=False).to(dev)
-    trainer = SlimTrainer(masked, lr=cfg.lr, w_attn=cfg.w_attn, w_mlp=cfg.w_mlp, w_token=0.0,
-                          distill=cfg.distill, dist=dist)
+    masked = MaskedViT(model, arch, tokens=tokens).to(dev)
+    trainer = SlimTrainer(masked, lr=cfg.lr, w_attn=cfg.w_attn, w_mlp=cfg.w_mlp,
+                          w_token=cfg.w_token if tokens else 0.0, distill=cfg.distill, dist=dist)
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()
@@ -170,11 +177,14 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
         if dist.is_main:
             masked.eval()
             scores = masked.scores()
-            solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=cfg.round_to, kind=kind)
+            token_sets = token_plan(scores["tokens"], cfg.token_keep_ratio) if tokens else None
+            solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=cfg.round_to, kind=kind,
+                                  tokens=token_sets, keep_tokens=cfg.token_keep_ratio)
             try:
                 plan = solver.solve(ratio, tol=TOL)
             except BudgetError as e:
-                raise ConfigError(f"{target_key(kind)}: {e}") from None
+                hint = " (slim.token_keep_ratio removes part of it already)" if tokens else ""
+                raise ConfigError(f"{target_key(kind)}: {e}{hint}") from None
             acc_soft = val_acc(masked)
             masked.apply_plan(plan)
             acc_binary = val_acc(masked)
@@ -194,6 +204,8 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
                 "val_acc_after": acc_after,
                 "keep_attn": plan.keep_attn, "keep_mlp": plan.keep_mlp,
                 "attn_dims_kept": sum(after.qkv_dim) / sum(arch.qkv_dim),
+                "tokens_kept": (sum(after.keep_tokens) if after.keep_tokens else arch.depth * arch.num_patches)
+                / (arch.depth * arch.num_patches),
                 "mlp_units_kept": sum(after.mlp_hidden) / sum(arch.mlp_hidden),
                 "prune_max_abs_diff": diff, "epochs": cfg.epochs,
                 "slim_seconds": round(time.time() - t0, 2),

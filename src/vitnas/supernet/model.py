@@ -80,6 +80,8 @@ class SuperBlock(nn.Module):
 
 def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
     """Why `arch` is not in `space` (the first reason), or None when it is."""
+    if arch.keep_tokens is not None:
+        return "it removes tokens (keep_tokens, a slimmed model); supernets run every token"
     if space.contains(arch):
         return None
     if arch.mlp_ratio is None:
