@@ -45,6 +45,19 @@ def test_separate_pipeline_runs_get_separate_parents(monkeypatch):
     assert sorted(r.data.tags[tracking.PIPELINE_TAG] for r in parents) == ["a", "b"]
 
 
+def test_pipeline_parent_keeps_params_and_runs_carry_the_code_version(monkeypatch):
+    monkeypatch.setenv(tracking.CODE_VERSION_ENV, "abc1234")
+    parent = tracking.pipeline_parent("run-p", "t-params", params={"supernet.epochs": 3, "proxy.proxies": ["dss"]})
+    assert tracking.pipeline_parent("run-p", "t-params", params={"supernet.epochs": 4}) == parent  # found, kept
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "run-p")
+    with tracking.stage_run("data", experiment="t-params") as run:
+        pass
+    p, child = mlflow.get_run(parent).data, mlflow.get_run(run.run_id).data
+    assert p.params == {"supernet.epochs": "3", "proxy.proxies": '["dss"]'}
+    assert p.tags[tracking.CODE_VERSION_TAG] == child.tags[tracking.CODE_VERSION_TAG] == "abc1234"
+    assert child.tags[tracking.PARENT_TAG] == parent
+
+
 def test_disabled_tracking_logs_nothing():
     with tracking.stage_run("data", experiment="t-off", enabled=False) as run:
         run.log_metrics({"acc": 1.0})
@@ -55,3 +68,39 @@ def test_disabled_tracking_logs_nothing():
 def test_default_store_is_local_sqlite(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+
+
+def test_champion_alias_moves_only_when_val_accuracy_improves():
+    import numpy as np
+    import torch
+
+    name = "t-champion"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    example = np.random.default_rng(0).random((2, 1, 2, 2), dtype=np.float32)
+    moved, versions = [], []
+    for acc in (0.5, 0.4, 0.5, float("nan"), 0.7):  # first, lower, tie, not a number, higher
+        with tracking.stage_run("retrain", experiment="t-champion") as run:
+            version = run.log_model(model, input_example=example, registered_model=name)
+            versions.append(version)
+            moved.append(tracking.promote_if_better(name, version, acc))
+    assert versions == ["1", "2", "3", "4", "5"]
+    assert moved == [True, False, False, False, True]
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "5"
+    assert float(client.get_model_version(name, "2").tags["val_acc"]) == 0.4
+    assert tracking.promote_if_better(name, "5", 0.7)  # the holder itself stays champion
+    # a pt2 export: loads without the defining code and takes any batch size
+    served = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    x = torch.rand(5, 1, 2, 2)
+    assert torch.allclose(served(x), model(x))
+
+
+def test_log_model_is_a_no_op_when_tracking_is_off():
+    import numpy as np
+    import torch
+
+    with tracking.stage_run("retrain", experiment="t-off-model", enabled=False) as run:
+        assert run.log_model(torch.nn.Linear(2, 2), input_example=np.zeros((2, 2), np.float32),
+                             registered_model="t-off-model") is None
+    assert mlflow.get_experiment_by_name("t-off-model") is None

@@ -20,6 +20,8 @@ PIPELINE_TAG = "vitnas.pipeline_run_id"
 ROLE_TAG = "vitnas.role"
 STAGE_TAG = "vitnas.stage"
 PARENT_TAG = "mlflow.parentRunId"
+CODE_VERSION_TAG = "vitnas.code_version"
+CODE_VERSION_ENV = "VITNAS_CODE_VERSION"  # set in pipeline pods (the image tag) and by `pipeline run-local`
 
 
 def tracking_uri() -> str:
@@ -71,14 +73,56 @@ class StageRun:
         if self.active:
             _mlflow().set_tags(dict(tags))
 
+    def log_model(self, model, *, input_example, name: str = "model",
+                  registered_model: str | None = None) -> str | None:
+        """Log a torch model as a pt2 export (servable without vitnas installed, no pickle) and
+        register it under `registered_model`; returns the new version, or None when not registered.
+
+        `input_example` (a numpy batch) traces the graph and gives the signature; use a batch of 2 or
+        more, since torch.export specialises a batch dim of 1 and the model would then take only 1.
+        """
+        if not self.active:
+            return None
+        import copy
+
+        import mlflow.pytorch
+        import torch
+
+        _mlflow()  # sets the tracking URI
+        cpu = copy.deepcopy(model).cpu().eval()  # export traces on the example's device (CPU)
+        info = mlflow.pytorch.log_model(cpu, name=name, input_example=input_example,
+                                        registered_model_name=registered_model, serialization_format="pt2",
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        return str(info.registered_model_version) if registered_model else None
+
 
 def _experiment_id(mlflow, name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
-    return exp.experiment_id if exp else mlflow.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.create_experiment(name)
+    except MlflowException as e:  # another pod created it first
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.get_experiment_by_name(name).experiment_id
 
 
-def pipeline_parent(pipeline_run_id: str, experiment: str = "vitnas") -> str:
-    """The run id of the parent run of a pipeline run, created on first use."""
+def _version_tags() -> dict[str, str]:
+    """The code version the process runs (the image tag in a pipeline pod), when known."""
+    version = os.environ.get(CODE_VERSION_ENV)
+    return {CODE_VERSION_TAG: version} if version else {}
+
+
+def pipeline_parent(pipeline_run_id: str, experiment: str = "vitnas", *,
+                    params: Mapping[str, Any] | None = None) -> str:
+    """The run id of the parent run of a pipeline run, created on first use (with `params`).
+
+    Find-or-create is not atomic: in a Kubeflow run the pipeline's first step calls this before
+    any stage pod starts, so parallel stages only ever find it.
+    """
     mlflow = _mlflow()
     exp_id = _experiment_id(mlflow, experiment)
     found = mlflow.search_runs(
@@ -89,7 +133,13 @@ def pipeline_parent(pipeline_run_id: str, experiment: str = "vitnas") -> str:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
     run = client.create_run(exp_id, run_name=f"pipeline-{pipeline_run_id}",
-                            tags={PIPELINE_TAG: pipeline_run_id, ROLE_TAG: "pipeline"})
+                            tags={PIPELINE_TAG: pipeline_run_id, ROLE_TAG: "pipeline", **_version_tags()})
+    if params:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's per-call limit
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -103,7 +153,7 @@ def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment
         return
     mlflow = _mlflow()
     exp_id = _experiment_id(mlflow, experiment)
-    all_tags = {STAGE_TAG: stage, ROLE_TAG: "stage", **dict(tags or {})}
+    all_tags = {STAGE_TAG: stage, ROLE_TAG: "stage", **_version_tags(), **dict(tags or {})}
     pipeline_id = os.environ.get("VITNAS_PIPELINE_RUN_ID")
     parent = os.environ.get("VITNAS_PARENT_RUN_ID") or (
         pipeline_parent(pipeline_id, experiment) if pipeline_id else None)
@@ -115,3 +165,31 @@ def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment
         handle = StageRun(run.info.run_id)
         handle.log_params(params or {})
         yield handle
+
+
+def promote_if_better(name: str, version: str, value: float, *, metric: str = "val_acc",
+                      alias: str = "champion") -> bool:
+    """Move `alias` of registered model `name` to `version` only when `value` beats the current
+    holder's `metric` (ties keep the holder; the first version takes it). True when it moved.
+
+    The value is stored as a tag of the version, so later comparisons do not depend on which of a
+    run's per-step metric values MLflow shows as the latest.
+    """
+    import math
+
+    client = _mlflow().MlflowClient()
+    client.set_model_version_tag(name, version, metric, repr(float(value)))
+    if not math.isfinite(value):
+        return False
+    held_version = client.get_registered_model(name).aliases.get(alias)
+    if held_version is not None:
+        if str(held_version) == str(version):
+            return True
+        current = client.get_model_version(name, str(held_version))
+        held = current.tags.get(metric)
+        if held is None:  # a holder set by hand: fall back to its run's metric
+            held = client.get_run(current.run_id).data.metrics.get(metric) if current.run_id else None
+        if held is not None and value <= float(held):
+            return False
+    client.set_registered_model_alias(name, alias, version)
+    return True

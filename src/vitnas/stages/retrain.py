@@ -1,0 +1,269 @@
+"""Retrain stage: train the final architecture with the timm/DeiT recipe and report it once on test.
+
+Input: a model directory (`arch.json` + `model.safetensors`, the slim stage's output) or an
+`arch.json` whose weights come from the supernet. `retrain.init`: `inherit` starts from those
+weights, `scratch` from a seeded random init of the same arch (no supernet needed).
+`retrain.distill`: soft distillation from `retrain.teacher` (a model directory) or else the
+supernet's largest subnet.
+
+The val split is evaluated every epoch and is the only thing model selection sees
+(`retrain.keep: best` saves the best-val epoch's weights, `last` the final ones); the test split is
+evaluated once, on the saved model. Checkpoints every epoch; `resume` continues bit-exactly.
+With tracking on, the model is logged to MLflow, registered as `retrain.registered_model`, and the
+alias `champion` moves to it only when its val accuracy beats the current champion's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from vitnas import tracking
+from vitnas.config import Params, RetrainConfig
+from vitnas.data import PreparedData
+from vitnas.errors import ArtifactError, ConfigError
+from vitnas.slim import load_model, save_model
+from vitnas.slim.prune import ARCH_FILE
+from vitnas.space import Arch, ArchError, build, count_flops, count_params
+from vitnas.stages import _checkpoint
+from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages.slim import check_fits_data, load_input_model
+from vitnas.supernet import Supernet, SupernetFileError, extract
+from vitnas.train import (
+    ClassifierTrainer,
+    LossNotFinite,
+    batches,
+    epoch_loader,
+    evaluate,
+    init_distributed,
+    replicas_in_sync,
+    reseed,
+)
+
+OUTPUTS = ("arch.json", "model.safetensors", "metrics.json", "history.json", "curves.png")
+CHAMPION = "champion"
+_EVAL_CACHE_BYTES = 512 * 2**20  # splits below this are kept as one tensor for fast re-evaluation
+
+
+def load_arch(arch_path: str | Path) -> tuple[Arch, Path]:
+    """The arch of a model directory or of an arch.json, and the file it came from."""
+    path = Path(arch_path)
+    file = path / ARCH_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ArtifactError(f"{file}: architecture file not found")
+    try:
+        return Arch.load(file), file
+    except ArchError as e:
+        raise ArtifactError(str(e)) from None
+
+
+def load_teacher(cfg: RetrainConfig, supernet_path: str | Path | None,
+                 device: torch.device) -> tuple[torch.nn.Module, Arch, Path, str]:
+    """(teacher, its arch, where it came from, kind): `retrain.teacher`, else the supernet's largest."""
+    if cfg.teacher:
+        model, arch = load_model(cfg.teacher, map_location=device)
+        return model, arch, Path(cfg.teacher) / ARCH_FILE, "model"
+    if supernet_path is None or not Path(supernet_path).is_file():
+        missing = f" ({supernet_path} not found)" if supernet_path is not None else ""
+        raise ConfigError("retrain.distill: no teacher; set retrain.teacher to a model directory or give the "
+                          f"supernet (--supernet) whose largest subnet teaches{missing}")
+    try:
+        supernet = Supernet.load(supernet_path, map_location=device)
+    except SupernetFileError as e:
+        raise ArtifactError(str(e)) from None
+    largest = supernet.space.largest()
+    return extract(supernet, largest).eval(), largest, Path(supernet_path), "supernet"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of the weights, so a checkpoint is resumed only from the same starting point."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def eval_batches(data: PreparedData, split: str, batch_size: int, workers: int = 0):
+    """A function returning fresh eval batches of `split` (one cached tensor when it is small)."""
+    n = data.meta["splits"][split]
+    if n * data.in_chans * data.img_size**2 * 4 <= _EVAL_CACHE_BYTES:
+        x, y = data.eval_tensors(split)
+        return lambda: batches(x, y, batch_size)
+    ds = data.dataset(split)
+    return lambda: torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+
+
+def plot_curves(history: list[dict], best_epoch: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history])
+    ax1.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    ax2.plot(epochs, [h["val_acc"] for h in history], marker=".")
+    ax2.axvline(best_epoch, color="grey", linestyle=":", label=f"saved (epoch {best_epoch})")
+    ax2.set(xlabel="epoch", ylabel="val top-1", title="val accuracy")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
+        out: str | Path, *, checkpoint_dir: str | Path | None = None, resume: bool = False, device: str = "auto",
+        track: bool | None = None, progress: bool = True) -> dict[str, float]:
+    """Retrain the arch; writes `out/arch.json`, `model.safetensors`, `metrics.json`, `history.json`,
+    `curves.png`. `arch_path`: a model directory or an arch.json (weights from `supernet_path`)."""
+    cfg = params.retrain
+    out = Path(out)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + "-checkpoints")
+    dist = init_distributed(device)
+    dev = dist.device
+    data = PreparedData(data_dir)
+
+    # ---- inputs, all checked before any training ---------------------------------------------
+    if cfg.init == "inherit":
+        src, arch, source = load_input_model(arch_path, supernet_path, dev)
+        where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
+    else:
+        arch, where = load_arch(arch_path)
+        src, source = None, "scratch"
+    check_fits_data(arch, data, where)
+    teacher = None
+    if cfg.distill:
+        teacher, t_arch, t_where, t_source = load_teacher(cfg, supernet_path, dev)
+        check_fits_data(t_arch, data, t_where)
+    for split in ("val", "test"):
+        if not data.meta["splits"].get(split):
+            raise ArtifactError(f"{data.path / 'dataset.json'}: the {split} split is empty; retrain needs it")
+    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    steps = (len(train_ds) // dist.world_size) // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"retrain.batch_size: {cfg.batch_size} is larger than the training split per process "
+                          f"({len(train_ds) // dist.world_size} samples)")
+
+    reseed(cfg.seed, "init")
+    model = build(arch, drop_path_rate=cfg.drop_path)
+    if src is not None:
+        model.load_state_dict(src.state_dict())
+        del src
+    model.to(dev)
+    trainer = ClassifierTrainer(
+        model, num_classes=arch.num_classes, dist=dist, epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr,
+        min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup,
+        cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp,
+        teacher=teacher, distill_alpha=cfg.distill_alpha, distill_temperature=cfg.distill_temperature,
+        name="retrain")
+    eval_bs = max(cfg.batch_size, 256)
+    val_data = eval_batches(data, "val", eval_bs, cfg.workers)
+
+    fp = _checkpoint.fingerprint(
+        cfg.model_dump(exclude={"workers", "registered_model"}), arch.to_dict(), data.meta,
+        params.data.augment.model_dump(), dist.world_size, weights_digest(model) if cfg.init == "inherit" else None,
+        weights_digest(teacher) if teacher is not None else None)
+    start, history, best, spent = 0, [], {"epoch": 0, "val_acc": -1.0, "state": None}, 0.0
+    val_acc_init = float("nan")
+    resumed = False
+    if resume:
+        state = _checkpoint.load(ckpt_dir)
+        if state is not None and state.get("fingerprint") == fp:
+            trainer.load_state_dict(state["trainer"])
+            start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+            spent, val_acc_init, resumed = float(state["seconds"]), float(state["val_acc_init"]), True
+            if dist.is_main:
+                print(f"resuming from {ckpt_dir / _checkpoint.CHECKPOINT} after epoch {start}")
+        elif state is not None and dist.is_main:
+            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params, inputs or data; "
+                  "starting over")
+    if not resumed and dist.is_main:
+        val_acc_init = trainer.evaluate(val_data())["acc"]  # what the inherited weights give before training
+
+    enabled = (params.tracking.enabled if track is None else track) and dist.is_main
+    tags = {"vitnas.retrain.init": cfg.init, "vitnas.retrain.source": source}
+    if teacher is not None:
+        tags["vitnas.retrain.teacher"] = t_source
+    t0 = time.time()
+    with tracking.stage_run("retrain", params=params.section_params("retrain"), experiment=params.tracking.experiment,
+                            enabled=enabled, tags=tags) as run_:
+        for h in history:  # a resumed run's MLflow run still shows the whole curve
+            run_.log_metrics(_curve(h), step=h["epoch"])
+        for epoch in range(start, cfg.epochs):
+            reseed(cfg.seed, epoch, dist.rank)
+            loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=dist.rank,
+                                  world_size=dist.world_size, workers=cfg.workers, pin_memory=dev.type == "cuda")
+            try:
+                stats = trainer.train_epoch(loader, epoch, progress)
+            except LossNotFinite as e:
+                kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_dir}" if epoch \
+                    else "no checkpoint was written yet"
+                raise LossNotFinite(f"retrain: training diverged at {e}; {kept}. Lower retrain.lr or raise "
+                                    "retrain.warmup_epochs") from None
+            if not replicas_in_sync(trainer.model, dist.world_size):
+                raise RuntimeError("retrain: data-parallel replicas diverged (ranks hold different weights)")
+            if dist.is_main:
+                v = trainer.evaluate(val_data())
+                record = {"epoch": epoch + 1, **stats, "val_acc": v["acc"], "val_loss": v["loss"]}
+                history.append(record)
+                if cfg.keep == "last" or v["acc"] > best["val_acc"]:
+                    best = {"epoch": epoch + 1, "val_acc": v["acc"],
+                            "state": {k: t.detach().cpu().clone() for k, t in trainer.eval_model.state_dict().items()}}
+                _checkpoint.save(ckpt_dir, {"fingerprint": fp, "epoch": epoch + 1, "history": history, "best": best,
+                                            "trainer": trainer.state_dict(), "val_acc_init": val_acc_init,
+                                            "seconds": spent + time.time() - t0})
+                run_.log_metrics(_curve(record), step=epoch + 1)
+                if progress:
+                    print(f"retrain epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
+                          f"val {v['acc']:.4f}", flush=True)
+            dist.barrier()
+
+        metrics: dict[str, float] = {}
+        if dist.is_main:
+            final = build(arch).to(dev)
+            final.load_state_dict(best["state"])
+            final.eval()
+            test_acc = _accuracy(final, eval_batches(data, "test", eval_bs, cfg.workers)(), dev, trainer)
+            val_acc = _accuracy(final, val_data(), dev, trainer)
+            metrics = {
+                "val_acc": val_acc, "test_acc": test_acc, "val_acc_last": history[-1]["val_acc"],
+                "val_acc_init": val_acc_init, "best_epoch": best["epoch"], "train_loss": history[-1]["train_loss"],
+                "params": count_params(arch), "flops": count_flops(arch), "epochs": cfg.epochs,
+                "init_inherit": int(cfg.init == "inherit"), "distill": int(cfg.distill),
+                "train_seconds": round(spent + time.time() - t0, 2),
+            }
+            champion = False
+            x_example = data.eval_tensors("val")[0][:2] if data.meta["splits"]["val"] >= 2 else \
+                torch.zeros(2, arch.in_chans, arch.img_size, arch.img_size)
+            version = run_.log_model(final, input_example=x_example.numpy(), registered_model=cfg.registered_model)
+            if version is not None:
+                champion = tracking.promote_if_better(cfg.registered_model, version, val_acc, alias=CHAMPION)
+                run_.set_tags({"vitnas.registered_version": version, "vitnas.champion": str(champion).lower()})
+            metrics = flat_metrics(metrics | {"champion": int(champion)})
+            with atomic_dir(out) as tmp:
+                save_model(final, arch, tmp)
+                write_json(tmp / "metrics.json", metrics)
+                write_json(tmp / "history.json", history)
+                plot_curves(history, best["epoch"], tmp / "curves.png")
+            run_.log_metrics(metrics)
+            for name in ("arch.json", "history.json", "curves.png"):
+                run_.log_artifact(out / name)
+            print(f"retrain: {arch}  val {val_acc:.4f} (epoch {best['epoch']})  test {test_acc:.4f}"
+                  + (f"  registered {cfg.registered_model} v{version}" + (f" ({CHAMPION})" if champion else "")
+                     if version is not None else ""), flush=True)
+        dist.barrier()
+    return metrics
+
+
+def _curve(record: dict) -> dict[str, float]:
+    """Per-epoch MLflow names, apart from the final metrics (`val_acc` there is the saved model's)."""
+    return {f"epoch_{k}": v for k, v in record.items() if k != "epoch"}
+
+
+def _accuracy(model: torch.nn.Module, data, device: torch.device, trainer: ClassifierTrainer) -> float:
+    return evaluate(model, data, device, trainer.precision.autocast)["acc"]
