@@ -141,7 +141,8 @@ def test_missing_or_corrupt_artifacts_are_clear_errors(tmp_path, digits_dir):
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in digits_dir.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
+        if f.is_file():  # transfer/ holds the digits-* transfer targets
+            (broken / f.name).write_bytes(f.read_bytes())
     (broken / "val.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ArtifactError, match="val.npz: corrupt split file"):
         PreparedData(broken).part("val")

@@ -6,12 +6,50 @@ from pathlib import Path
 
 from vitnas import tracking
 from vitnas.config import Params
-from vitnas.data import load_source, split_indices, write_prepared
+from vitnas.data import RawDataset, load_source, split_indices, write_prepared
 from vitnas.stages._io import atomic_dir, flat_metrics, write_json
 
 
+def _digits_parts(params: Params, raw: RawDataset, splits: dict) -> tuple[tuple, tuple]:
+    """((images, labels) of train+val, (images, labels) of test) of the real digits, split as this
+    stage splits them, so the digits-* transfer targets never train on a test digit."""
+    import numpy as np
+
+    if raw.name != "digits":  # another main dataset: split the digits with the same settings
+        cfg = params.data
+        raw = load_source("digits")
+        splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                               seed=cfg.seed)
+    train = np.sort(np.concatenate([splits["train"], splits["val"]]))
+    images, labels = raw.train.images, raw.train.labels
+    return (images[train], labels[train]), (images[splits["test"]], labels[splits["test"]])
+
+
+def write_transfer_targets(params: Params, raw: RawDataset, splits: dict, out: Path) -> dict[str, int]:
+    """Write the digits-* targets listed in `transfer.targets` under `out/transfer/<name>/`, and
+    `out/transfer/targets.json` (their counts; `{}` when none, so the folder always exists).
+    Returns the counts as metrics (`transfer_digits_coco_val_boxes`, ...)."""
+    wanted = {t.name: t for t in params.transfer.targets if t.name.startswith("digits-")}
+    (out / "transfer").mkdir()
+    written: dict[str, dict[str, int]] = {}
+    if wanted:
+        from vitnas.transfer.targets import write_digits_cifar, write_digits_coco
+
+        train, test = _digits_parts(params, raw, splits)
+        if "digits-cifar" in wanted:
+            c = write_digits_cifar(out / "transfer" / "digits-cifar", train, test, seed=params.data.seed)
+            written["digits-cifar"] = {f"{k}_images": v for k, v in c.items()}
+        if "digits-coco" in wanted:
+            written["digits-coco"] = write_digits_coco(out / "transfer" / "digits-coco", train, test,
+                                                       canvas_size=wanted["digits-coco"].canvas_size,
+                                                       seed=params.data.seed)
+    write_json(out / "transfer" / "targets.json", written)
+    return {f"transfer_{name.replace('-', '_')}_{k}": v for name, c in written.items() for k, v in c.items()}
+
+
 def run(params: Params, out: str | Path, *, track: bool | None = None) -> dict[str, float]:
-    """Write `out/` = {train,val,test}.npz + dataset.json + metrics.json; returns the metrics."""
+    """Write `out/` = {train,val,test}.npz + dataset.json + metrics.json (+ `transfer/<name>/` for
+    the digits-* transfer targets listed in params); returns the metrics."""
     cfg = params.data
     raw = load_source(cfg.dataset, cfg.root, cfg.download)
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
@@ -26,6 +64,7 @@ def run(params: Params, out: str | Path, *, track: bool | None = None) -> dict[s
             metrics = flat_metrics({
                 "num_classes": meta["num_classes"],
                 **{f"{s}_count": n for s, n in meta["splits"].items()},
+                **write_transfer_targets(params, raw, splits, tmp),
             })
             write_json(tmp / "metrics.json", metrics)
         run_.log_metrics(metrics)
