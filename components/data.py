@@ -2,17 +2,12 @@
 
 from kfp import dsl
 
-from components.image import image
+from components.image import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=image(), install_kfp_package=False)
-def data_op(params_json: str, data: dsl.Output[dsl.Dataset], metrics: dsl.Output[dsl.Metrics]):
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def data_op(params: str, data: dsl.Output[dsl.Dataset], metrics: dsl.Output[dsl.Metrics]):
     """Prepare the dataset splits (vitnas.stages.data)."""
-    import json
+    from components.runtime import log_metrics, run_stage
 
-    from vitnas.config import parse_params
-    from vitnas.stages import data as stage
-
-    values = stage.run(parse_params(json.loads(params_json)), data.path)
-    for name, value in values.items():
-        metrics.log_metric(name, value)
+    log_metrics(metrics, run_stage("data", params, 1, data.path))

@@ -1,10 +1,8 @@
-"""The container image every component runs in."""
+"""The container image every component runs in.
 
-import os
+The decorators only need a placeholder: `pipelines.vitnas_pipeline.build` sets each task's image
+to the one given at compile time (`vitnas pipeline compile --image ... --image-tag ...`).
+"""
 
-DEFAULT_IMAGE = "ghcr.io/vitnas/vitnas:latest"
-
-
-def image() -> str:
-    """`VITNAS_IMAGE` (e.g. registry/vitnas:<git sha>) or the default tag."""
-    return os.environ.get("VITNAS_IMAGE", DEFAULT_IMAGE)
+DEFAULT_REPOSITORY = "ghcr.io/vitnas/vitnas"
+DEFAULT_IMAGE = f"{DEFAULT_REPOSITORY}:latest"

@@ -2,18 +2,13 @@
 
 from kfp import dsl
 
-from components.image import image
+from components.image import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=image(), install_kfp_package=False)
-def proxy_op(params_json: str, data: dsl.Input[dsl.Dataset], proxy: dsl.Output[dsl.Artifact],
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def proxy_op(params: str, data: dsl.Input[dsl.Dataset], proxy: dsl.Output[dsl.Artifact],
              metrics: dsl.Output[dsl.Metrics]):
     """Score sampled candidates with training-free proxies (vitnas.stages.proxy)."""
-    import json
+    from components.runtime import log_metrics, run_stage
 
-    from vitnas.config import parse_params
-    from vitnas.stages import proxy as stage
-
-    values = stage.run(parse_params(json.loads(params_json)), data.path, proxy.path, progress=False)
-    for name, value in values.items():
-        metrics.log_metric(name, value)
+    log_metrics(metrics, run_stage("proxy", params, 1, data.path, proxy.path, progress=False))

@@ -2,21 +2,17 @@
 
 from kfp import dsl
 
-from components.image import image
+from components.image import DEFAULT_IMAGE
 
 
-@dsl.component(base_image=image(), install_kfp_package=False)
-def supernet_op(params_json: str, data: dsl.Input[dsl.Dataset], supernet: dsl.Output[dsl.Model],
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def supernet_op(params: str, nproc_per_node: int, data: dsl.Input[dsl.Dataset], supernet: dsl.Output[dsl.Model],
                 metrics: dsl.Output[dsl.Metrics]):
-    """Train the weight-entangled supernet (vitnas.stages.supernet)."""
-    import json
+    """Train the weight-entangled supernet (vitnas.stages.supernet), under torchrun on several GPUs."""
     import tempfile
 
-    from vitnas.config import parse_params
-    from vitnas.stages import supernet as stage
+    from components.runtime import log_metrics, run_stage
 
     with tempfile.TemporaryDirectory() as ckpt:
-        values = stage.run(parse_params(json.loads(params_json)), data.path, supernet.path, checkpoint_dir=ckpt,
-                           progress=False)
-    for name, value in values.items():
-        metrics.log_metric(name, value)
+        log_metrics(metrics, run_stage("supernet", params, nproc_per_node, data.path, supernet.path,
+                                       checkpoint_dir=ckpt, progress=False))

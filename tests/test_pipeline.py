@@ -1,4 +1,4 @@
-"""The same stages through Kubeflow (compiled, and run locally via kfp.local) and DVC."""
+"""The same stages through Kubeflow (compiled, submitted, run locally via kfp.local) and DVC."""
 
 from __future__ import annotations
 
@@ -7,30 +7,314 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
+import pytest
 import yaml
 
 from vitnas import tracking
 from vitnas.config import parse_params
+from vitnas.errors import ConfigError
+
+VITNAS = str(Path(sys.executable).parent / "vitnas")
+STAGES = ("data", "supernet", "proxy", "search", "slim", "retrain", "transfer")
 
 
-def test_pipeline_compiles_with_params_as_default(tmp_path):
+def _executors(spec: dict) -> dict:
+    return spec["deploymentSpec"]["executors"]
+
+
+def _k8s(spec: dict) -> dict:
+    return spec.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    """(pipeline spec, platform spec) of a compiled pipeline (two YAML documents)."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
+    from components.runtime import merge_params, split_params, typed_params
     from pipelines.vitnas_pipeline import compile_pipeline
 
-    params = parse_params({"data": {"seed": 7}})
-    out = compile_pipeline(params, tmp_path / "p.yaml")
-    spec = yaml.safe_load(out.read_text())
-    default = spec["root"]["inputDefinitions"]["parameters"]["params_json"]["defaultValue"]
-    assert parse_params(json.loads(default)) == params
-    executors = spec["deploymentSpec"]["executors"]
-    assert executors["exec-data-op"]["container"]["image"].startswith("ghcr.io/vitnas/vitnas")
-    body = "\n".join(executors["exec-data-op"]["container"]["command"])
-    assert "pip install" not in body  # the image already holds vitnas and kfp
+    params = parse_params({"supernet": {"epochs": 7}, "slim": {"target_flops_ratio": 0.5}, "data": {"seed": 3}})
+    spec, _ = _load(compile_pipeline(params, tmp_path / "p.yaml"))
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    names = {p.name for p in typed_params()}
+    assert set(inputs) == names | {"params_json"}
+    assert inputs["supernet_epochs"]["parameterType"] == "NUMBER_INTEGER"
+    assert inputs["supernet_epochs"]["defaultValue"] == 7
+    assert inputs["supernet_lr"]["parameterType"] == "NUMBER_DOUBLE"
+    assert inputs["supernet_amp"]["parameterType"] == "BOOLEAN"
+    assert inputs["search_fitness"]["parameterType"] == "STRING"
+    assert inputs["data_seed"]["defaultValue"] == 3
+    assert inputs["supernet_epochs"]["description"] == "params.yaml supernet.epochs."
+    # nullable and list keys stay in params_json (KFP parameters cannot hold null)
+    rest = json.loads(inputs["params_json"]["defaultValue"])
+    assert rest["slim"]["target_flops_ratio"] == 0.5 and rest["search"]["params_max"] is None
+    assert "epochs" not in rest["supernet"] and rest["proxy"]["proxies"] == list(params.proxy.proxies)
+    typed = {k: v["defaultValue"] for k, v in inputs.items() if k != "params_json"}
+    assert merge_params(inputs["params_json"]["defaultValue"], typed) == params
+    # every scalar key of the repo's params.yaml round-trips
+    from vitnas.config import load_params
+
+    p = load_params(repo / "params.yaml")
+    t, r = split_params(p)
+    assert merge_params(r, t) == p
+
+
+def test_merge_params_reports_conflicts_and_bad_values_in_one_line():
+    from components.runtime import merge_params, split_params
+
+    typed, rest = split_params(parse_params({}))
+    assert merge_params(rest, {**typed, "supernet_epochs": 3.0}).supernet.epochs == 3  # KFP int as JSON number
+    both = json.loads(rest) | {"supernet": {"epochs": 5}}
+    with pytest.raises(ConfigError, match=r"^params_json: supernet.epochs is the typed pipeline parameter "
+                                          r"supernet_epochs; set it there$"):
+        merge_params(json.dumps(both), typed)
+    with pytest.raises(ConfigError, match="^supernet.warmup_epochs: must be < supernet.epochs$"):
+        merge_params(rest, {**typed, "supernet_epochs": 2, "supernet_warmup_epochs": 2})
+    with pytest.raises(ConfigError, match="^params_json: invalid JSON"):
+        merge_params("{not json", typed)
+    with pytest.raises(ConfigError, match="^epochs: not a typed pipeline parameter$"):
+        merge_params(rest, {"epochs": 1})
+
+
+def test_init_component_takes_every_typed_parameter():
+    from components import init_op
+    from components.runtime import typed_params
+
+    inputs = init_op().component_spec.inputs
+    assert set(inputs) == {p.name for p in typed_params()} | {"params_json"}
+    assert inputs["retrain_keep"].type == "String" and inputs["slim_round_to"].type == "Integer"
+
+
+def _cluster(tmp_path, **kw):
+    from pipelines.vitnas_pipeline import ClusterOptions, Toleration, compile_pipeline
+
+    opts = ClusterOptions(image="registry.example/vitnas:abc1234", gpus=4, node_selector={"pool": "a100"},
+                          tolerations=(Toleration.parse("nvidia.com/gpu:NoSchedule"),
+                                       Toleration.parse("dedicated=ml:NoExecute")),
+                          secret="vitnas-credentials", code_version="abc1234", **kw)
+    return _load(compile_pipeline(parse_params({}), tmp_path / "p.yaml", opts))
+
+
+def test_compiled_pipeline_carries_cluster_settings(tmp_path):
+    spec, platform = _cluster(tmp_path)
+    executors = _executors(spec)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {f"exec-{s}-op" for s in ("init", *STAGES)}
+    for name, ex in executors.items():
+        c = ex["container"]
+        assert c["image"] == "registry.example/vitnas:abc1234"
+        assert {"name": "VITNAS_CODE_VERSION", "value": "abc1234"} in c["env"]  # in the KFP cache key
+        assert "pip install" not in "\n".join(c["command"])  # the image already holds vitnas and kfp
+        assert {"fieldPath": "metadata.labels['pipeline/runid']", "name": "VITNAS_PIPELINE_RUN_ID"} in \
+            k8s[name]["fieldPathAsEnv"]
+        secrets = k8s[name]["secretAsEnv"]
+        assert {s["secretName"] for s in secrets} == {"vitnas-credentials"}
+        required = [s for s in secrets if not s.get("optional")]
+        assert [e["envVar"] for s in required for e in s["keyToEnv"]] == ["MLFLOW_TRACKING_URI"]
+    gpus = {n.removeprefix("exec-").removesuffix("-op"): ex["container"].get("resources", {}).get("accelerator")
+            for n, ex in executors.items()}
+    assert {s: int(a["resourceCount"]) for s, a in gpus.items() if a} == {
+        "supernet": 4, "slim": 4, "retrain": 4, "proxy": 1, "search": 1, "transfer": 1}
+    assert all(a["resourceType"] == "nvidia.com/gpu" for a in gpus.values() if a)
+    for stage in ("supernet", "retrain", "transfer"):
+        ex = k8s[f"exec-{stage}-op"]
+        assert ex["nodeSelector"] == {"labels": {"pool": "a100"}}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in ex["tolerations"]
+        assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"} in ex["tolerations"]
+        assert ex["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi",
+                                         "volumeName": "dshm"}]
+    for stage in ("init", "data"):  # CPU steps stay off the GPU nodes
+        assert not {"nodeSelector", "tolerations", "emptyDirMounts"} & set(k8s[f"exec-{stage}-op"])
+    assert executors["exec-data-op"]["container"]["resources"]["resourceMemoryRequest"] == "16Gi"
+    # torchrun width = the accelerator limit
+    tasks = spec["root"]["dag"]["tasks"]
+    for stage in ("supernet", "slim", "retrain"):
+        assert tasks[f"{stage}-op"]["inputs"]["parameters"]["nproc_per_node"]["runtimeValue"]["constant"] == 4
+    caching = {t: v["cachingOptions"].get("enableCache", False) for t, v in tasks.items()}
+    assert caching == {"init-op": False, "supernet-op": False, **{f"{s}-op": True for s in STAGES
+                                                                  if s != "supernet"}}
+    assert tasks["init-op"]["taskInfo"]["name"] == "init"
+    assert sorted(tasks["transfer-op"]["dependentTasks"]) == ["data-op", "init-op", "retrain-op"]
+    assert sorted(tasks["search-op"]["dependentTasks"]) == ["data-op", "init-op", "proxy-op", "supernet-op"]
+
+
+def test_compiled_pipeline_holds_no_secret_values(tmp_path, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, f"sentinel-{key.lower()}")
+    spec, platform = _cluster(tmp_path, mlflow_uri="http://mlflow.mlflow.svc.cluster.local:5000")
+    text = (tmp_path / "p.yaml").read_text()
+    assert "sentinel-" not in text
+    for ex in _executors(spec).values():
+        env = {e["name"]: e["value"] for e in ex["container"]["env"]}
+        assert env == {"VITNAS_CODE_VERSION": "abc1234",
+                       "MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc.cluster.local:5000"}
+    for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        (only,) = ex["secretAsEnv"]  # with --mlflow-uri, every key of the secret is optional
+        assert only["optional"] is True and "MLFLOW_TRACKING_URI" not in {e["envVar"] for e in only["keyToEnv"]}
+
+
+def test_cpu_only_compile_requests_no_gpus(tmp_path):
+    from pipelines.vitnas_pipeline import ClusterOptions, compile_pipeline
+
+    spec, platform = _load(compile_pipeline(parse_params({}), tmp_path / "cpu.yaml",
+                                            ClusterOptions(gpus=0, shm_size=None, cpu=None, memory=None)))
+    for ex in _executors(spec).values():
+        assert "accelerator" not in ex["container"].get("resources", {})
+    for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        assert set(ex) == {"fieldPathAsEnv"}
+    nproc = spec["root"]["dag"]["tasks"]["supernet-op"]["inputs"]["parameters"]["nproc_per_node"]
+    assert nproc["runtimeValue"]["constant"] == 1
+
+
+def test_image_tag_defaults_to_the_git_commit(repo, tmp_path):
+    from pipelines.vitnas_pipeline import image_reference
+
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    ref, _ = image_reference("reg.example/vitnas", None, repo)
+    assert ref == f"reg.example/vitnas:{sha}"
+    ref, notes = image_reference("reg.example/vitnas", None, tmp_path)  # not a git checkout
+    assert ref == "reg.example/vitnas:latest" and notes == ["not a git checkout: image tag 'latest'"]
+    assert image_reference("reg.example:5000/vitnas", "v1", tmp_path)[0] == "reg.example:5000/vitnas:v1"
+    assert image_reference("reg.example/vitnas@sha256:" + "0" * 64, None, tmp_path)[0].endswith("0" * 64)
+    with pytest.raises(ConfigError, match="already names a tag"):
+        image_reference("reg.example/vitnas:v1", "v2", tmp_path)
+
+
+def test_compile_command_options(tmp_path, repo):
+    out = tmp_path / "p.yaml"
+    r = subprocess.run([VITNAS, "pipeline", "compile", "--out", str(out), "--params", str(repo / "params.yaml"),
+                        "--image", "reg.example/vitnas", "--image-tag", "latest", "--gpus", "2",
+                        "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
+                        "--secret", "creds", "--shm-size", "2Gi", "--cache-supernet"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {out} (image reg.example/vitnas:latest)"
+    assert "KFP caching is turned off" in r.stderr
+    spec, platform = _load(out)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert not any(t["cachingOptions"].get("enableCache") for t in tasks.values())  # mutable tag: no caching
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-slim-op"]["emptyDirMounts"][0]["sizeLimit"] == "2Gi"
+    assert _executors(spec)["exec-slim-op"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+
+
+def test_bad_cluster_options_are_one_line_errors():
+    from pipelines.vitnas_pipeline import Toleration
+    from vitnas.cli import _cluster_options
+
+    def options(**kw):
+        args = dict(image="reg.example/vitnas", image_tag="t", gpus=1, accelerator="nvidia.com/gpu",
+                    node_selector=None, toleration=None, secret="s", mlflow_uri=None, shm_size="8Gi", cpu="4",
+                    memory="16Gi", cache_supernet=False)
+        return _cluster_options(**{**args, **kw})
+
+    with pytest.raises(ConfigError, match="^--node-selector pool: expected KEY=VALUE$"):
+        options(node_selector=["pool"])
+    with pytest.raises(ConfigError, match="^--toleration a=b:Sometimes: effect must be NoSchedule, "):
+        options(toleration=["a=b:Sometimes"])
+    with pytest.raises(ConfigError, match="^--toleration =x: expected key"):
+        Toleration.parse("=x")
+    opts = options(shm_size="0", cpu="none", memory="", toleration=["gpu=yes"])
+    assert (opts.shm_size, opts.cpu, opts.memory, opts.caching) == (None, None, None, True)
+    assert opts.tolerations == (Toleration("gpu", "yes", None),) and opts.image == "reg.example/vitnas:t"
+
+
+class _FakeKfp(BaseHTTPRequestHandler):
+    """The few KFP v2beta1 API calls `vitnas pipeline submit --wait` makes, recorded."""
+
+    requests: list = []
+
+    def _reply(self, obj, code=200):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        self.requests.append(("GET", self.path, None))
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            return self._reply({"multi_user": False})
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            return self._reply({})  # no experiment of that name yet
+        if self.path == "/apis/v2beta1/runs/run-42":
+            return self._reply({"run_id": "run-42", "state": "SUCCEEDED"})
+        self._reply({"error": "not found"}, 404)
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, body))
+        if self.path == "/apis/v2beta1/experiments":
+            return self._reply({"experiment_id": "exp-7", **body})
+        if self.path == "/apis/v2beta1/runs":
+            return self._reply({"run_id": "run-42", **body})
+        self._reply({"error": "not found"}, 404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_submit_creates_a_run_on_the_kfp_api(tmp_path, repo):
+    _FakeKfp.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKfp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"supernet": {"epochs": 3, "warmup_epochs": 1}, "search": {"params_max": "1M"}}))
+    try:
+        r = subprocess.run([VITNAS, "pipeline", "submit", "--host", f"http://127.0.0.1:{server.server_port}",
+                            "--experiment", "nas-study", "--run-name", "try-1", "--params", str(params),
+                            "--image", "reg.example/vitnas", "--image-tag", "abc1234", "--secret", "creds", "--wait"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    finally:
+        server.shutdown()
+    assert r.returncode == 0, r.stderr
+    assert "run try-1 (run-42) in experiment nas-study" in r.stdout and "run run-42: SUCCEEDED" in r.stdout
+    posts = {path: body for method, path, body in _FakeKfp.requests if method == "POST"}
+    assert posts["/apis/v2beta1/experiments"] == {"display_name": "nas-study"}
+    run = posts["/apis/v2beta1/runs"]
+    assert run["display_name"] == "try-1" and run["experiment_id"] == "exp-7"
+    spec = run["pipeline_spec"]["pipeline_spec"]
+    assert {ex["container"]["image"] for ex in _executors(spec).values()} == {"reg.example/vitnas:abc1234"}
+    assert "platform_spec" in run["pipeline_spec"]
+    args = run["runtime_config"]["parameters"]
+    assert args["supernet_epochs"] == 3 and json.loads(args["params_json"])["search"]["params_max"] == 1e6
+
+
+def test_submit_to_an_unreachable_host_fails_in_one_line(tmp_path, repo):
+    r = subprocess.run([VITNAS, "pipeline", "submit", "--host", "http://127.0.0.1:9", "--params",
+                        str(repo / "params.yaml"), "--image-tag", "x", "--mlflow-uri", "http://m:5000"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach Kubeflow Pipelines at http://127.0.0.1:9:")
+
+
+def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
+    """nproc_per_node > 1: the stage runs in torchrun worker processes; rank 0's metrics come back."""
+    from components.runtime import run_stage
+
+    params = parse_params({"supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64},
+                           "space": {"embed_dim": [16], "depth": [1], "num_heads": [1], "mlp_ratio": [2.0]},
+                           "tracking": {"enabled": False}})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    values = run_stage("supernet", params.model_dump_json(), 2, digits_dir, tmp_path / "s", progress=False)
+    assert values == json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert values["epochs"] == 1
 
 
 def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
+    """All seven stages with a tiny config, as the cluster runs them (one subprocess each)."""
     from pipelines.vitnas_pipeline import run_local
 
     monkeypatch.chdir(tmp_path)
@@ -41,16 +325,27 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
                            "proxy": {"num_candidates": 3, "proxies": ["dss", "params"]},
                            "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2,
                                       "generations": 1},
-                           "slim": {"epochs": 1}})
+                           "slim": {"epochs": 1},
+                           "retrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128},
+                           "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "warmup_epochs": 0,
+                                                     "batch_size": 128}]}})
+    t0 = time.time()
     outputs = run_local(params, tmp_path / "kfp")
-    data_dir = Path(outputs["data"])
-    meta = json.loads((data_dir / "dataset.json").read_text())
+    print(f"kfp.local pipeline: {time.time() - t0:.0f} s")
+    assert set(outputs) == set(STAGES)
+    meta = json.loads((Path(outputs["data"]) / "dataset.json").read_text())
     assert meta["splits"] == {"train": 1293, "val": 144, "test": 360}
     exp = mlflow.get_experiment_by_name("kfp-local")
     runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list")
+    (parent,) = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "pipeline"]
+    assert parent.data.tags[tracking.PIPELINE_TAG] == "kfp-local-test"
+    assert parent.data.params["supernet.epochs"] == "1"  # the init step logged the merged params
     stages = {r.data.tags.get(tracking.STAGE_TAG): r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "stage"}
-    assert set(stages) == {"data", "supernet", "proxy", "search", "slim"}
-    assert all(r.data.tags[tracking.PIPELINE_TAG] == "kfp-local-test" for r in stages.values())
+    assert set(stages) == set(STAGES)
+    for r in stages.values():
+        assert r.data.tags[tracking.PIPELINE_TAG] == "kfp-local-test"
+        assert r.data.tags[tracking.PARENT_TAG] == parent.info.run_id
+        assert r.info.status == "FINISHED"
     assert stages["data"].data.metrics["val_count"] == 144
     assert 0 <= stages["supernet"].data.metrics["val_acc_largest"] <= 1
     assert (Path(outputs["supernet"]) / "supernet.pt").exists()
@@ -58,6 +353,10 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     best = json.loads((Path(outputs["search"]) / "best_arch.json").read_text())
     slimmed = json.loads((Path(outputs["slim"]) / "arch.json").read_text())
     assert slimmed["depth"] == best["depth"] and (Path(outputs["slim"]) / "model.safetensors").exists()
+    retrained = json.loads((Path(outputs["retrain"]) / "arch.json").read_text())
+    assert retrained == slimmed and (Path(outputs["retrain"]) / "model.safetensors").exists()
+    transfer = json.loads((Path(outputs["transfer"]) / "metrics.json").read_text())
+    assert 0 <= transfer["digits-cifar.top1"] <= 1
 
 
 def _copy_project(repo: Path, dest: Path) -> None:
@@ -96,3 +395,27 @@ def test_dockerfile_passes_hadolint(repo):
     assert r.returncode == 0, r.stdout + r.stderr
     text = (repo / "Dockerfile").read_text()
     assert "uv sync --frozen" in text and "USER 10001" in text and "nvidia/cuda" in text
+    # .dockerignore is an allowlist of exactly what the Dockerfile copies
+    lines = [x for x in (repo / ".dockerignore").read_text().splitlines() if x and not x.startswith("#")]
+    assert lines[0] == "*"
+    copied = {src.removeprefix("./") for line in text.splitlines() if line.startswith("COPY ")
+              and "--from" not in line for src in line.split()[1:-1]}
+    assert {x[1:] for x in lines if x.startswith("!")} == copied
+
+
+def test_deploy_manifests_are_valid_and_match_mlflow_server(repo):
+    docs = [d for f in sorted((repo / "deploy").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Deployment", "mlflow"), ("Service", "mlflow"), ("Secret", "mlflow-s3"),
+            ("Secret", "vitnas-credentials")} <= kinds
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    assert args["artifacts-destination"].startswith("s3://") and "allowed-hosts" in args
+    help_text = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "server", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for flag in args:  # the manifest only uses flags this MLflow version has
+        assert f"--{flag}" in help_text, flag
+    for secret in (d for d in docs if d["kind"] == "Secret"):
+        for key, value in secret["stringData"].items():
+            assert value == "CHANGE-ME" or not key.endswith(("_KEY", "_KEY_ID", "PASSWORD")), key

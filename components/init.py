@@ -1,0 +1,40 @@
+"""KFP component of the pipeline's first step: typed parameters + params_json -> validated params.
+
+Its signature has one input per typed parameter (`components.runtime.typed_params`), so it is
+generated from `vitnas.config.Params` rather than written out: KFP lightweight components ship
+their function's source, so the generated source is registered with `linecache`, where
+`inspect.getsource` (which KFP uses) finds it.
+"""
+
+import functools
+import linecache
+
+from kfp import dsl
+
+from components.image import DEFAULT_IMAGE
+from components.runtime import typed_params
+
+_SOURCE_NAME = "<vitnas-generated init_op>"
+
+
+def init_source() -> str:
+    """The Python source of the init component's function."""
+    typed = typed_params()
+    args = "".join(f"    {p.name}: {p.type.__name__},\n" for p in typed)
+    values = "".join(f"        {p.name!r}: {p.name},\n" for p in typed)
+    return (
+        "def init_op(\n    params_json: str,\n" + args + ") -> str:\n"
+        '    """Merge the typed parameters into params_json, validate them, open the MLflow parent run."""\n'
+        "    from components.runtime import init_pipeline\n\n"
+        "    return init_pipeline(params_json, {\n" + values + "    })\n"
+    )
+
+
+@functools.cache
+def init_op():
+    """The init component (built once per process)."""
+    source = init_source()
+    linecache.cache[_SOURCE_NAME] = (len(source), None, source.splitlines(keepends=True), _SOURCE_NAME)
+    namespace: dict = {"__name__": __name__}
+    exec(compile(source, _SOURCE_NAME, "exec"), namespace)
+    return dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)(namespace["init_op"])

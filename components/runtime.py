@@ -1,0 +1,182 @@
+"""What component bodies call inside the stage containers (and kfp.local's subprocesses).
+
+- Typed pipeline parameters: every non-nullable scalar key of params.yaml (`supernet.epochs` ->
+  `supernet_epochs: int`) is its own pipeline parameter, so the KFP UI shows and type-checks it;
+  everything else (lists, nullable keys, transfer targets) travels in `params_json`. The first
+  pipeline step merges both and validates them with `vitnas.config` before any GPU pod starts.
+- `run_stage`: calls `vitnas.stages.<stage>.run(...)` in this process, or under
+  `torchrun --standalone --nproc_per_node N` when a training stage has several GPUs.
+
+Run as `python -m components.runtime CALL.json` it is the torchrun worker entry point.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from vitnas.config import Params, parse_params
+from vitnas.errors import ConfigError
+
+PIPELINE_RUN_ENV = "VITNAS_PIPELINE_RUN_ID"
+
+
+@dataclass(frozen=True)
+class TypedParam:
+    """One params.yaml key exposed as a typed pipeline parameter."""
+
+    name: str  # pipeline parameter: supernet_epochs
+    key: str  # params.yaml key: supernet.epochs
+    type: type  # bool | int | float | str
+
+
+def _scalar_type(annotation: Any) -> type | None:
+    """bool/int/float/str for a non-nullable scalar field (Literal of strings -> str), else None."""
+    if annotation in (bool, int, float, str):
+        return annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        values = typing.get_args(annotation)
+        return str if all(isinstance(v, str) for v in values) else None
+    return None
+
+
+def typed_params(model: type[BaseModel] = Params, prefix: str = "") -> list[TypedParam]:
+    """The typed pipeline parameters, in params.yaml order."""
+    out: list[TypedParam] = []
+    for field, info in model.model_fields.items():
+        key = f"{prefix}{field}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(typed_params(ann, f"{key}."))
+        elif (t := _scalar_type(ann)) is not None:
+            out.append(TypedParam(key.replace(".", "_"), key, t))
+    return out
+
+
+def split_params(params: Params) -> tuple[dict[str, Any], str]:
+    """(typed parameter values, params_json of every other key) of `params`."""
+    rest = params.model_dump(mode="json")
+    typed: dict[str, Any] = {}
+    for p in typed_params():
+        *parents, leaf = p.key.split(".")
+        node = rest
+        for k in parents:
+            node = node[k]
+        typed[p.name] = p.type(node.pop(leaf))
+    return typed, json.dumps(_prune(rest), sort_keys=True)
+
+
+def _prune(d: dict) -> dict:
+    """Drop the sections left empty once their scalars became typed parameters."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _prune(v)
+            if not v:
+                continue
+        out[k] = v
+    return out
+
+
+def merge_params(params_json: str, typed: Mapping[str, Any]) -> Params:
+    """Validated params from `params_json` plus the typed parameter values (each key set once)."""
+    try:
+        raw = json.loads(params_json) if params_json.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"params_json: invalid JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params_json: expected a JSON object, got {type(raw).__name__}")
+    by_name = {p.name: p for p in typed_params()}
+    unknown = sorted(set(typed) - set(by_name))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a typed pipeline parameter")
+    for name, value in typed.items():
+        p = by_name[name]
+        *parents, leaf = p.key.split(".")
+        node = raw
+        for k in parents:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"params_json: {k} must be a mapping")
+        if leaf in node:
+            raise ConfigError(f"params_json: {p.key} is the typed pipeline parameter {p.name}; set it there")
+        node[leaf] = _coerce(p, value)
+    return parse_params(raw, "pipeline parameters")
+
+
+def _coerce(p: TypedParam, value: Any) -> Any:
+    """KFP hands over JSON numbers (an int may arrive as 3.0); keep the declared type."""
+    if p.type is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if p.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def init_pipeline(params_json: str, typed: Mapping[str, Any]) -> str:
+    """The first step: merge and validate the parameters, and open this pipeline run's MLflow
+    parent run before any stage pod starts (so parallel stages never race to create it)."""
+    params = merge_params(params_json, typed)
+    run_id = os.environ.get(PIPELINE_RUN_ENV)
+    if params.tracking.enabled and run_id:
+        from vitnas import tracking
+
+        parent = tracking.pipeline_parent(run_id, params.tracking.experiment, params=params.flat())
+        print(f"MLflow parent run {parent} for pipeline run {run_id} at {tracking.tracking_uri()}")
+    return params.model_dump_json()
+
+
+# ---- stage calls --------------------------------------------------------------------------------
+def _call(stage: str, params_json: str, args: list, kwargs: dict) -> dict[str, float]:
+    module = importlib.import_module(f"vitnas.stages.{stage}")
+    return module.run(parse_params(json.loads(params_json)), *args, **kwargs)
+
+
+def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict[str, float]:
+    """`vitnas.stages.<stage>.run(params, *args, **kwargs)`: here when nproc <= 1, else in
+    `nproc` data-parallel processes under torchrun (rank 0's metrics are returned)."""
+    if nproc <= 1:
+        return _call(stage, params_json, list(args), kwargs)
+    with tempfile.TemporaryDirectory(prefix="vitnas-torchrun-") as tmp:
+        call, result = Path(tmp, "call.json"), Path(tmp, "metrics.json")
+        call.write_text(json.dumps({"stage": stage, "params": params_json, "args": [str(a) for a in args],
+                                    "kwargs": kwargs, "result": str(result)}))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "components.runtime", str(call)]
+        print("+ " + " ".join(cmd[1:]), flush=True)
+        code = subprocess.run(cmd).returncode
+        if code != 0:
+            raise RuntimeError(f"{stage}: torchrun with {nproc} processes exited with status {code}")
+        return json.loads(result.read_text())
+
+
+def log_metrics(metrics, values: Mapping[str, float]) -> None:
+    """Copy a stage's metrics into the KFP Metrics artifact (shown in the run's UI)."""
+    for name, value in values.items():
+        metrics.log_metric(name, value)
+
+
+def _worker(call_file: str) -> None:
+    spec = json.loads(Path(call_file).read_text())
+    values = _call(spec["stage"], spec["params"], spec["args"], spec["kwargs"])
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        Path(spec["result"]).write_text(json.dumps(values))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
