@@ -249,3 +249,105 @@ def test_random_strategy_and_tracking(digits_dir, supernet_file, tmp_path, monke
     assert [step for _, step in per_gen] == [0, 1, 2, 3]
     assert all({"best_fitness", "population_mean_fitness"} <= set(mm) for mm, _ in per_gen)
     assert {"pareto.png", "history.jsonl", "best_arch.json"} <= set(rec.artifacts)
+
+
+# ---- GLiT: hierarchical search ------------------------------------------------------------------------
+HIER = {"strategy": "hierarchical", "population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 2,
+        "level2_epochs": 1, "bn_calib_images": 64}
+
+
+def hier_params(**search):
+    return parse_params({"tracking": {"enabled": False}, "space": {"preset": "glit-demo"},
+                         "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1},
+                         "search": HIER | search})
+
+
+@pytest.fixture(scope="module")
+def glit_level1_file(tmp_path_factory) -> Path:
+    """An untrained level-1 GLiT supernet (what the supernet stage writes with strategy hierarchical)."""
+    space = hier_params().search_space(num_classes=10, in_chans=1).level1()
+    torch.manual_seed(0)
+    return Supernet(space).save(tmp_path_factory.mktemp("glit") / "supernet.pt")
+
+
+def test_hierarchical_search_writes_both_levels(digits_dir, glit_level1_file, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from vitnas import tracking
+
+    rec = Recorder()
+
+    @contextmanager
+    def stage_run(stage_name, **kwargs):
+        rec.stage = stage_name
+        yield rec
+
+    monkeypatch.setattr(tracking, "stage_run", stage_run)
+    space = hier_params().search_space(num_classes=10, in_chans=1)
+    budget = sum(space.level1().cost_range()[2:]) / 2
+    out = tmp_path / "search"
+    m = stage.run(hier_params(flops_max=budget), digits_dir, glit_level1_file, out, progress=False)
+    names = {f.name for f in out.iterdir()}
+    assert set(stage.OUTPUTS) | {"level1_arch.json", "level1_pareto.png", stage.LEVEL2_SUPERNET} <= names
+    hist = _history(out)
+    assert [r["level"] for r in hist] == [1] * 12 + [2] * 12 and m["evaluations"] == 24
+    level1 = Arch.load(out / "level1_arch.json")
+    space2 = space.level2(level1)
+    assert all(space.level1().contains(Arch.from_dict(r["arch"])) for r in hist[:12])
+    assert all(space2.contains(Arch.from_dict(r["arch"])) for r in hist[12:])  # the level-1 split, fixed
+    assert all(r["flops"] <= budget for r in hist)
+    best = max(hist[12:], key=lambda r: r["fitness"])
+    assert json.loads((out / "best_arch.json").read_text()) == best["arch"]
+    assert m["best_fitness"] == m["level2_best_fitness"] == best["fitness"]
+    assert m["level1_best_fitness"] == max(r["fitness"] for r in hist[:12])
+    assert 0 <= m["level2_supernet_val_acc_largest"] <= 1 and m["level2_supernet_epochs"] == 1
+    net2 = Supernet.load(out / stage.LEVEL2_SUPERNET)
+    assert net2.space == space2 and net2.meta["level"] == 2 and net2.meta["split"] == list(level1.local_units)
+    logged = {k: step for mm, step in rec.metrics for k in mm}
+    assert {"level1_best_fitness", "level2_best_fitness", "level2_supernet_train_loss",
+            "level2_supernet_val_acc_largest"} <= set(logged)
+    assert rec.stage == "search" and {"level1_arch.json", "level1_pareto.png"} <= set(rec.artifacts)
+    # plain evolution over the whole GLiT space works too (BatchNorm recalibrated per candidate)
+    full_net = Supernet(space).save(tmp_path / "full.pt")
+    m2 = stage.run(parse_params({"tracking": {"enabled": False}, "space": {"preset": "glit-demo"},
+                                 "search": BUDGET | {"bn_calib_images": 64}}),
+                   digits_dir, full_net, tmp_path / "evo", progress=False)
+    assert m2["evaluations"] == 24 and "level" not in _history(tmp_path / "evo")[0]
+
+
+def test_hierarchical_resume_equals_uninterrupted(digits_dir, glit_level1_file, tmp_path, monkeypatch):
+    p = hier_params(seed=3)
+    stage.run(p, digits_dir, glit_level1_file, tmp_path / "full", progress=False)
+    real = SupernetFitness.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, archs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # level 2, generation 1 (level 1 made 3 calls)
+            raise KeyboardInterrupt
+        return real(self, archs)
+
+    monkeypatch.setattr(SupernetFitness, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(p, digits_dir, glit_level1_file, tmp_path / "part", progress=False)
+    assert not (tmp_path / "part").exists()
+    monkeypatch.setattr(SupernetFitness, "__call__", real)
+    from vitnas.supernet.trainer import SupernetTrainer
+
+    def no_training(*a, **k):
+        raise AssertionError("the level-2 supernet was trained again")
+
+    monkeypatch.setattr(SupernetTrainer, "train_epoch", no_training)
+    stage.run(p, digits_dir, glit_level1_file, tmp_path / "part", resume=True, progress=False)
+    assert _history(tmp_path / "full") == _history(tmp_path / "part")
+    for name in ("best_arch.json", "level1_arch.json"):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "part" / name).read_text()
+
+
+def test_hierarchical_search_needs_the_level1_supernet(digits_dir, tmp_path):
+    space = hier_params().search_space(num_classes=10, in_chans=1)
+    with pytest.raises(ArtifactError, match=r"supernet was trained on another search space"):
+        stage.run(hier_params(), digits_dir, Supernet(space).save(tmp_path / "full.pt"), tmp_path / "s")
+    with pytest.raises(ArtifactError, match=r"level-1 supernet file .* is required"):
+        stage.run(hier_params(), digits_dir, None, tmp_path / "s")
+    assert not (tmp_path / "s").exists()

@@ -61,6 +61,10 @@ class Candidate:
 
     def __init__(self, model: nn.Module, arch: Arch | None = None) -> None:
         self.model = model
+        if (arch is not None and arch.is_glit) or (isinstance(model, Supernet) and model.space.is_glit) or any(
+                getattr(b, "local", None) is not None for b in getattr(model, "blocks", ())):
+            raise ProxyError("model: GLiT local units are not supported by the zero-cost proxies (they score "
+                             "attention and MLP weights only)")
         if isinstance(model, Supernet):
             if arch is None:
                 raise ProxyError("arch: required to score a candidate through a vitnas.Supernet")

@@ -109,16 +109,18 @@ class Constraints:
     def check_feasible(self, space: SearchSpace, *, samples: int = 2000, seed: int = 0) -> None:
         """Raise `ConfigError` (key path first) when no arch of `space` can meet the constraints.
 
-        Params and FLOPs grow with every dimension of the space, so its smallest and largest
-        archs bound them exactly; the latency range is exact too (`LatencyTable.range`: measured
-        latencies need not grow with every dimension, so it is not taken from those two archs).
+        `SearchSpace.cost_range` bounds params and FLOPs exactly (for plain spaces, which grow with
+        every dimension, by the smallest and largest archs); the latency range is exact too
+        (`LatencyTable.range`: measured latencies need not grow with every dimension, so it is not
+        taken from those two archs).
         When each window is reachable on its own, a seeded sample (plus the two extremes) must
         hold at least one arch meeting all of them together.
         """
         lo, hi = space.smallest(), space.largest()
+        p_lo, p_hi, f_lo, f_hi = space.cost_range()
         p = self.prefix
-        ranges = [("params", count_params(lo), count_params(hi), self.params_min, self.params_max, "params"),
-                  ("flops", count_flops(lo), count_flops(hi), self.flops_min, self.flops_max, "multiply-adds")]
+        ranges = [("params", p_lo, p_hi, self.params_min, self.params_max, "params"),
+                  ("flops", f_lo, f_hi, self.flops_min, self.flops_max, "multiply-adds")]
         for name, a, b, want_lo, want_hi, unit in ranges:
             feasible = f"feasible range {human(a)}-{human(b)}"
             if want_hi is not None and want_hi < a:
@@ -135,10 +137,10 @@ class Constraints:
         if not self.active:
             return
         rng = random.Random(seed)
-        for arch in (lo, hi, *(space.sample(rng) for _ in range(samples))):
+        extremes = (lo, hi, space.smallest(by="flops"), space.largest(by="flops")) if space.is_glit else (lo, hi)
+        for arch in (*extremes, *(space.sample(rng) for _ in range(samples))):
             if self.ok(arch):
                 return
         raise ConfigError(f"{self.first_key()}: no arch of the space meets all constraints together "
                           f"({self.describe()}) in {samples} random samples; params range of the space "
-                          f"{human(count_params(lo))}-{human(count_params(hi))}, "
-                          f"FLOPs range {human(count_flops(lo))}-{human(count_flops(hi))}")
+                          f"{human(p_lo)}-{human(p_hi)}, FLOPs range {human(f_lo)}-{human(f_hi)}")

@@ -4,7 +4,8 @@ A fitness is a callable ``fitness(archs) -> list[float]`` (higher is better), ba
 evaluator can amortise its set-up over a generation. Its ``kind`` attribute names it.
 
 - `SupernetFitness`: top-1 on the validation split with weights inherited from the trained
-  supernet (AutoFormer), eval mode, no grad, fixed batches: deterministic.
+  supernet (AutoFormer), eval mode, no grad, fixed batches: deterministic. A GLiT supernet's
+  BatchNorm statistics are recalibrated for each candidate on fixed train images first.
 - `ProxyFitness`: any proxy registered in `vitnas.proxies`, computed on a randomly initialised
   supernet of the space seeded once (TF-TAS scores untrained candidates). Each score runs under a
   forked torch RNG seeded from (seed, arch), so scores do not depend on evaluation order.
@@ -25,7 +26,7 @@ import torch
 
 from vitnas.errors import ConfigError
 from vitnas.space import Arch, SearchSpace
-from vitnas.supernet import Supernet
+from vitnas.supernet import Supernet, batchnorms, recalibrate_bn
 from vitnas.train.loop import batches, evaluate
 
 
@@ -41,7 +42,8 @@ class SupernetFitness:
     kind = "supernet"
 
     def __init__(self, supernet: Supernet, images: torch.Tensor, labels: torch.Tensor, *,
-                 batch_size: int = 256, device: str | torch.device | None = None) -> None:
+                 batch_size: int = 256, device: str | torch.device | None = None,
+                 calib_images: torch.Tensor | None = None) -> None:
         if len(images) == 0:
             raise ValueError("images: the evaluation set is empty")
         self.device = torch.device(device) if device is not None else next(supernet.parameters()).device
@@ -49,6 +51,11 @@ class SupernetFitness:
         # Small evaluation sets live on the device once, not once per candidate.
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.batch_size = batch_size
+        self.calibrates = bool(batchnorms(supernet))
+        if self.calibrates and (calib_images is None or len(calib_images) == 0):
+            raise ValueError("calib_images: this supernet has BatchNorm (GLiT local units); its statistics are "
+                             "recalibrated per candidate on train images, so give some")
+        self.calib_images = calib_images.to(self.device) if self.calibrates else None
         self.calls = 0
 
     def __call__(self, archs: Sequence[Arch]) -> list[float]:
@@ -57,6 +64,8 @@ class SupernetFitness:
         out = []
         for arch in archs:
             self.supernet.check_arch(arch)
+            if self.calibrates:  # BatchNorm statistics of this candidate, not of the whole training mix
+                recalibrate_bn(self.supernet, self.calib_images, arch, batch_size=self.batch_size)
             res = evaluate(lambda x, a=arch: self.supernet(x, a), batches(self.images, self.labels, self.batch_size),
                            self.device)
             out.append(float(res["acc"]))

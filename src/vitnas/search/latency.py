@@ -49,6 +49,8 @@ class LatencyTable:
     # ---- lookups ------------------------------------------------------------------------
     def missing(self, arch: Arch) -> str | None:
         """Why the table cannot predict `arch` (the first reason), or None."""
+        if arch.is_glit:
+            return "it has GLiT local units; latency tables hold plain ViT blocks"
         for k in _SHAPE_KEYS:
             want = self.space.get(k)
             have = arch.head_dim[0] if k == "head_dim" else getattr(arch, k)
@@ -67,6 +69,8 @@ class LatencyTable:
     def predict(self, arch: Arch) -> float:
         """Predicted latency of `arch` in ms: the fixed part of its width + the sum of its blocks."""
         e = arch.embed_dim
+        if arch.is_glit:
+            raise ArtifactError(f"{self.path or 'latency table'}: cannot predict {arch}: {self.missing(arch)}")
         try:
             return self.fixed[e] + sum(
                 self.blocks[(e, h, m)] for h, m in zip(arch.num_heads, arch.mlp_hidden, strict=True))
@@ -87,6 +91,8 @@ class LatencyTable:
 
     def covers(self, space: SearchSpace) -> str | None:
         """Why the table cannot predict every arch of `space`, or None when it can."""
+        if space.is_glit:
+            return "latency tables hold plain ViT blocks; GLiT spaces (local units) are not supported yet"
         for k in _SHAPE_KEYS:
             if self.space.get(k) != getattr(space, k):
                 return f"it was measured for {k} {self.space.get(k)}, the space has {getattr(space, k)}"
@@ -212,6 +218,9 @@ def measure_table(space: SearchSpace, *, batch_size: int = 1, warmup: int = 10, 
     timed in the same interleaved passes as the pieces, so the reported error is the table's,
     not a change of load between the two. `progress` wraps the passes (e.g. a tqdm), when given.
     """
+    if space.is_glit:
+        raise ValueError(f"space: latency tables hold plain ViT blocks; {space.name} has GLiT local units "
+                         "(not supported yet)")
     device = torch.device(device)
     tokens = space.largest().num_tokens
     img = torch.randn(batch_size, space.in_chans, space.img_size, space.img_size, device=device)

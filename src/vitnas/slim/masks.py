@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from vitnas.space.arch import Arch
+from vitnas.space.arch import Arch, ArchError
 
 TOKEN_INIT = 3.0
 
@@ -42,6 +42,8 @@ def _check_model(model: nn.Module, arch: Arch) -> None:
         raise TypeError(f"model: expected a timm VisionTransformer (vitnas.build), got {type(model).__name__}")
     if arch.keep_tokens is not None:
         raise ValueError("model: its arch already removes tokens (keep_tokens); slim a model with every token")
+    if arch.is_glit:
+        raise ArchError("model: GLiT local units cannot be slimmed yet (the masks cover attention and MLP only)")
     if len(model.blocks) != arch.depth:
         raise ValueError(f"model: has {len(model.blocks)} blocks, arch.depth is {arch.depth}")
     if model.cls_token is None or getattr(model, "global_pool", "token") != "token" or model.num_reg_tokens:

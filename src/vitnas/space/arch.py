@@ -18,13 +18,15 @@ _PLAIN_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "mlp_hidden", "head_dim",
     "patch_size", "img_size", "in_chans", "num_classes", "keep_tokens",
 }
+# GLiT global-local blocks (Chen et al., ICCV 2021); absent from plain ViT archs.
+GLIT_KEYS = ("units", "local_units", "qkv_ratio", "kernel_size", "local_expansion")
 
 
 class ArchError(VitnasError, ValueError):
     """An architecture description that cannot be built."""
 
 
-def _per_layer(name: str, value: Any, depth: int, kind: type) -> tuple:
+def _per_layer(name: str, value: Any, depth: int, kind: type, zero_ok: bool = False) -> tuple:
     """Accept a scalar (same for every layer) or a per-layer list of exactly `depth` entries."""
     if isinstance(value, (list, tuple)):
         if len(value) != depth:
@@ -42,8 +44,8 @@ def _per_layer(name: str, value: Any, depth: int, kind: type) -> tuple:
             v = int(v)
         else:
             v = float(v)
-        if v <= 0:
-            raise ArchError(f"{name}[{i}]: must be > 0, got {v!r}")
+        if v < 0 or (v == 0 and not zero_ok):
+            raise ArchError(f"{name}[{i}]: must be {'>= 0' if zero_ok else '> 0'}, got {v!r}")
         out.append(v)
     return tuple(out)
 
@@ -87,19 +89,38 @@ class Arch:
     mlp_ratio: tuple[float, ...] | None = field(default=None)
     # Slimmed models only: patch tokens (CLS excluded) that enter each block; non-increasing.
     keep_tokens: tuple[int, ...] | None = field(default=None)
+    # GLiT global-local blocks only (None for plain ViT archs). A block's channels are `units` units
+    # of `embed_dim / units` channels: `local_units[i]` go to convolution (local) units, the other
+    # `num_heads[i]` are attention heads of head dim `qkv_ratio[i] * unit width`. Settings of a
+    # branch a block does not have are stored as 0, so equal models have equal keys.
+    units: int | None = field(default=None)
+    local_units: tuple[int, ...] | None = field(default=None)
+    qkv_ratio: tuple[float, ...] | None = field(default=None)
+    kernel_size: tuple[int, ...] | None = field(default=None)
+    local_expansion: tuple[float, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "patch_size", "img_size", "in_chans", "num_classes"):
             _positive_int(name, getattr(self, name))
+        glit = self.units is not None
         for name in ("num_heads", "mlp_hidden", "head_dim"):
-            _per_layer(name, list(getattr(self, name)), self.depth, int)
+            _per_layer(name, list(getattr(self, name)), self.depth, int, zero_ok=glit and name != "mlp_hidden")
         if self.mlp_ratio is not None:
             _per_layer("mlp_ratio", list(self.mlp_ratio), self.depth, float)
         if self.img_size % self.patch_size:
             raise ArchError(
                 f"img_size: {self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.keep_tokens is not None:
+            if glit:
+                raise ArchError("keep_tokens: token pruning does not combine with GLiT local units (the local "
+                                "convolution runs over the whole token sequence)")
             _check_keep_tokens(tuple(self.keep_tokens), self.depth, self.num_patches)
+        if glit:
+            _check_glit(self)
+        else:
+            for name in GLIT_KEYS[1:]:
+                if getattr(self, name) is not None:
+                    raise ArchError(f"units: required with {name} (GLiT blocks)")
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -108,21 +129,43 @@ class Arch:
         *,
         embed_dim: int,
         depth: int,
-        num_heads: int | Sequence[int],
+        num_heads: int | Sequence[int] | None = None,
         mlp_ratio: float | Sequence[float] | None = None,
         mlp_hidden: int | Sequence[int] | None = None,
-        head_dim: int | Sequence[int] = 64,
+        head_dim: int | Sequence[int] | None = None,
         patch_size: int = 16,
         img_size: int = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         keep_tokens: int | Sequence[int] | None = None,
+        units: int | None = None,
+        local_units: int | Sequence[int] | None = None,
+        qkv_ratio: float | Sequence[float] | None = None,
+        kernel_size: int | Sequence[int] | None = None,
+        local_expansion: float | Sequence[float] | None = None,
     ) -> Arch:
-        """Build an Arch from scalars or per-layer lists, checking every field."""
+        """Build an Arch from scalars or per-layer lists, checking every field.
+
+        GLiT archs give `units` and per-layer `local_units`, `qkv_ratio`, `kernel_size` and
+        `local_expansion`; their `num_heads` and `head_dim` follow from those (given ones must agree),
+        and settings of a branch a block does not have are dropped (stored as 0).
+        """
         embed_dim = _positive_int("embed_dim", embed_dim)
         depth = _positive_int("depth", depth)
-        heads = _per_layer("num_heads", num_heads, depth, int)
-        hdim = _per_layer("head_dim", head_dim, depth, int)
+        glit: dict[str, Any] = {}
+        if units is not None:
+            glit = _glit_fields(embed_dim, depth, units, local_units, qkv_ratio, kernel_size, local_expansion,
+                                num_heads, head_dim)
+            heads, hdim = glit.pop("num_heads"), glit.pop("head_dim")
+        else:
+            for name, v in (("local_units", local_units), ("qkv_ratio", qkv_ratio), ("kernel_size", kernel_size),
+                            ("local_expansion", local_expansion)):
+                if v is not None:
+                    raise ArchError(f"units: required with {name} (GLiT blocks)")
+            if num_heads is None:
+                raise ArchError("num_heads: missing")
+            heads = _per_layer("num_heads", num_heads, depth, int)
+            hdim = _per_layer("head_dim", 64 if head_dim is None else head_dim, depth, int)
         ratios = None
         if mlp_ratio is not None and mlp_hidden is not None:
             ratios = _per_layer("mlp_ratio", mlp_ratio, depth, float)
@@ -139,16 +182,16 @@ class Arch:
         tokens = None if keep_tokens is None else _per_layer("keep_tokens", keep_tokens, depth, int)
         return cls(embed_dim=embed_dim, depth=depth, num_heads=heads, mlp_hidden=hidden,
                    head_dim=hdim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
-                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens)
+                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens, **glit)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Arch:
         if not isinstance(d, Mapping):
             raise ArchError(f"arch: expected a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - _PLAIN_KEYS)
+        unknown = sorted(set(d) - _PLAIN_KEYS - set(GLIT_KEYS))
         if unknown:
             raise ArchError(f"{unknown[0]}: unknown architecture key")
-        for key in ("embed_dim", "depth", "num_heads"):
+        for key in ("embed_dim", "depth") if "units" in d else ("embed_dim", "depth", "num_heads"):
             if key not in d:
                 raise ArchError(f"{key}: missing")
         return cls.create(**dict(d))
@@ -165,6 +208,9 @@ class Arch:
                  num_classes=self.num_classes)
         if self.keep_tokens is not None:
             d["keep_tokens"] = list(self.keep_tokens)
+        if self.units is not None:
+            d.update(units=self.units, local_units=list(self.local_units), qkv_ratio=list(self.qkv_ratio),
+                     kernel_size=list(self.kernel_size), local_expansion=list(self.local_expansion))
         return d
 
     def to_json(self) -> str:
@@ -191,6 +237,10 @@ class Arch:
                 {"img_size", "patch_size"} & set(changes)):
             raise ArchError("keep_tokens: this arch removes tokens at fixed positions of its input grid; "
                             "pass keep_tokens=None to change the input size")
+        if self.units is not None:  # derived from the GLiT fields, which may change
+            for k in ("num_heads", "head_dim"):
+                if k not in changes:
+                    d.pop(k)
         if "mlp_hidden" in changes:
             d.pop("mlp_ratio", None)
         if "embed_dim" in changes and "mlp_ratio" not in d and "mlp_hidden" not in changes:
@@ -218,13 +268,42 @@ class Arch:
         """Per-layer width of each of q, k and v (heads x head dim)."""
         return tuple(h * d for h, d in zip(self.num_heads, self.head_dim, strict=True))
 
+    @property
+    def is_glit(self) -> bool:
+        """Whether the blocks are GLiT global-local blocks (`units` set)."""
+        return self.units is not None
+
+    @property
+    def unit_dim(self) -> int:
+        """Channels of one GLiT unit (the embed width for a plain ViT, whose heads see every channel)."""
+        return self.embed_dim // self.units if self.units is not None else self.embed_dim
+
+    def attn_dim(self, layer: int) -> int:
+        """Channels block `layer`'s attention reads and writes (all of them in a plain ViT)."""
+        return self.num_heads[layer] * self.unit_dim if self.units is not None else self.embed_dim
+
+    def local_dim(self, layer: int) -> int:
+        """Channels of block `layer`'s local (convolution) units; 0 without any."""
+        return self.local_units[layer] * self.unit_dim if self.units is not None else 0
+
+    def local_hidden(self, layer: int) -> int:
+        """Width of block `layer`'s local branch after the GLU (expansion x its channels)."""
+        return int(self.local_expansion[layer] * self.local_dim(layer)) if self.units is not None else 0
+
     def key(self) -> str:
         """A canonical string, equal for equal architectures (dedupe, caching, file names)."""
-        return json.dumps([self.embed_dim, self.depth, self.num_heads, self.mlp_hidden, self.head_dim,
-                           self.patch_size, self.img_size, self.in_chans, self.num_classes, self.keep_tokens])
+        fields = [self.embed_dim, self.depth, self.num_heads, self.mlp_hidden, self.head_dim,
+                  self.patch_size, self.img_size, self.in_chans, self.num_classes, self.keep_tokens]
+        if self.units is not None:
+            fields += [self.units, self.local_units, self.qkv_ratio, self.kernel_size, self.local_expansion]
+        return json.dumps(fields)
 
     def __str__(self) -> str:
         ratios = self.mlp_ratio or tuple(round(m / self.embed_dim, 2) for m in self.mlp_hidden)
+        if self.units is not None:
+            return (f"Arch(GLiT embed={self.embed_dim}, depth={self.depth}, local={list(self.local_units)}/"
+                    f"{self.units}, e_v={_short(self.qkv_ratio)}, k={list(self.kernel_size)}, "
+                    f"e_c={_short(self.local_expansion)}, mlp={_short(ratios)})")
         return (f"Arch(embed={self.embed_dim}, depth={self.depth}, heads={list(self.num_heads)}, "
                 f"mlp={list(ratios)}, head_dim={self.to_dict()['head_dim']}"
                 + (f", tokens={list(self.keep_tokens)}" if self.keep_tokens is not None else "") + ")")
@@ -244,3 +323,83 @@ class Arch:
             raise ArchError(f"{name}: unknown published arch; known: {known}") from None
         d.update(overrides)
         return Arch.from_dict(d)
+
+
+def _short(values: Sequence[float]) -> list:
+    return [int(v) if float(v).is_integer() else v for v in values]
+
+
+def _glit_fields(embed_dim: int, depth: int, units: Any, local_units: Any, qkv_ratio: Any, kernel_size: Any,
+                 local_expansion: Any, num_heads: Any, head_dim: Any) -> dict[str, Any]:
+    """The canonical GLiT per-layer fields (plus the num_heads / head_dim they imply)."""
+    units = _positive_int("units", units)
+    if embed_dim % units:
+        raise ArchError(f"embed_dim: {embed_dim} is not divisible by units={units}")
+    w = embed_dim // units
+    if local_units is None:
+        raise ArchError("local_units: missing (GLiT archs give the local units of every block)")
+    local = _per_layer("local_units", local_units, depth, int, zero_ok=True)
+    for i, n in enumerate(local):
+        if n > units:
+            raise ArchError(f"local_units[{i}]: {n} is not in 0..units={units}")
+    heads = tuple(units - n for n in local)
+    if num_heads is not None and _per_layer("num_heads", num_heads, depth, int, zero_ok=True) != heads:
+        raise ArchError(f"num_heads: disagrees with units - local_units = {list(heads)}")
+    if qkv_ratio is None and head_dim is not None:  # e.g. an arch.json written with head dims only
+        qkv_ratio = [d / w for d in _per_layer("head_dim", head_dim, depth, int, zero_ok=True)]
+    need = {"qkv_ratio": any(heads), "kernel_size": any(local), "local_expansion": any(local)}
+    given = {"qkv_ratio": qkv_ratio, "kernel_size": kernel_size, "local_expansion": local_expansion}
+    for name, value in given.items():
+        if value is None:
+            if need[name]:
+                raise ArchError(f"{name}: missing (a block of this arch needs it)")
+            given[name] = 0
+    ev = _per_layer("qkv_ratio", given["qkv_ratio"], depth, float, zero_ok=True)
+    ks = _per_layer("kernel_size", given["kernel_size"], depth, int, zero_ok=True)
+    ec = _per_layer("local_expansion", given["local_expansion"], depth, float, zero_ok=True)
+    ev = tuple(e if g else 0.0 for e, g in zip(ev, heads, strict=True))
+    ks = tuple(k if n else 0 for k, n in zip(ks, local, strict=True))
+    ec = tuple(e if n else 0.0 for e, n in zip(ec, local, strict=True))
+    hdim = tuple(int(round(e * w)) for e in ev)
+    if head_dim is not None:
+        want = _per_layer("head_dim", head_dim, depth, int, zero_ok=True)
+        for i, (g, a, b) in enumerate(zip(heads, hdim, want, strict=True)):
+            if g and a != b:
+                raise ArchError(f"head_dim[{i}]: {b} disagrees with qkv_ratio * unit width = {a}")
+    return {"units": units, "local_units": local, "qkv_ratio": ev, "kernel_size": ks, "local_expansion": ec,
+            "num_heads": heads, "head_dim": hdim}
+
+
+def _check_glit(arch: Arch) -> None:
+    """Every GLiT field present, per layer, and consistent with num_heads / head_dim."""
+    units = _positive_int("units", arch.units)
+    if arch.embed_dim % units:
+        raise ArchError(f"embed_dim: {arch.embed_dim} is not divisible by units={units}")
+    w = arch.embed_dim // units
+    for name in GLIT_KEYS[1:]:
+        if getattr(arch, name) is None:
+            raise ArchError(f"{name}: missing (GLiT archs give it for every block)")
+    local = _per_layer("local_units", list(arch.local_units), arch.depth, int, zero_ok=True)
+    ev = _per_layer("qkv_ratio", list(arch.qkv_ratio), arch.depth, float, zero_ok=True)
+    ks = _per_layer("kernel_size", list(arch.kernel_size), arch.depth, int, zero_ok=True)
+    ec = _per_layer("local_expansion", list(arch.local_expansion), arch.depth, float, zero_ok=True)
+    for i, n in enumerate(local):
+        g = units - n
+        if not 0 <= n <= units:
+            raise ArchError(f"local_units[{i}]: {n} is not in 0..units={units}")
+        if arch.num_heads[i] != g:
+            raise ArchError(f"num_heads[{i}]: {arch.num_heads[i]} != units - local_units = {g}")
+        if g:
+            if ev[i] <= 0 or abs(ev[i] * w - round(ev[i] * w)) > 1e-9:
+                raise ArchError(f"qkv_ratio[{i}]: {ev[i]} x unit width {w} must be a positive whole head dim")
+            if arch.head_dim[i] != round(ev[i] * w):
+                raise ArchError(f"head_dim[{i}]: {arch.head_dim[i]} != qkv_ratio * unit width = {round(ev[i] * w)}")
+        elif ev[i] or arch.head_dim[i]:
+            raise ArchError(f"qkv_ratio[{i}]: block {i} has no attention heads; store 0 (Arch.create does)")
+        if n:
+            if ks[i] <= 0 or ks[i] % 2 == 0:
+                raise ArchError(f"kernel_size[{i}]: {ks[i]} must be odd and > 0 ('same' padding over the tokens)")
+            if ec[i] <= 0 or int(ec[i] * n * w) < 1:
+                raise ArchError(f"local_expansion[{i}]: {ec[i]} gives no channels")
+        elif ks[i] or ec[i]:
+            raise ArchError(f"kernel_size[{i}]: block {i} has no local units; store 0 (Arch.create does)")

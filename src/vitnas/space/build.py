@@ -1,4 +1,9 @@
-"""Standalone models for an `Arch`: a timm `VisionTransformer` with per-layer blocks."""
+"""Standalone models for an `Arch`: a timm `VisionTransformer` with per-layer blocks.
+
+Plain archs get `Block` (timm's block with free heads, head dim and MLP width); GLiT archs get
+`GlitBlock`, the same block whose attention covers only its attention units' channels, beside a
+`LocalUnits` branch on the others.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block as TimmBlock
@@ -55,10 +61,78 @@ class Block(TimmBlock):
         return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
 
 
+class LocalUnits(nn.Module):
+    """GLiT's local units, a Conformer convolution module over the token sequence.
+
+    `[B, N, dim]` -> pointwise to both GLU halves (`2 * hidden`: value, then gate) -> GLU ->
+    depthwise conv of odd `kernel_size` along the tokens in raster order (CLS first, zero "same"
+    padding) -> BatchNorm -> Swish -> pointwise back to `dim`. The pointwise convs are `nn.Linear`
+    on the token axis (a 1x1 conv is a per-token linear), so no transposes are needed around them.
+    """
+
+    def __init__(self, dim: int, hidden: int, kernel_size: int) -> None:
+        super().__init__()
+        self.pw1 = nn.Linear(dim, 2 * hidden)
+        self.dw = nn.Conv1d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.pw2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.glu(self.pw1(x), dim=-1).transpose(1, 2)  # [B, hidden, N]
+        x = F.silu(self.bn(self.dw(x)))
+        return self.pw2(x.transpose(1, 2))
+
+
+class GlitBlock(Block):
+    """A GLiT global-local block in timm's block layout (`norm1`, `attn`, `norm2`, `mlp`, ...).
+
+    The first `attn_dim` channels of `norm1(x)` feed `num_heads` attention heads (`attn`, timm's
+    Attention with its own projection back to `attn_dim`, or None without heads); the remaining
+    channels feed `local` (`LocalUnits`, or None without local units). Their outputs are
+    concatenated in that order and added to `x`; the MLP is timm's.
+    """
+
+    def __init__(self, dim: int, attn_dim: int, num_heads: int, head_dim: int, local_hidden: int,
+                 kernel_size: int, mlp_hidden: int, *, qkv_bias: bool = True, drop_path: float = 0.0,
+                 proj_drop: float = 0.0, attn_drop: float = 0.0, norm_layer=nn.LayerNorm,
+                 act_layer=nn.GELU) -> None:
+        nn.Module.__init__(self)
+        self.token_rows = None
+        self.attn_dim = attn_dim
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(attn_dim, num_heads=num_heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
+                              attn_drop=attn_drop, proj_drop=proj_drop) if num_heads else None
+        self.local = LocalUnits(dim - attn_dim, local_hidden, kernel_size) if attn_dim < dim else None
+        self.ls1 = nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=act_layer, drop=proj_drop)
+        self.ls2 = nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        y = self.norm1(x)
+        if self.local is None:
+            y = self.attn(y, attn_mask=attn_mask, is_causal=is_causal)
+        elif self.attn is None:
+            y = self.local(y)
+        else:
+            a = self.attn_dim
+            y = torch.cat((self.attn(y[..., :a], attn_mask=attn_mask, is_causal=is_causal),
+                           self.local(y[..., a:])), dim=-1)
+        x = x + self.drop_path1(self.ls1(y))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
 def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_layer, act_layer,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, **_timm_kwargs) -> Block:
     # timm's VisionTransformer passes the layer index as `depth`.
     i = depth
+    if arch.is_glit:
+        return GlitBlock(dim, arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i], arch.local_hidden(i),
+                         arch.kernel_size[i], arch.mlp_hidden[i], drop_path=drop_path, proj_drop=proj_drop,
+                         attn_drop=attn_drop, norm_layer=norm_layer, act_layer=act_layer)
     tokens = {}
     if arch.keep_tokens is not None:
         tokens = {"tokens_in": arch.tokens_in(i - 1) - 1 if i else arch.num_patches,
@@ -69,11 +143,12 @@ def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_lay
 
 
 def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> VisionTransformer:
-    """The standalone model of `arch`, randomly initialised with timm's ViT init."""
+    """The standalone model of `arch`, randomly initialised with timm's ViT init (GLiT's depthwise
+    convs and BatchNorm keep torch's default init)."""
     return VisionTransformer(
         img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
         num_classes=arch.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
-        num_heads=arch.num_heads[0], qkv_bias=True, class_token=True, global_pool="token",
+        num_heads=max(1, arch.num_heads[0]), qkv_bias=True, class_token=True, global_pool="token",
         drop_rate=drop_rate, drop_path_rate=drop_path_rate,
         block_fn=partial(_layer_block, arch),
     )

@@ -4,6 +4,12 @@ Search rejects candidates by params/FLOPs before evaluating them, so these must 
 agree with the built model: params exactly, multiply-adds with `torch.utils.flop_counter` (which
 counts matmuls, convolutions and attention, not norms, softmax or activations). Token pruning
 (`Arch.keep_tokens`) changes FLOPs, not params: the position embedding keeps every position.
+
+GLiT blocks: the attention reads and writes only its `G * w` channels, and the local branch on the
+other `L * w` channels costs its two pointwise projections (the first to both GLU halves, `2 * e`
+outputs) and the depthwise conv (`e * k` per token). BatchNorm has 2 parameters per channel and,
+like LayerNorm, GLU and Swish, no multiply-adds here (GLiT's own counter also halves the GLU
+projection, see README).
 """
 
 from __future__ import annotations
@@ -16,10 +22,18 @@ def count_params(arch: Arch) -> int:
     d, c, p = arch.embed_dim, arch.in_chans, arch.patch_size
     n = d * c * p * p + d  # patch embedding conv
     n += d + arch.num_tokens * d  # cls token + position embedding
-    for q, m in zip(arch.qkv_dim, arch.mlp_hidden, strict=True):
+    for i, (q, m) in enumerate(zip(arch.qkv_dim, arch.mlp_hidden, strict=True)):
+        a = arch.attn_dim(i)  # channels the attention reads and writes (d unless GLiT)
         n += 2 * d  # norm1
-        n += d * 3 * q + 3 * q  # qkv (with bias)
-        n += q * d + d  # proj
+        if q:
+            n += a * 3 * q + 3 * q  # qkv (with bias)
+            n += q * a + a  # proj
+        if arch.is_glit and arch.local_units[i]:
+            cl, e, k = arch.local_dim(i), arch.local_hidden(i), arch.kernel_size[i]
+            n += cl * 2 * e + 2 * e  # pointwise to both GLU halves
+            n += e * k + e  # depthwise conv over the tokens
+            n += 2 * e  # BatchNorm
+            n += e * cl + cl  # pointwise back
         n += 2 * d  # norm2
         n += d * m + m + m * d + d  # fc1, fc2
     n += 2 * d  # final norm
@@ -33,9 +47,23 @@ def count_flops(arch: Arch) -> int:
     macs = arch.num_patches * d * arch.in_chans * arch.patch_size**2  # patch embedding
     for i, (q, m) in enumerate(zip(arch.qkv_dim, arch.mlp_hidden, strict=True)):
         t = arch.tokens_in(i)  # slimmed models drop patch tokens block by block
-        macs += t * d * 3 * q  # qkv
+        a = arch.attn_dim(i)
+        macs += t * a * 3 * q  # qkv
         macs += 2 * t * t * q  # q @ k^T and attn @ v
-        macs += t * q * d  # proj
+        macs += t * q * a  # proj
+        if arch.is_glit and arch.local_units[i]:
+            cl, e, k = arch.local_dim(i), arch.local_hidden(i), arch.kernel_size[i]
+            macs += t * (cl * 2 * e + e * k + e * cl)  # pointwise (both GLU halves), depthwise, pointwise
         macs += 2 * t * d * m  # fc1 + fc2
     macs += d * arch.num_classes  # classifier on the CLS token
+    return macs
+
+
+def count_flops_glit(arch: Arch) -> int:
+    """Multiply-adds as GLiT's public counter gives them, to compare with its paper: the pointwise
+    projection into the GLU is counted at `c * e` per token instead of `c * 2e` (its output has
+    both GLU halves); everything else as `count_flops` (it also skips softmax and norms)."""
+    macs = count_flops(arch)
+    if arch.is_glit:
+        macs -= sum(arch.tokens_in(i) * arch.local_dim(i) * arch.local_hidden(i) for i in range(arch.depth))
     return macs

@@ -4,6 +4,11 @@ Fitness is supernet accuracy with inherited weights on the val split, a zero-cos
 randomly initialised supernet, or both (proxy pre-filter, then supernet accuracy). Checkpoints the
 whole search state after every generation; a resumed run ends with the same best arch and history
 as an uninterrupted one.
+
+`strategy: hierarchical` is GLiT's two-level search (`run_hierarchical`): level 1 evolves the
+split of every block (attention heads vs local units) on the supernet stage's level-1 supernet;
+level 2 fixes the best split, trains a second supernet over the low-level genes in-process and
+evolves those. GLiT candidates' BatchNorm statistics are recalibrated before each evaluation.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from vitnas.search.fitness import check_proxy
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
 from vitnas.stages._io import atomic_dir, flat_metrics, write_json
-from vitnas.stages.supernet import check_data
+from vitnas.stages.supernet import calibration_images, check_data, make_trainer, val_batches
 from vitnas.supernet import Supernet, SupernetFileError
+from vitnas.supernet.trainer import validation_archs
+from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed
 
 OUTPUTS = ("best_arch.json", "history.jsonl", "pareto.png", "metrics.json")
+LEVEL2_SUPERNET = "supernet_level2.pt"  # hierarchical: the level-2 supernet (inherit weights from this one)
 
 
 def load_latency_table(params: Params, space: SearchSpace) -> LatencyTable | None:
@@ -49,7 +57,7 @@ def load_latency_table(params: Params, space: SearchSpace) -> LatencyTable | Non
     return table
 
 
-def load_supernet(path: str | Path, space: SearchSpace, device: torch.device) -> Supernet:
+def load_supernet(path: str | Path, space: SearchSpace, device: torch.device, hint: str = "") -> Supernet:
     """The trained supernet, which must have been built from `space`."""
     try:
         net = Supernet.load(path, map_location=device)
@@ -60,7 +68,7 @@ def load_supernet(path: str | Path, space: SearchSpace, device: torch.device) ->
     if have != want:
         diff = next(k for k in want if have.get(k) != want[k])
         raise ArtifactError(f"{path}: supernet was trained on another search space ({diff} {have.get(diff)} != "
-                            f"{want[diff]} from params.yaml and the data); re-run `vitnas supernet`")
+                            f"{want[diff]} from params.yaml and the data); re-run `vitnas supernet`{hint}")
     return net
 
 
@@ -150,6 +158,9 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
     data = PreparedData(data_dir)
     check_data(params, data)
     space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
+    if cfg.strategy == "hierarchical":
+        return run_hierarchical(params, data, space, supernet_path, out, ckpt_dir=ckpt_dir, resume=resume,
+                                track=track, progress=progress, device=dev)
     table = load_latency_table(params, space)
     constraints = Constraints.from_config(cfg, table)
     constraints.check_feasible(space, seed=cfg.seed)
@@ -169,7 +180,8 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
         if len(x) == 0:
             raise ArtifactError(f"{data.path / 'dataset.json'}: the val split is empty; search needs it "
                                 "(data.val_fraction)")
-        fitness = SupernetFitness(net, x, y, batch_size=cfg.eval_batch_size, device=dev)
+        calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.is_glit else None
+        fitness = SupernetFitness(net, x, y, batch_size=cfg.eval_batch_size, device=dev, calib_images=calib)
     if cfg.fitness in ("proxy", "hybrid"):
         inputs, targets = proxy_batch(data, params.proxy.batch_size, cfg.seed)
         proxy = ProxyFitness(cfg.proxy, space, seed=cfg.seed, inputs=inputs, targets=targets, device=dev)
@@ -216,29 +228,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
             bar.close()
 
         best = search.best()
-        pop = search.population()
-        front = pareto_front([r["params"] for r in search.history], [r["fitness"] for r in search.history])
-        values: dict[str, Any] = {
-            "best_fitness": best["fitness"],
-            "best_params": best["params"],
-            "best_flops": best["flops"],
-            "best_generation": best["generation"],
-        }
-        if "latency_ms" in best:
-            values["best_latency_ms"] = best["latency_ms"]
-        if "proxy" in best:
-            values["best_proxy"] = best["proxy"]
-        values |= {
-            "population_mean_fitness": sum(_finite(r["fitness"]) for r in pop) / len(pop),
-            "evaluations": search.evaluations,
-            "budget": search.config.budget,
-            "shortfall": search.shortfall,
-            "generations": search.config.generations,
-            "rejected": sum(search.rejected.values()),
-            **{f"rejected_{k}": v for k, v in search.rejected.items()},
-            "pareto_size_params": len(front),
-            "seconds": round(elapsed + time.time() - t0, 2),
-        }
+        values = search_values(search) | {"seconds": round(elapsed + time.time() - t0, 2)}
         if proxy is not None or cfg.fitness == "proxy":
             values["proxy_evaluations"] = search.proxy_evaluations if proxy is not None else search.evaluations
         metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
@@ -260,5 +250,215 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
     return metrics
 
 
-def _gen_metrics(stats: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in stats.items() if k != "generation" and math.isfinite(v)}
+def _gen_metrics(stats: dict[str, float], prefix: str = "") -> dict[str, float]:
+    return {prefix + k: v for k, v in stats.items() if k != "generation" and math.isfinite(v)}
+
+
+def search_values(search: Search) -> dict[str, Any]:
+    """The summary of a finished search that goes into metrics.json (before the finite filter)."""
+    best = search.best()
+    pop = search.population()
+    front = pareto_front([r["params"] for r in search.history], [r["fitness"] for r in search.history])
+    values: dict[str, Any] = {
+        "best_fitness": best["fitness"],
+        "best_params": best["params"],
+        "best_flops": best["flops"],
+        "best_generation": best["generation"],
+    }
+    if "latency_ms" in best:
+        values["best_latency_ms"] = best["latency_ms"]
+    if "proxy" in best:
+        values["best_proxy"] = best["proxy"]
+    return values | {
+        "population_mean_fitness": sum(_finite(r["fitness"]) for r in pop) / len(pop),
+        "evaluations": search.evaluations,
+        "budget": search.config.budget,
+        "shortfall": search.shortfall,
+        "generations": search.config.generations,
+        "rejected": sum(search.rejected.values()),
+        **{f"rejected_{k}": v for k, v in search.rejected.items()},
+        "pareto_size_params": len(front),
+    }
+
+
+# ---- GLiT's hierarchical search ----------------------------------------------------------------------
+def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, supernet_path: str | Path | None,
+                     out: str | Path, *, ckpt_dir: Path, resume: bool = False, track: bool | None = None,
+                     progress: bool = True, device: torch.device | None = None) -> dict[str, float]:
+    """GLiT's two-level search; writes the search contract plus `level1_arch.json`, `level1_pareto.png`
+    and `supernet_level2.pt`.
+
+    Level 1: evolution over `space.level1()` (each block's split, low-level genes at their middle
+    choices) with the level-1 supernet from the supernet stage. Level 2: a supernet over
+    `space.level2(best level-1 arch)` (embed, depth and split fixed, every low-level gene free) is
+    trained here with the `supernet:` recipe for `search.level2_epochs` (default supernet.epochs),
+    then evolved over. Both levels share the constraints, the budget and the val split; history
+    records carry `level` (1 or 2), metrics `level1_*` / `level2_*`, and `best_*` is level 2's.
+    Checkpointed after every generation and every level-2 epoch (`resume=True` continues).
+    """
+    cfg, scfg = params.search, params.supernet
+    out = Path(out)
+    dev = device or _device("auto")
+    if cfg.fitness != "supernet":  # config._check already refuses this; keep the library honest too
+        raise ConfigError("search.fitness: the hierarchical search ranks candidates by supernet accuracy")
+    if supernet_path is None:
+        raise ArtifactError("supernet: the level-1 supernet file (supernet stage) is required with "
+                            "search.strategy hierarchical")
+    level1 = space.level1()
+    constraints = Constraints.from_config(cfg)
+    constraints.check_feasible(level1, seed=cfg.seed)  # level-1 candidates carry the middle low-level genes
+    net1 = load_supernet(supernet_path, level1, dev, hint=" (with search.strategy hierarchical it trains the "
+                         "level-1 space: splits only, low-level genes at their middle choices)")
+    x, y = data.eval_tensors("val")
+    if len(x) == 0:
+        raise ArtifactError(f"{data.path / 'dataset.json'}: the val split is empty; search needs it "
+                            "(data.val_fraction)")
+    calib = calibration_images(data, cfg.bn_calib_images, cfg.seed)
+    evo = EvolutionConfig.from_config(cfg, strategy="evolution")
+    epochs2 = cfg.level2_epochs or scfg.epochs
+    search1 = Search(level1, evo, SupernetFitness(net1, x, y, batch_size=cfg.eval_batch_size, device=dev,
+                                                  calib_images=calib), constraints=constraints)
+
+    fp = _checkpoint.fingerprint(_fingerprint(params, level1, data, Path(supernet_path), None),
+                                 scfg.model_dump(exclude={"workers"}), params.data.augment.model_dump(), epochs2)
+    state: dict[str, Any] = {"fingerprint": fp, "seconds": 0.0}
+    if resume:
+        saved = _checkpoint.load(ckpt_dir)
+        if saved is not None and saved.get("fingerprint") == fp:
+            state = saved
+            search1.load_state_dict(state["level1"])
+            print(f"resuming the hierarchical search from {ckpt_dir / _checkpoint.CHECKPOINT}", flush=True)
+        elif saved is not None:
+            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params, data or supernet; "
+                  "starting over")
+    elapsed = float(state.get("seconds", 0.0))
+    t0 = time.time()
+
+    def save_state(**parts: Any) -> None:
+        state.update(parts, seconds=elapsed + time.time() - t0)
+        _checkpoint.save(ckpt_dir, state)
+
+    enabled = params.tracking.enabled if track is None else track
+    run_params = params.section_params("search") | params.section_params("space") | {
+        f"level2_{k}": v for k, v in params.section_params("supernet").items()}
+    with tracking.stage_run("search", params=run_params, experiment=params.tracking.experiment,
+                            enabled=enabled, tags={"vitnas.search.strategy": "hierarchical"}) as run_:
+        # ---- level 1: the split ----
+        for st in search1.stats:
+            run_.log_metrics(_gen_metrics(st, "level1_"), step=int(st["generation"]))
+        _evolve(search1, "level 1 (split)", progress, run_, "level1_", lambda s: save_state(level1=s.state_dict()))
+        best1 = search1.best_arch()
+        space2 = space.level2(best1)
+        print(f"level 1: best split {list(best1.local_units)} (local units of {space.units} per block), val top-1 "
+              f"{search1.best()['fitness']:.4g} with middle low-level genes", flush=True)
+
+        # ---- level 2: a supernet over the low-level genes, trained here, then evolution ----
+        net2, history2, train_seconds = _train_level2(params, data, space2, epochs2, calib, dev, progress, run_,
+                                                      state, save_state)
+        search2 = Search(space2, evo, SupernetFitness(net2, x, y, batch_size=cfg.eval_batch_size, device=dev,
+                                                      calib_images=calib), constraints=constraints)
+        if "level2" in state:
+            search2.load_state_dict(state["level2"])
+        for st in search2.stats:
+            run_.log_metrics(_gen_metrics(st, "level2_"), step=int(st["generation"]))
+        _evolve(search2, "level 2 (low-level)", progress, run_, "level2_",
+                lambda s: save_state(level2=s.state_dict()))
+
+        # ---- outputs ----
+        best = search2.best()
+        v1, v2 = search_values(search1), search_values(search2)
+        values: dict[str, Any] = {k: v2[k] for k in ("best_fitness", "best_params", "best_flops", "best_generation")}
+        values |= {f"level1_{k}": v for k, v in v1.items()} | {f"level2_{k}": v for k, v in v2.items()}
+        last = history2[-1] if history2 else {}
+        values |= {f"level2_supernet_{k}": v for k, v in last.items() if k.startswith("val_acc_")}
+        values |= {
+            "evaluations": search1.evaluations + search2.evaluations,
+            "budget": search1.config.budget + search2.config.budget,
+            "rejected": v1["rejected"] + v2["rejected"],
+            "level2_supernet_epochs": epochs2,
+            "level2_supernet_train_seconds": round(train_seconds, 2),
+            "seconds": round(elapsed + time.time() - t0, 2),
+        }
+        metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
+        history = [r | {"level": 1} for r in search1.history] + [r | {"level": 2} for r in search2.history]
+        with atomic_dir(out) as tmp:
+            write_json(tmp / "best_arch.json", best["arch"])
+            write_json(tmp / "level1_arch.json", search1.best()["arch"])
+            with open(tmp / "history.jsonl", "w") as f:
+                for rec in history:
+                    f.write(json.dumps(rec) + "\n")
+            write_json(tmp / "generations.json", [st | {"level": 1} for st in search1.stats]
+                       + [st | {"level": 2} for st in search2.stats])
+            label = "val top-1 (inherited weights)"
+            plot_pareto(search2.history, tmp / "pareto.png", f"level 2 {label}")
+            plot_pareto(search1.history, tmp / "level1_pareto.png", f"level 1 {label}")
+            net2.save(tmp / LEVEL2_SUPERNET, meta={"level": 2, "epochs": epochs2, "history": history2,
+                                                   "dataset": data.name, "split": list(best1.local_units)})
+            write_json(tmp / "metrics.json", metrics)
+        run_.log_metrics({k: v for k, v in metrics.items() if not k.endswith("generations")})
+        for name in ("pareto.png", "level1_pareto.png", "history.jsonl", "best_arch.json", "level1_arch.json"):
+            run_.log_artifact(out / name)
+    print(f"search (hierarchical): best val top-1 {best['fitness']:.4g} at {best['params'] / 1e3:.1f}k params, "
+          f"{best['flops'] / 1e6:.2f}M FLOPs (level 1 {search1.evaluations} + level 2 {search2.evaluations} "
+          f"evaluations)", flush=True)
+    return metrics
+
+
+def _evolve(search: Search, desc: str, progress: bool, run_, prefix: str, checkpoint) -> None:
+    bar = tqdm(total=search.total_generations, initial=search.next_generation, desc=desc, unit="gen",
+               disable=not progress or None)
+
+    def after_generation(s: Search, stats: dict[str, float]) -> None:
+        checkpoint(s)
+        run_.log_metrics(_gen_metrics(stats, prefix), step=int(stats["generation"]))
+        bar.update(1)
+        bar.set_postfix(best=f"{stats['best_fitness']:.4g}", rejected=int(stats["rejected"]))
+
+    try:
+        search.run(after_generation)
+    finally:
+        bar.close()
+
+
+def _train_level2(params: Params, data: PreparedData, space: SearchSpace, epochs: int, calib: torch.Tensor,
+                  device: torch.device, progress: bool, run_, state: dict[str, Any], save_state):
+    """Train (or finish training) the level-2 supernet with the `supernet:` recipe, single process;
+    per-epoch validation of the smallest, largest and random subnets as in the supernet stage."""
+    cfg = params.supernet
+    reseed(cfg.seed, "level2-init")
+    net = Supernet(space, drop_path_rate=cfg.drop_path)
+    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    steps = len(train_ds) // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"supernet.batch_size: {cfg.batch_size} is larger than the training split "
+                          f"({len(train_ds)} samples)")
+    dist = DistInfo(device=device)
+    trainer = make_trainer(net, cfg, dist, steps, epochs=epochs)
+    saved = state.get("level2_train", {})
+    if saved:
+        trainer.load_state_dict(saved["trainer"])
+    history = list(saved.get("history", []))
+    seconds = float(saved.get("seconds", 0.0))
+    for h in history:  # a resumed run's MLflow run still shows the whole curve
+        run_.log_metrics({f"level2_supernet_{k}": v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+    val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
+    val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers)
+    for epoch in range(len(history), epochs):
+        t0 = time.time()
+        reseed(cfg.seed, "level2", epoch)
+        loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                              workers=cfg.workers, pin_memory=device.type == "cuda")
+        try:
+            stats = trainer.train_epoch(loader, epoch, progress)
+        except LossNotFinite as e:
+            raise LossNotFinite(f"search: the level-2 supernet diverged at {e}. Lower supernet.lr or enable "
+                                "supernet.ema_decay/warmup") from None
+        accs = trainer.validate(val_data, val_archs, calib)
+        record = {"epoch": epoch + 1, **stats, **{f"val_acc_{k}": v for k, v in accs.items()}}
+        history.append(record)
+        seconds += time.time() - t0
+        run_.log_metrics({f"level2_supernet_{k}": v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        save_state(level2_train={"trainer": trainer.state_dict(), "history": history, "seconds": seconds})
+        print(f"level-2 supernet epoch {epoch + 1}/{epochs}  loss {stats['train_loss']:.4f}  val smallest "
+              f"{accs['smallest']:.3f}  largest {accs['largest']:.3f}", flush=True)
+    return trainer.eval_model.eval(), history, seconds

@@ -3,26 +3,39 @@
 Checkpoints every epoch (resumable to the same result as an uninterrupted run), validates the
 smallest, largest and K random subnets every epoch, stops on a NaN/Inf loss keeping the last good
 checkpoint, and runs data-parallel under torchrun (the same subnet on every rank).
+
+With `search.strategy: hierarchical` (GLiT) this is the level-1 supernet: over the split of every
+block into attention heads and local units, low-level genes at their middle choices
+(`SearchSpace.level1`). GLiT subnets' BatchNorm statistics are recalibrated before validation.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 
 import torch
 
 from vitnas import tracking
-from vitnas.config import ConfigError, Params
+from vitnas.config import ConfigError, Params, SupernetConfig
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
-from vitnas.space import count_flops, count_params
+from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._io import atomic_dir, flat_metrics, write_json
 from vitnas.supernet import Supernet, init_from_timm
 from vitnas.supernet.trainer import SupernetTrainer, validation_archs
-from vitnas.train import LossNotFinite, batches, epoch_loader, init_distributed, replicas_in_sync, reseed
+from vitnas.train import (
+    DistInfo,
+    LossNotFinite,
+    batches,
+    epoch_loader,
+    init_distributed,
+    replicas_in_sync,
+    reseed,
+)
 
 log = logging.getLogger("vitnas.supernet")
 _EVAL_CACHE_BYTES = 512 * 2**20  # val splits below this are kept as one tensor for fast re-evaluation
@@ -33,6 +46,31 @@ def check_data(params: Params, data: PreparedData) -> None:
     if data.img_size != params.data.img_size:
         raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
                             f"{params.data.img_size} in params; re-run `vitnas data`")
+
+
+def supernet_space(params: Params, data: PreparedData) -> SearchSpace:
+    """The space this stage's supernet covers: the configured one sized for the data, or its
+    level-1 (split-only) space for the hierarchical GLiT search."""
+    space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
+    return space.level1() if params.search.strategy == "hierarchical" else space
+
+
+def calibration_images(data: PreparedData, n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed, seeded set of `n` eval-transformed train images: what recalibrates a GLiT subnet's
+    BatchNorm statistics (never val or test images, which rank the subnets)."""
+    ds = data.dataset("train")
+    idx = sorted(random.Random(repr(("bn-calibration", seed))).sample(range(len(ds)), min(n, len(ds))))
+    return torch.stack([ds[i][0] for i in idx])
+
+
+def make_trainer(supernet: Supernet, cfg: SupernetConfig, dist: DistInfo, steps: int,
+                 epochs: int | None = None) -> SupernetTrainer:
+    """A trainer with the `supernet:` recipe of params.yaml (`epochs` overrides its schedule length)."""
+    return SupernetTrainer(
+        supernet, dist=dist, epochs=epochs or cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay, warmup_epochs=min(cfg.warmup_epochs, (epochs or cfg.epochs) - 1),
+        mixup=cfg.mixup, cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay,
+        amp=cfg.amp, sampling=cfg.sampling, sandwich_random=cfg.sandwich_random, seed=cfg.seed)
 
 
 def val_batches(data: PreparedData, batch_size: int, workers: int = 0):
@@ -75,7 +113,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
     dist = init_distributed(device)
     data = PreparedData(data_dir)
     check_data(params, data)
-    space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
+    space = supernet_space(params, data)
 
     train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
     steps = (len(train_ds) // dist.world_size) // cfg.batch_size
@@ -87,13 +125,11 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
     supernet = Supernet(space, drop_path_rate=cfg.drop_path)
     if cfg.pretrained:
         init_from_timm(supernet, cfg.pretrained)
-    trainer = SupernetTrainer(
-        supernet, dist=dist, epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, min_lr=cfg.min_lr,
-        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup, cutmix=cfg.cutmix,
-        label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp, sampling=cfg.sampling,
-        sandwich_random=cfg.sandwich_random, seed=cfg.seed)
+    trainer = make_trainer(supernet, cfg, dist, steps)
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
     val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
+    calib = calibration_images(data, params.search.bn_calib_images, cfg.seed) \
+        if space.is_glit and dist.is_main else None
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
                                  params.data.augment.model_dump(), dist.world_size)
@@ -131,7 +167,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
                 raise RuntimeError("supernet: data-parallel replicas diverged (ranks hold different weights)")
             record = {"epoch": epoch + 1, **stats}
             if dist.is_main:
-                accs = trainer.validate(val_data, val_archs)
+                accs = trainer.validate(val_data, val_archs, calib)
                 record.update({f"val_acc_{k}": v for k, v in accs.items()})
                 rand = [v for k, v in accs.items() if k.startswith("random")]
                 if rand:
@@ -158,9 +194,11 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
                 "train_seconds": round(time.time() - t0, 2),
             })
             with atomic_dir(out) as tmp:
-                trainer.eval_model.save(tmp / "supernet.pt", meta={
-                    "epochs": cfg.epochs, "history": history, "dataset": data.name,
-                    "sampling": cfg.sampling, "ema": cfg.ema_decay is not None})
+                meta = {"epochs": cfg.epochs, "history": history, "dataset": data.name,
+                        "sampling": cfg.sampling, "ema": cfg.ema_decay is not None}
+                if params.search.strategy == "hierarchical":
+                    meta["level"] = 1
+                trainer.eval_model.save(tmp / "supernet.pt", meta=meta)
                 write_json(tmp / "metrics.json", metrics)
                 write_json(tmp / "history.json", history)
                 plot_curves(history, tmp / "curves.png")

@@ -131,3 +131,15 @@ class SlicedPatchEmbed(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_chans={self.in_chans}, dim_max={self.dim_max}, patch_size={self.patch_size}"
+
+
+class SuperMlp(nn.Module):
+    """timm's Mlp (fc1, exact GELU, fc2) over sliced weights."""
+
+    def __init__(self, dim_max: int, hidden_max: int) -> None:
+        super().__init__()
+        self.fc1 = SlicedLinear(dim_max, hidden_max)
+        self.fc2 = SlicedLinear(hidden_max, dim_max)
+
+    def forward(self, x: torch.Tensor, hidden: int, dim: int) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x, hidden, dim)), dim, hidden)

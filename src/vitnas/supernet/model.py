@@ -22,7 +22,15 @@ from timm.layers import drop_path, trunc_normal_
 
 from vitnas.space.arch import Arch, ArchError
 from vitnas.space.search_space import SearchSpace
-from vitnas.supernet.layers import SlicedLayerNorm, SlicedLinear, SlicedPatchEmbed, SlicedQKV, top_left
+from vitnas.supernet.glit import GlitSuperBlock
+from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it used to live here)
+    SlicedLayerNorm,
+    SlicedLinear,
+    SlicedPatchEmbed,
+    SlicedQKV,
+    SuperMlp,
+    top_left,
+)
 
 FORMAT = "vitnas-supernet/1"
 _PLAN_CACHE_SIZE = 4096
@@ -50,16 +58,6 @@ class SuperAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(B, N, q_dim), dim, q_dim)
 
 
-class SuperMlp(nn.Module):
-    def __init__(self, dim_max: int, hidden_max: int) -> None:
-        super().__init__()
-        self.fc1 = SlicedLinear(dim_max, hidden_max)
-        self.fc2 = SlicedLinear(hidden_max, dim_max)
-
-    def forward(self, x: torch.Tensor, hidden: int, dim: int) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x, hidden, dim)), dim, hidden)
-
-
 class SuperBlock(nn.Module):
     """timm's pre-norm ViT block over sliced weights (same submodule names as timm's Block)."""
 
@@ -82,6 +80,12 @@ def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
     """Why `arch` is not in `space` (the first reason), or None when it is."""
     if arch.keep_tokens is not None:
         return "it removes tokens (keep_tokens, a slimmed model); supernets run every token"
+    if space.is_glit or arch.is_glit:
+        if not arch.is_glit:
+            return "it has no GLiT local units (units), the space's blocks do"
+        if not space.is_glit:
+            return "it has GLiT local units (units), the space's blocks do not"
+        return space.glit_mismatch(arch)
     if space.contains(arch):
         return None
     if arch.mlp_ratio is None:
@@ -109,7 +113,10 @@ class Supernet(nn.Module):
     """All archs of `space` in one module; `supernet(x, arch)` runs one of them.
 
     Sized by `space.largest()`: max embed, max depth, max heads (head dim fixed by the space) and
-    MLP hidden `int(max_embed * max_ratio)`.
+    MLP hidden `int(max_embed * max_ratio)`. A GLiT space gets `GlitSuperBlock`s, each sized for
+    the splits its block may take (max heads = units - fewest local units, max head dim, max local
+    units x max expansion, largest kernel); see `vitnas.supernet.glit`. Its BatchNorm statistics
+    must be recalibrated per subnet before evaluation (`vitnas.supernet.recalibrate_bn`).
 
     Drop path: block `i` of an arch of depth `L` drops with `drop_path_rate * i / (L - 1)`, timm's
     linear rule over the *arch's* depth, so a subnet trains with the same per-block rates as
@@ -129,19 +136,24 @@ class Supernet(nn.Module):
         self.space = space
         self.drop_path_rate = float(drop_path_rate)
         largest = space.largest()
-        self.embed_dim = largest.embed_dim
-        self.depth = largest.depth
-        self.num_heads = max(space.num_heads)
-        self.head_dim = space.head_dim
-        self.mlp_hidden = int(largest.embed_dim * max(space.mlp_ratio))
+        self.embed_dim = max(space.embed_dim)
+        self.depth = max(space.depth)
+        self.mlp_hidden = int(self.embed_dim * max(space.mlp_ratio))
         self.num_classes = space.num_classes
 
         self.patch_embed = SlicedPatchEmbed(space.in_chans, self.embed_dim, space.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, largest.num_tokens, self.embed_dim))
-        self.blocks = nn.ModuleList(
-            SuperBlock(self.embed_dim, self.num_heads, self.head_dim, self.mlp_hidden)
-            for _ in range(self.depth))
+        if space.is_glit:
+            # No single head count / head dim: GLiT blocks size themselves (see _glit_blocks).
+            self.num_heads, self.head_dim = space.units, None
+            self.blocks = self._glit_blocks(space)
+        else:
+            self.num_heads = max(space.num_heads)
+            self.head_dim = space.head_dim
+            self.blocks = nn.ModuleList(
+                SuperBlock(self.embed_dim, self.num_heads, self.head_dim, self.mlp_hidden)
+                for _ in range(self.depth))
         self.norm = SlicedLayerNorm(self.embed_dim)
         self.head = SlicedLinear(self.embed_dim, self.num_classes)
         # As timm's VisionTransformer.init_weights; the layers init themselves.
@@ -152,6 +164,18 @@ class Supernet(nn.Module):
         self._plans: dict[Arch, tuple] = {}
         self._arch = largest
         self._plan = self._make_plan(largest)
+
+    def _glit_blocks(self, space: SearchSpace) -> nn.ModuleList:
+        w = self.embed_dim // space.units
+        blocks = []
+        for i in range(self.depth):
+            local = space.block_local_units(i)
+            heads, units = space.units - min(local), max(local)
+            blocks.append(GlitSuperBlock(
+                self.embed_dim, heads, round(max(space.qkv_ratio) * w) if heads else 0, w, units,
+                int(max(space.local_expansion) * units * w) if units else 0,
+                max(space.kernel_size) if units else 0, self.mlp_hidden))
+        return nn.ModuleList(blocks)
 
     # ---- archs ------------------------------------------------------------------------------
     def _make_plan(self, arch: Arch) -> tuple:
@@ -168,7 +192,11 @@ class Supernet(nn.Module):
             why = "it is larger than the supernet's weights"
         if why is not None:
             raise ArchError(f"arch is not in the supernet's search space ({self.space.name}): {why}")
-        layers = tuple(zip(arch.num_heads, arch.mlp_hidden, strict=True))
+        if arch.is_glit:  # per block: the arguments of GlitSuperBlock.forward after dim
+            layers = tuple((arch.mlp_hidden[i], arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i],
+                            arch.local_hidden(i), arch.kernel_size[i]) for i in range(arch.depth))
+        else:  # per block: heads, MLP hidden (SuperBlock.forward)
+            layers = tuple(zip(arch.num_heads, arch.mlp_hidden, strict=True))
         plan = (arch.embed_dim, arch.depth, layers)
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.clear()
@@ -206,8 +234,8 @@ class Supernet(nn.Module):
         x = torch.cat((top_left(self.cls_token, 1, 1, dim).expand(x.shape[0], -1, -1), x), dim=1)
         x = x + top_left(self.pos_embed, 1, self.pos_embed.shape[1], dim)
         rate = self.drop_path_rate / (depth - 1) if depth > 1 else 0.0
-        for i, (heads, hidden) in enumerate(layers):
-            x = self.blocks[i](x, dim, heads, hidden, rate * i)
+        for i, layer in enumerate(layers):
+            x = self.blocks[i](x, dim, *layer, rate * i)
         return self.norm(x, dim)
 
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from vitnas.space import Arch, SearchSpace
+from vitnas.supernet.glit import batchnorms, recalibrate_bn
 from vitnas.supernet.model import Supernet
 from vitnas.train import (
     DistInfo,
@@ -113,12 +114,22 @@ class SupernetTrainer:
     def eval_model(self) -> Supernet:
         return self.ema.module if self.ema is not None else self.model
 
-    def validate(self, data_fn, archs: dict[str, Arch]) -> dict[str, float]:
-        """Val accuracy of each named subnet; `data_fn()` yields fresh (x, y) batches."""
+    def validate(self, data_fn, archs: dict[str, Arch], calib: torch.Tensor | None = None) -> dict[str, float]:
+        """Val accuracy of each named subnet; `data_fn()` yields fresh (x, y) batches.
+
+        A supernet with BatchNorm (GLiT local units) has running statistics mixed over every subnet
+        trained, so each subnet's are recalibrated on `calib` (train images) before it is evaluated.
+        """
         model = self.eval_model
+        needs_calib = bool(batchnorms(model))
+        if needs_calib and calib is None:
+            raise ValueError("calib: this supernet has BatchNorm (GLiT local units); validating a subnet needs "
+                             "calibration images to recalibrate its statistics")
         model.eval()
         out = {}
         for name, arch in archs.items():
+            if needs_calib:
+                recalibrate_bn(model, calib, arch)
             out[name] = evaluate(lambda x, a=arch: model(x, a), data_fn(), self.dist.device,
                                  self.precision.autocast)["acc"]
         return out
