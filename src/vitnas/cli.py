@@ -126,6 +126,41 @@ def slim(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None =
     _report(out, stage.run(load_params(params), data, supernet, arch, out, device=device, track=track))
 
 
+@app.command(rich_help_panel="Stages")
+def retrain(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None = SupernetOpt,
+            arch: Path = typer.Option(Path("artifacts/slim"), "--arch",
+                                      help="A model directory (arch.json + model.safetensors) or an arch.json "
+                                           "(inherited weights from --supernet)."),
+            out: Path = typer.Option(Path("artifacts/retrain"), "--out", "-o", help="Output directory."),
+            checkpoints: Path | None = typer.Option(
+                None, help="Per-epoch checkpoints (default: OUT-checkpoints beside the output)."),
+            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint when it "
+                                        "matches these params, inputs and data."),
+            device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+    """Retrain the final arch (inherited or scratch init, optional distillation); register the model.
+
+    Data-parallel: torchrun --nproc_per_node N -m vitnas retrain ...
+    """
+    from vitnas.config import load_params
+    from vitnas.stages import retrain as stage
+
+    _report(out, stage.run(load_params(params), data, supernet, arch, out, checkpoint_dir=checkpoints,
+                           resume=resume, device=device, track=track))
+
+
+@app.command(rich_help_panel="Stages")
+def transfer(params: Path = ParamsOpt, data: Path = DataOpt,
+             model: Path = typer.Option(Path("artifacts/retrain"), "--model",
+                                        help="Model directory (arch.json + model.safetensors), e.g. retrain's."),
+             out: Path = typer.Option(Path("artifacts/transfer"), "--out", "-o", help="Output directory."),
+             device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+    """Fine-tune on the transfer targets: CIFAR-format top-1, COCO-format detection AP (ViTDet backbone)."""
+    from vitnas.config import load_params
+    from vitnas.stages import transfer as stage
+
+    _report(out, stage.run(load_params(params), data, model, out, device=device, track=track))
+
+
 @app.command("check-params", rich_help_panel="Tools")
 def check_params(params: Path = ParamsOpt) -> None:
     """Validate params.yaml and print the resolved search space."""
@@ -139,16 +174,16 @@ def check_params(params: Path = ParamsOpt) -> None:
 @app.command(rich_help_panel="Tools")
 def spaces() -> None:
     """List the search space presets with their size and cost range."""
-    from vitnas.space import SearchSpace, count_flops, count_params
+    from vitnas.space import SearchSpace
 
     typer.echo(f"{'preset':<18}{'archs':>10}{'params (M)':>18}{'MACs (G)':>18}  input")
     for name in SearchSpace.presets():
         s = SearchSpace.preset(name)
-        lo, hi = s.smallest(), s.largest()
+        p_lo, p_hi, f_lo, f_hi = s.cost_range()
+        kind = f", GLiT {s.units} units" if s.is_glit else ""
         typer.echo(f"{name:<18}{'1e' + format(s.log10_size(), '.1f'):>10}"
-                   f"{count_params(lo) / 1e6:>8.2f}-{count_params(hi) / 1e6:<9.2f}"
-                   f"{count_flops(lo) / 1e9:>8.3f}-{count_flops(hi) / 1e9:<9.3f}"
-                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes")
+                   f"{p_lo / 1e6:>8.2f}-{p_hi / 1e6:<9.2f}{f_lo / 1e9:>8.3f}-{f_hi / 1e9:<9.3f}"
+                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}")
 
 
 @app.command(rich_help_panel="Tools")
@@ -164,18 +199,87 @@ def arch(name: str = typer.Argument(..., help="A published arch name (e.g. autof
     a = a.replace(**changes) if changes else a
     typer.echo(json.dumps(a.to_dict()))
     typer.echo(f"params {count_params(a) / 1e6:.3f} M, MACs {count_flops(a) / 1e9:.4f} G")
+    if a.is_glit:
+        from vitnas.space.cost import count_flops_glit
+
+        typer.echo(f"MACs by GLiT's own counter (GLU projection counted at half) {count_flops_glit(a) / 1e9:.4f} G")
+
+
+_IMAGE_HELP = ("Image repository (or a full reference with tag or digest); default $VITNAS_IMAGE or "
+               "ghcr.io/vitnas/vitnas.")
+ImageOpt = typer.Option(None, "--image", help=_IMAGE_HELP, rich_help_panel="Cluster")
+ImageTagOpt = typer.Option(None, "--image-tag", help="Image tag (default: this checkout's short git commit; "
+                           "'latest' outside a git checkout, which turns KFP caching off).",
+                           rich_help_panel="Cluster")
+GpusOpt = typer.Option(1, "--gpus", min=0, help="GPUs of each data-parallel training stage (supernet, slim, "
+                       "retrain; torchrun nproc_per_node); other GPU stages get 1. 0: CPU only.",
+                       rich_help_panel="Cluster")
+AcceleratorOpt = typer.Option("nvidia.com/gpu", "--accelerator", help="Accelerator resource name.",
+                              rich_help_panel="Cluster")
+NodeSelectorOpt = typer.Option(None, "--node-selector", help="KEY=VALUE node label of GPU stages (repeatable).",
+                               rich_help_panel="Cluster")
+TolerationOpt = typer.Option(None, "--toleration", help="KEY[=VALUE][:EFFECT] taint GPU stages tolerate "
+                             "(repeatable), e.g. nvidia.com/gpu:NoSchedule.", rich_help_panel="Cluster")
+SecretOpt = typer.Option(None, "--secret", help="Kubernetes secret whose keys MLFLOW_TRACKING_URI (required "
+                         "unless --mlflow-uri), MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, AWS_ACCESS_KEY_ID, "
+                         "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, MLFLOW_S3_ENDPOINT_URL become env vars of "
+                         "every pod.", rich_help_panel="Cluster")
+MlflowUriOpt = typer.Option(None, "--mlflow-uri", help="MLFLOW_TRACKING_URI of every pod, e.g. "
+                            "http://mlflow.mlflow.svc.cluster.local:5000.", rich_help_panel="Cluster")
+ShmOpt = typer.Option("8Gi", "--shm-size", help="Memory-backed /dev/shm of GPU stages ('0': none).",
+                      rich_help_panel="Cluster")
+CpuOpt = typer.Option("4", "--cpu", help="CPU request of each stage ('0': none).", rich_help_panel="Cluster")
+MemoryOpt = typer.Option("16Gi", "--memory", help="Memory request of each stage ('0': none).",
+                         rich_help_panel="Cluster")
+CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
+                                help="Let KFP reuse a supernet trained with the same params and image.",
+                                rich_help_panel="Cluster")
+
+
+def _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
+                     shm_size, cpu, memory, cache_supernet):
+    """ClusterOptions from the shared compile/submit options; prints what the user should know."""
+    from pipelines.vitnas_pipeline import ClusterOptions, Toleration, image_reference
+    from vitnas.errors import ConfigError
+
+    ref, notes = image_reference(image, image_tag, Path.cwd())
+    if ref.endswith(":latest"):
+        notes.append("the image tag 'latest' is mutable: KFP caching is turned off, so no step reuses results "
+                     "of another code version")
+    selector = {}
+    for item in node_selector or []:
+        key, eq, value = item.partition("=")
+        if not key or not eq:
+            raise ConfigError(f"--node-selector {item}: expected KEY=VALUE")
+        selector[key] = value
+    if not (secret or mlflow_uri):
+        notes.append("no --secret or --mlflow-uri: stage pods log MLflow runs to a throwaway sqlite file")
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    none = ("", "0", "none")
+    return ClusterOptions(
+        image=ref, gpus=gpus, accelerator=accelerator, node_selector=selector,
+        tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
+        shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
+        memory=None if memory in none else memory, cache_supernet=cache_supernet,
+        caching=not ref.endswith(":latest"), code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
 
 
 @pipeline_app.command("compile")
 def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--out", "-o"),
-                     params: Path = ParamsOpt,
-                     gpus: int = typer.Option(1, min=0, help="GPUs requested by each training stage.")) -> None:
+                     params: Path = ParamsOpt, image: str | None = ImageOpt, image_tag: str | None = ImageTagOpt,
+                     gpus: int = GpusOpt, accelerator: str = AcceleratorOpt,
+                     node_selector: list[str] | None = NodeSelectorOpt, toleration: list[str] | None = TolerationOpt,
+                     secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
+                     cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt) -> None:
     """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
     from pipelines.vitnas_pipeline import compile_pipeline
     from vitnas.config import load_params
 
-    compile_pipeline(load_params(params), out, gpus)
-    typer.echo(f"wrote {out}")
+    opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
+                            shm_size, cpu, memory, cache_supernet)
+    compile_pipeline(load_params(params), out, opts)
+    typer.echo(f"wrote {out} (image {opts.image})")
 
 
 @pipeline_app.command("run-local")
@@ -189,6 +293,61 @@ def pipeline_run_local(params: Path = ParamsOpt,
     outputs = run_local(load_params(params), pipeline_root)
     for name, path in outputs.items():
         typer.echo(f"{name}: {path}")
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
+                                             help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080."),
+                    experiment: str = typer.Option("vitnas", "--experiment", help="KFP experiment (created if new)."),
+                    run_name: str | None = typer.Option(None, "--run-name", help="Default: vitnas-<UTC time>."),
+                    namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace."),
+                    token: str | None = typer.Option(None, "--token", envvar="KFP_TOKEN",
+                                                     help="Bearer token for the API server."),
+                    wait: bool = typer.Option(False, "--wait/--no-wait", help="Wait for the run to finish."),
+                    timeout: int = typer.Option(24 * 3600, "--timeout", min=1, help="--wait limit in seconds."),
+                    params: Path = ParamsOpt, image: str | None = ImageOpt, image_tag: str | None = ImageTagOpt,
+                    gpus: int = GpusOpt, accelerator: str = AcceleratorOpt,
+                    node_selector: list[str] | None = NodeSelectorOpt, toleration: list[str] | None = TolerationOpt,
+                    secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
+                    cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt) -> None:
+    """Compile the pipeline and start a run of it on a Kubeflow Pipelines cluster."""
+    import tempfile
+    import time
+
+    from pipelines.vitnas_pipeline import compile_pipeline, pipeline_arguments, submit
+    from vitnas.config import load_params
+
+    p = load_params(params)
+    opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
+                            shm_size, cpu, memory, cache_supernet)
+    run_name = run_name or time.strftime("vitnas-%Y%m%d-%H%M%S", time.gmtime())
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(p, Path(tmp) / "vitnas_pipeline.yaml", opts)
+        client, run_id = _kfp_call(host, lambda: submit(package, pipeline_arguments(p), host=host,
+                                                        experiment=experiment, run_name=run_name,
+                                                        namespace=namespace, token=token))
+    typer.echo(f"run {run_name} ({run_id}) in experiment {experiment}: {host.rstrip('/')}/#/runs/details/{run_id}")
+    if wait:
+        run = _kfp_call(host, lambda: client.wait_for_run_completion(run_id, timeout))
+        state = str(run.state)
+        typer.echo(f"run {run_id}: {state}")
+        if state != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+def _kfp_call(host: str, call):
+    """A KFP client call, with connection and API errors as one-line user errors."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return call()
+    except HTTPError as e:
+        reason = getattr(e, "reason", None) or e
+        raise VitnasError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from None
+    except ApiException as e:
+        raise VitnasError(f"Kubeflow Pipelines at {host} answered {e.status} {e.reason}: "
+                          f"{(e.body or '').strip()[:300]}") from None
 
 
 def main() -> None:

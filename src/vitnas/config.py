@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from vitnas.errors import ConfigError
 from vitnas.space import ArchError, SearchSpace
@@ -74,6 +74,13 @@ class SpaceConfig(_Section):
     mlp_ratio: list[Annotated[float, Field(gt=0)]] | None = None
     head_dim: PosInt | None = None
     patch_size: PosInt | None = None
+    # GLiT spaces (glit-tiny, glit-demo, or preset null with units): global-local blocks
+    units: PosInt | None = None
+    local_units: list[Annotated[int, Field(ge=0)]] | None = None
+    qkv_ratio: list[Annotated[float, Field(gt=0)]] | None = None
+    kernel_size: list[PosInt] | None = None
+    local_expansion: list[Annotated[float, Field(gt=0)]] | None = None
+    glit_grid: Literal["paper", "full"] | None = None
 
 
 class TrainRecipe(_Section):
@@ -111,7 +118,7 @@ class ProxyConfig(_Section):
 
 
 class SearchConfig(_Section):
-    strategy: Literal["evolution", "random"] = "evolution"
+    strategy: Literal["evolution", "random", "hierarchical"] = "evolution"
     fitness: Literal["supernet", "proxy", "hybrid"] = "supernet"
     proxy: str = "dss"
     population: PosInt = 50
@@ -130,6 +137,8 @@ class SearchConfig(_Section):
     hybrid_ratio: Annotated[int, Field(ge=1)] = 4  # hybrid: proxy-score this many x candidates per supernet eval
     eval_batch_size: PosInt = 256
     seed: int = 0
+    level2_epochs: PosInt | None = None  # hierarchical: level-2 supernet epochs (None: supernet.epochs)
+    bn_calib_images: PosInt = 256  # GLiT: train images that recalibrate BatchNorm for each candidate
 
 
 class SlimConfig(_Section):
@@ -155,16 +164,68 @@ class SlimConfig(_Section):
 
 
 class RetrainConfig(TrainRecipe):
+    epochs: PosInt = 60  # digits demo: >= 95% test from scratch too (30 reached ~94-96%)
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    warmup_epochs: Annotated[int, Field(ge=0)] = 5
     init: Literal["inherit", "scratch"] = "inherit"
     distill: bool = False
+    teacher: str | None = None  # a model directory; default teacher: the supernet's largest subnet
+    distill_alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+    distill_temperature: Annotated[float, Field(gt=0)] = 1.0
+    keep: Literal["best", "last"] = "best"  # which epoch's weights are saved: best val accuracy or last
+    registered_model: Annotated[str, Field(min_length=1)] | None = "vitnas"
+
+
+CLASSIFICATION_TARGETS = ("cifar10", "cifar100", "digits-cifar")
+DETECTION_TARGETS = ("coco", "digits-coco")
+# Task-specific keys: null means "this task's default" (filled in on load) and they must stay null
+# on a target of the other task. Defaults are filled, not declared, so that a dumped and re-parsed
+# config (the Kubeflow pipeline does that) is still valid.
+_TASK_DEFAULTS = {
+    "classification": {"label_smoothing": 0.1},
+    "detection": {"detector": "faster_rcnn", "fpn_channels": 64},
+}
+_TASK_KEYS = {"classification": ("img_size", "label_smoothing"),
+              "detection": ("detector", "canvas_size", "min_size", "max_size", "fpn_channels")}
 
 
 class TransferTarget(_Section):
+    """One transfer dataset: fine-tune the retrained model on it and report top-1 or COCO AP."""
+
     name: Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
-    root: str | None = None
+    root: str | None = None  # cifar10/cifar100/coco; digits-* live in the data stage's output
     epochs: PosInt = 5
     batch_size: PosInt = 64
     lr: Annotated[float, Field(gt=0)] = 5e-4
+    min_lr: NonNegFloat = 1e-6
+    weight_decay: NonNegFloat = 0.05
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    seed: int = 0
+    max_train_images: PosInt | None = None  # evenly spaced subset of the train split (quick runs); None: all
+    max_eval_images: PosInt | None = None  # the same for the test (classification) / val (detection) split
+    # classification only
+    img_size: Annotated[int, Field(gt=0, le=4096)] | None = None  # None: the model's own input size
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None  # None: 0.1
+    # detection only
+    detector: Literal["faster_rcnn", "retinanet"] | None = None  # None: faster_rcnn
+    canvas_size: Annotated[int, Field(ge=32, le=1024)] | None = None  # digits-coco canvases; None: 64
+    min_size: Annotated[int, Field(gt=0, le=4096)] | None = None  # detector input short side; None: see docs
+    max_size: Annotated[int, Field(gt=0, le=4096)] | None = None  # detector input long side cap
+    fpn_channels: PosInt | None = None  # channels of every simple-feature-pyramid level; None: 64
+
+    @model_validator(mode="after")
+    def _fill_task_defaults(self) -> TransferTarget:
+        defaults = dict(_TASK_DEFAULTS[self.task])
+        if self.name == "digits-coco":
+            defaults["canvas_size"] = 64
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)  # frozen model: filled once, at validation
+        return self
+
+    @property
+    def task(self) -> str:
+        return "detection" if self.name in DETECTION_TARGETS else "classification"
 
 
 class TransferConfig(_Section):
@@ -217,7 +278,8 @@ class Params(_Section):
 def _space_from(p: Params, *, num_classes: int | None, in_chans: int | None) -> SearchSpace:
     s = p.space
     overrides = {k: getattr(s, k) for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "head_dim",
-                                            "patch_size") if getattr(s, k) is not None}
+                                            "patch_size", "units", "local_units", "qkv_ratio", "kernel_size",
+                                            "local_expansion", "glit_grid") if getattr(s, k) is not None}
     overrides["img_size"] = p.data.img_size
     if num_classes is not None:
         overrides["num_classes"] = num_classes
@@ -225,7 +287,8 @@ def _space_from(p: Params, *, num_classes: int | None, in_chans: int | None) -> 
         overrides["in_chans"] = in_chans
     try:
         if s.preset is None:
-            missing = [k for k in ("embed_dim", "depth", "num_heads", "mlp_ratio") if getattr(s, k) is None]
+            required = ("embed_dim", "depth", "mlp_ratio") + (() if s.units else ("num_heads",))
+            missing = [k for k in required if getattr(s, k) is None]
             if missing:
                 raise ConfigError(f"space.{missing[0]}: required when space.preset is null")
             return SearchSpace(name="custom", **overrides)
@@ -248,8 +311,21 @@ def _check(p: Params) -> None:
         raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
     if d.augment.scale[0] > d.augment.scale[1]:
         raise ConfigError("data.augment.scale: lower bound must be <= upper bound")
-    p.search_space()  # validates preset names and overridden choices
+    space = p.search_space()  # validates preset names and overridden choices
     s = p.search
+    if s.strategy == "hierarchical" and not space.is_glit:
+        raise ConfigError(f"search.strategy: 'hierarchical' is GLiT's two-level search and needs a GLiT space "
+                          f"(space.preset glit-tiny or glit-demo); space '{space.name}' has no local units")
+    if space.is_glit and s.fitness != "supernet":
+        raise ConfigError(f"search.fitness: '{s.fitness}' uses zero-cost proxies, which do not support GLiT "
+                          "local units; use supernet")
+    if space.is_glit and s.latency_max_ms is not None:
+        raise ConfigError("search.latency_max_ms: latency tables hold plain ViT blocks; GLiT spaces are not "
+                          "supported yet")
+    if space.is_glit and p.supernet.pretrained:
+        raise ConfigError("supernet.pretrained: a GLiT supernet cannot start from plain timm ViT weights")
+    if s.level2_epochs is not None and s.strategy != "hierarchical":
+        raise ConfigError("search.level2_epochs: only used with search.strategy: hierarchical")
     for lo, hi in (("params_min", "params_max"), ("flops_min", "flops_max")):
         a, b = getattr(s, lo), getattr(s, hi)
         if a is not None and b is not None and b <= a:
@@ -262,15 +338,36 @@ def _check(p: Params) -> None:
     if sl.target_flops_ratio is not None and sl.target_params_ratio is not None:
         raise ConfigError("slim.target_params_ratio: set only one of slim.target_flops_ratio and "
                           "slim.target_params_ratio")
+    seen: set[str] = set()
     for i, t in enumerate(p.transfer.targets):
+        key = f"transfer.targets.{i}"
         if t.name in ("cifar10", "cifar100", "coco") and not t.root:
-            raise ConfigError(f"transfer.targets.{i}.root: required for target '{t.name}'")
+            raise ConfigError(f"{key}.root: required for target '{t.name}'")
+        if t.name.startswith("digits-") and t.root:
+            raise ConfigError(f"{key}.root: not used for '{t.name}' (the data stage writes it)")
+        if t.name in seen:
+            raise ConfigError(f"{key}.name: target '{t.name}' is listed twice")
+        seen.add(t.name)
+        other = "detection" if t.task == "classification" else "classification"
+        for k in _TASK_KEYS[other]:
+            if getattr(t, k) is not None:
+                raise ConfigError(f"{key}.{k}: not used by {t.task} target '{t.name}' (a {other} key)")
+        if t.canvas_size is not None and t.name != "digits-coco":
+            raise ConfigError(f"{key}.canvas_size: only for 'digits-coco' (the data stage's canvases)")
+        if t.warmup_epochs >= t.epochs:
+            raise ConfigError(f"{key}.warmup_epochs: must be < {key}.epochs")
+        if t.min_lr > t.lr:
+            raise ConfigError(f"{key}.min_lr: must be <= {key}.lr")
+        if t.min_size is not None and t.max_size is not None and t.max_size < t.min_size:
+            raise ConfigError(f"{key}.max_size: must be >= {key}.min_size")
     for name in ("supernet", "retrain"):
         r = getattr(p, name)
         if r.warmup_epochs >= r.epochs:
             raise ConfigError(f"{name}.warmup_epochs: must be < {name}.epochs")
         if r.min_lr > r.lr:
             raise ConfigError(f"{name}.min_lr: must be <= {name}.lr")
+    if p.retrain.teacher is not None and not p.retrain.distill:
+        raise ConfigError("retrain.teacher: only used with retrain.distill: true")
 
 
 def _format(err: ValidationError) -> str:
