@@ -358,7 +358,8 @@ def test_stage_without_targets_writes_a_note(model_dir, tmp_path, capsys):
     assert "no targets" in capsys.readouterr().out
 
 
-def test_stage_bad_inputs_are_one_line_errors_with_no_output(transfer_data, digits_dir, model_dir, tmp_path):
+def test_stage_bad_inputs_are_one_line_errors_with_no_output(transfer_data, digits_dir, model_dir, tmp_path,
+                                                           monkeypatch):
     out = tmp_path / "out"
     p = parse_params(targets_params({"name": "digits-cifar", **QUICK}))
     with pytest.raises(ArtifactError, match="arch.json: not found"):
@@ -380,6 +381,13 @@ def test_stage_bad_inputs_are_one_line_errors_with_no_output(transfer_data, digi
     (coco / "annotations" / "instances_val.json").write_text("[]")
     with pytest.raises(ArtifactError, match="instances_val.json: not a COCO instances file"):
         stage.run(pc, transfer_data, model_dir, out, progress=False)
+    write_coco(coco, "val")
+    (coco / "train" / "img_3.png").unlink()
+    # a broken second target fails before the first one trains
+    both = parse_params(targets_params({"name": "digits-cifar", **QUICK}, {"name": "coco", "root": str(coco)}))
+    monkeypatch.setattr(stage, "fine_tune", lambda *a, **k: pytest.fail("trained before checking every target"))
+    with pytest.raises(ArtifactError, match=r"train/img_3.png: image not found \(listed in .*instances_train.json"):
+        stage.run(both, transfer_data, model_dir, out, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
     # the CLI: one line on stderr, exit code 2
     params_file = tmp_path / "params.yaml"

@@ -262,7 +262,7 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
         tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
         shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
         memory=None if memory in none else memory, cache_supernet=cache_supernet,
-        caching=not ref.endswith(":latest"), code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
+        code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
 
 
 @pipeline_app.command("compile")

@@ -26,7 +26,7 @@ from vitnas.config import Params, TransferTarget
 from vitnas.errors import ArtifactError
 from vitnas.slim import load_model
 from vitnas.stages._io import atomic_dir, flat_metrics, write_json
-from vitnas.transfer.classification import fine_tune, read_cifar
+from vitnas.transfer.classification import CifarData, fine_tune, read_cifar
 from vitnas.transfer.coco import CocoDetection
 from vitnas.transfer.detection import build_detector, evaluate_detector, train_detector
 
@@ -133,13 +133,35 @@ def plot_placeholder(path: Path, text: str) -> None:
     plt.close(fig)
 
 
-def _classification(target: TransferTarget, root: Path, model_dir: Path, device: torch.device, progress: bool,
-                    log) -> dict[str, float]:
+def open_classification(target: TransferTarget, root: Path) -> CifarData:
+    """The target's CIFAR-format data (subsets applied); fails on a missing or malformed copy."""
     data = read_cifar(root, "cifar100" if target.name == "cifar100" else "cifar10")
     tr, te = subset(len(data.train_labels), target.max_train_images), subset(len(data.test_labels),
                                                                            target.max_eval_images)
     data.train_images, data.train_labels = data.train_images[tr], data.train_labels[tr]
     data.test_images, data.test_labels = data.test_images[te], data.test_labels[te]
+    return data
+
+
+def open_detection(target: TransferTarget, root: Path, in_chans: int) -> tuple[CocoDetection, CocoDetection]:
+    """(train, val) COCO datasets (subsets applied), their json checked and every listed image
+    present, so a broken copy fails before any training."""
+    layout = coco_layout(root)
+    train = CocoDetection(*layout["train"], in_chans=in_chans)
+    val = CocoDetection(*layout["val"], in_chans=in_chans)
+    if train.category_ids != val.category_ids:
+        raise ArtifactError(f"{layout['val'][0]}: categories differ from {layout['train'][0]}")
+    train.image_ids = [train.image_ids[i] for i in subset(len(train), target.max_train_images)]
+    val.image_ids = [val.image_ids[i] for i in subset(len(val), target.max_eval_images)]
+    if not any(val.coco.imgToAnns.get(i) for i in val.image_ids):
+        raise ArtifactError(f"{layout['val'][0]}: no annotations to evaluate against")
+    train.check_files()
+    val.check_files()
+    return train, val
+
+
+def _classification(target: TransferTarget, data: CifarData, model_dir: Path, device: torch.device, progress: bool,
+                    log) -> dict[str, float]:
     keep_tokens = target.img_size is None  # a token-pruned model keeps its tokens at its own input size
     model, arch = load_model(model_dir, map_location=device, all_tokens=not keep_tokens)
     if target.img_size is not None and target.img_size % arch.patch_size:
@@ -160,18 +182,10 @@ def _classification(target: TransferTarget, root: Path, model_dir: Path, device:
             "test_images": len(data.test_labels)}
 
 
-def _detection(target: TransferTarget, root: Path, model_dir: Path, device: torch.device, progress: bool,
-               log, figure: Path | None) -> dict[str, float]:
-    layout = coco_layout(root)
-    model, arch = load_model(model_dir, map_location=device, all_tokens=True)
-    train = CocoDetection(*layout["train"], in_chans=arch.in_chans)
-    val = CocoDetection(*layout["val"], in_chans=arch.in_chans)
-    if train.category_ids != val.category_ids:
-        raise ArtifactError(f"{layout['val'][0]}: categories differ from {layout['train'][0]}")
-    train.image_ids = [train.image_ids[i] for i in subset(len(train), target.max_train_images)]
-    val.image_ids = [val.image_ids[i] for i in subset(len(val), target.max_eval_images)]
-    if not any(val.coco.imgToAnns.get(i) for i in val.image_ids):
-        raise ArtifactError(f"{layout['val'][0]}: no annotations to evaluate against")
+def _detection(target: TransferTarget, data: tuple[CocoDetection, CocoDetection], model_dir: Path,
+               device: torch.device, progress: bool, log, figure: Path | None) -> dict[str, float]:
+    train, val = data
+    model, _ = load_model(model_dir, map_location=device, all_tokens=True)
     min_size, max_size = detection_sizes(target, train)
     mean, std = train.channel_stats()
     torch.manual_seed(target.seed)
@@ -205,8 +219,10 @@ def run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | 
     targets = params.transfer.targets
     model_dir, out = Path(model_dir), Path(out)
     dev = resolve_device(device)
-    load_model(model_dir)  # fail on a missing/corrupt model before any dataset work
-    roots = {t.name: target_root(t, data_dir) for t in targets}  # all present before any training
+    _, arch = load_model(model_dir)  # fail on a missing/corrupt model before any dataset work
+    # every target's data opened and checked before any training starts
+    data = {t.name: open_classification(t, target_root(t, data_dir)) if t.task == "classification" else
+            open_detection(t, target_root(t, data_dir), arch.in_chans) for t in targets}
     if not targets:
         print("transfer: no targets in params.yaml transfer.targets; nothing to evaluate", flush=True)
     enabled = params.tracking.enabled if track is None else track
@@ -218,11 +234,11 @@ def run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | 
             for t in targets:
                 t0 = time.time()
                 if progress:
-                    print(f"transfer {t.name}: {t.task} from {roots[t.name]}", flush=True)
+                    print(f"transfer {t.name}: {t.task} from {target_root(t, data_dir)}", flush=True)
                 if t.task == "classification":
-                    m = _classification(t, roots[t.name], model_dir, dev, progress, run_.log_metrics)
+                    m = _classification(t, data[t.name], model_dir, dev, progress, run_.log_metrics)
                 else:
-                    m = _detection(t, roots[t.name], model_dir, dev, progress, run_.log_metrics,
+                    m = _detection(t, data[t.name], model_dir, dev, progress, run_.log_metrics,
                                    None if figure.exists() else figure)
                 m["seconds"] = round(time.time() - t0, 2)
                 m = {f"{t.name}.{k}": v for k, v in m.items()}

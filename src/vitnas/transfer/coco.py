@@ -119,6 +119,13 @@ class CocoDetection(Dataset):
     def image_path(self, i: int) -> Path:
         return self.image_dir / self.coco.imgs[self.image_ids[i]]["file_name"]
 
+    def check_files(self) -> None:
+        """Every listed image file exists (decoding errors still surface when read)."""
+        for i in range(len(self)):
+            path = self.image_path(i)
+            if not path.is_file():
+                raise ArtifactError(f"{path}: image not found (listed in {self.ann_file})")
+
     def image(self, i: int) -> Image.Image:
         path = self.image_path(i)
         try:
