@@ -133,7 +133,7 @@ def init_pipeline(params_json: str, typed: Mapping[str, Any]) -> str:
         from vitnas import tracking
 
         parent = tracking.pipeline_parent(run_id, params.tracking.experiment, params=params.flat())
-        print(f"MLflow parent run {parent} for pipeline run {run_id} at {tracking.tracking_uri()}")
+        print(f"MLflow parent run {parent} (experiment {params.tracking.experiment}) for pipeline run {run_id}")
     return params.model_dump_json()
 
 

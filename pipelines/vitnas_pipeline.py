@@ -89,7 +89,8 @@ class ClusterOptions:
     cpu: str | None = "4"  # CPU request of every stage but init
     memory: str | None = "16Gi"  # memory request of every stage but init
     cache_supernet: bool = False
-    caching: bool = True  # KFP caching of the other stages (init never: it opens the MLflow parent run)
+    caching: bool = True  # KFP caching of the other stages (never for init: it opens the MLflow parent
+    # run; never with a ':latest' image, which could hold another code version)
     code_version: str | None = None  # VITNAS_CODE_VERSION of every pod (an MLflow tag of each run)
 
 
@@ -106,6 +107,7 @@ def build(default_params: Params, options: ClusterOptions | None = None):
     kfp.local (no Kubernetes settings, stages in-process)."""
     local = options is None
     opts = options or ClusterOptions(gpus=0)
+    caching = opts.caching and not opts.image.endswith(":latest")
     typed_defaults, rest_json = split_params(default_params)
     names = ["params_json"] + [p.name for p in typed_params()]
     signature = inspect.Signature(
@@ -120,9 +122,9 @@ def build(default_params: Params, options: ClusterOptions | None = None):
         if stage == "init":
             task.set_caching_options(False)
         elif stage == "supernet":
-            task.set_caching_options(opts.cache_supernet and opts.caching)
+            task.set_caching_options(opts.cache_supernet and caching)
         else:
-            task.set_caching_options(opts.caching)
+            task.set_caching_options(caching)
         if local:
             return task
         _kubernetes(task, stage, opts)
