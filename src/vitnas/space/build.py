@@ -20,6 +20,17 @@ from timm.models.vision_transformer import VisionTransformer
 from vitnas.space.arch import Arch
 
 
+def _init_residuals(block: nn.Module, dim: int, mlp_hidden: int, drop_path: float, proj_drop: float,
+                    norm_layer, act_layer) -> None:
+    """timm's residual plumbing around the token mixer (layer scale off) and its MLP branch."""
+    block.ls1 = nn.Identity()
+    block.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+    block.norm2 = norm_layer(dim)
+    block.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=act_layer, drop=proj_drop)
+    block.ls2 = nn.Identity()
+    block.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+
 class Block(TimmBlock):
     """timm's pre-norm ViT block with its own head count, head dim and MLP width.
 
@@ -47,12 +58,7 @@ class Block(TimmBlock):
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads=num_heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
                               attn_drop=attn_drop, proj_drop=proj_drop)
-        self.ls1 = nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=act_layer, drop=proj_drop)
-        self.ls2 = nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        _init_residuals(self, dim, mlp_hidden, drop_path, proj_drop, norm_layer, act_layer)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
@@ -103,12 +109,7 @@ class GlitBlock(Block):
         self.attn = Attention(attn_dim, num_heads=num_heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
                               attn_drop=attn_drop, proj_drop=proj_drop) if num_heads else None
         self.local = LocalUnits(dim - attn_dim, local_hidden, kernel_size) if attn_dim < dim else None
-        self.ls1 = nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=act_layer, drop=proj_drop)
-        self.ls2 = nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        _init_residuals(self, dim, mlp_hidden, drop_path, proj_drop, norm_layer, act_layer)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:

@@ -41,6 +41,7 @@ from vitnas.train import (
     init_distributed,
     replicas_in_sync,
     reseed,
+    steps_per_epoch,
 )
 
 OUTPUTS = ("arch.json", "model.safetensors", "metrics.json", "history.json", "curves.png")
@@ -144,10 +145,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
         if not data.meta["splits"].get(split):
             raise ArtifactError(f"{data.path / 'dataset.json'}: the {split} split is empty; retrain needs it")
     train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
-    steps = (len(train_ds) // dist.world_size) // cfg.batch_size
-    if steps == 0:
-        raise ConfigError(f"retrain.batch_size: {cfg.batch_size} is larger than the training split per process "
-                          f"({len(train_ds) // dist.world_size} samples)")
+    steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "retrain.batch_size")
 
     reseed(cfg.seed, "init")
     model = build(arch, drop_path_rate=cfg.drop_path)

@@ -36,7 +36,7 @@ from vitnas.stages._io import atomic_dir, flat_metrics, write_json
 from vitnas.stages.supernet import calibration_images, check_data, make_trainer, val_batches
 from vitnas.supernet import Supernet, SupernetFileError
 from vitnas.supernet.trainer import validation_archs
-from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed
+from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed, steps_per_epoch
 
 OUTPUTS = ("best_arch.json", "history.jsonl", "pareto.png", "metrics.json")
 LEVEL2_SUPERNET = "supernet_level2.pt"  # hierarchical: the level-2 supernet (inherit weights from this one)
@@ -428,10 +428,7 @@ def _train_level2(params: Params, data: PreparedData, space: SearchSpace, epochs
     reseed(cfg.seed, "level2-init")
     net = Supernet(space, drop_path_rate=cfg.drop_path)
     train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
-    steps = len(train_ds) // cfg.batch_size
-    if steps == 0:
-        raise ConfigError(f"supernet.batch_size: {cfg.batch_size} is larger than the training split "
-                          f"({len(train_ds)} samples)")
+    steps = steps_per_epoch(len(train_ds), cfg.batch_size, 1, "supernet.batch_size")
     dist = DistInfo(device=device)
     trainer = make_trainer(net, cfg, dist, steps, epochs=epochs)
     saved = state.get("level2_train", {})

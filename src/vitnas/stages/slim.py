@@ -32,7 +32,15 @@ from vitnas.slim.prune import ARCH_FILE, WEIGHTS_FILE
 from vitnas.space import Arch, ArchError, count_flops, count_params
 from vitnas.stages._io import atomic_dir, flat_metrics, write_json
 from vitnas.supernet import Supernet, SupernetFileError, extract
-from vitnas.train import batches, epoch_loader, evaluate, init_distributed, replicas_in_sync, reseed
+from vitnas.train import (
+    batches,
+    epoch_loader,
+    evaluate,
+    init_distributed,
+    replicas_in_sync,
+    reseed,
+    steps_per_epoch,
+)
 
 OUTPUTS = ("arch.json", "model.safetensors", "metrics.json", "widths.png")
 TOL = 0.02  # the pruned model's FLOPs/params are within 2% of the target
@@ -134,10 +142,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
                           f"({min_ratio:.3f} of the {kind} at slim.round_to={cfg.round_to})")
 
     train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
-    steps = (len(train_ds) // dist.world_size) // cfg.batch_size
-    if steps == 0:
-        raise ConfigError(f"slim.batch_size: {cfg.batch_size} is larger than the training split per process "
-                          f"({len(train_ds) // dist.world_size} samples)")
+    steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
     xv, yv = data.eval_tensors("val")
     eval_bs = max(cfg.batch_size, 256)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from vitnas import tracking
-from vitnas.config import ConfigError, Params, SupernetConfig
+from vitnas.config import Params, SupernetConfig
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
 from vitnas.space import SearchSpace, count_flops, count_params
@@ -35,6 +35,7 @@ from vitnas.train import (
     init_distributed,
     replicas_in_sync,
     reseed,
+    steps_per_epoch,
 )
 
 log = logging.getLogger("vitnas.supernet")
@@ -116,10 +117,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
     space = supernet_space(params, data)
 
     train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
-    steps = (len(train_ds) // dist.world_size) // cfg.batch_size
-    if steps == 0:
-        raise ConfigError(f"supernet.batch_size: {cfg.batch_size} is larger than the training split per "
-                          f"process ({len(train_ds) // dist.world_size} samples)")
+    steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "supernet.batch_size")
 
     reseed(cfg.seed, "init")
     supernet = Supernet(space, drop_path_rate=cfg.drop_path)

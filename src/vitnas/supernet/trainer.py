@@ -17,7 +17,6 @@ from vitnas.supernet.model import Supernet
 from vitnas.train import (
     DistInfo,
     Precision,
-    average_gradients,
     evaluate,
     make_loss,
     make_mixup,
@@ -25,6 +24,7 @@ from vitnas.train import (
     make_scheduler,
 )
 from vitnas.train.loop import check_finite
+from vitnas.train.recipe import apply_update
 
 
 def step_archs(space: SearchSpace, sampling: str, sandwich_random: int, seed: int, epoch: int,
@@ -101,12 +101,8 @@ class SupernetTrainer:
             self.precision.backward(loss)
             if i == 0:
                 first = loss.item()
-        average_gradients(self.model.parameters(), self.dist.world_size)
-        self.precision.step(self.optimizer)
-        self.updates += 1
-        self.scheduler.step_update(self.updates)
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.updates)
+        self.updates = apply_update(self.model, self.optimizer, self.scheduler, self.precision, self.ema,
+                                    world_size=self.dist.world_size, updates=self.updates)
         return first
 
     # ---- evaluation ---------------------------------------------------------------------

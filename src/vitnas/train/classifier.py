@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from vitnas.train.distributed import DistInfo, average_gradients
+from vitnas.train.distributed import DistInfo
 from vitnas.train.loop import check_finite, evaluate
-from vitnas.train.recipe import Precision, make_loss, make_mixup, make_optimizer, make_scheduler
+from vitnas.train.recipe import Precision, apply_update, make_loss, make_mixup, make_optimizer, make_scheduler
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -123,12 +123,8 @@ class ClassifierTrainer:
                 loss = (1 - self.alpha) * task + self.alpha * kd
         check_finite(loss, f"{self.name} {where}")
         self.precision.backward(loss)
-        average_gradients(self.model.parameters(), self.dist.world_size)
-        self.precision.step(self.optimizer)
-        self.updates += 1
-        self.scheduler.step_update(self.updates)
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.updates)
+        self.updates = apply_update(self.model, self.optimizer, self.scheduler, self.precision, self.ema,
+                                    world_size=self.dist.world_size, updates=self.updates)
         out = {"loss": loss.item()}
         if kd is not None:
             out.update(task=task.item(), kd=kd.item())

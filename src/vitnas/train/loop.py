@@ -9,11 +9,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vitnas.errors import VitnasError
+from vitnas.errors import ConfigError, VitnasError
 
 
 class LossNotFinite(VitnasError):
     """Training diverged (NaN/Inf loss); the last good checkpoint is kept."""
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int, key: str) -> int:
+    """Full batches per epoch and process; a batch larger than a process's share is `key`'s error."""
+    per_process = num_samples // world_size
+    steps = per_process // batch_size
+    if steps == 0:
+        where = "per process " if world_size > 1 else ""
+        raise ConfigError(f"{key}: {batch_size} is larger than the training split {where}({per_process} samples)")
+    return steps
 
 
 def reseed(*keys: object) -> int:

@@ -13,6 +13,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
+from vitnas.train.distributed import average_gradients
+
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW without decay on norms, biases and `model.no_weight_decay()` (pos/cls tokens).
@@ -80,3 +82,16 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler and state:
             self.scaler.load_state_dict(state)
+
+
+def apply_update(model: nn.Module, optimizer, scheduler, precision: Precision, ema, *, world_size: int,
+                 updates: int) -> int:
+    """After backward: average gradients over ranks, step (AMP-aware), advance the per-step
+    schedule and the EMA. Returns the new update count."""
+    average_gradients(model.parameters(), world_size)
+    precision.step(optimizer)
+    updates += 1
+    scheduler.step_update(updates)
+    if ema is not None:
+        ema.update(model, step=updates)
+    return updates
