@@ -77,7 +77,8 @@ def test_bad_value_names_its_key(raw, key):
 
 
 def test_counts_accept_suffixes():
-    p = parse_params({"search": {"params_min": "5M", "params_max": 6.5e6, "flops_max": "1.3G"}})
+    p = parse_params({"space": {"preset": "autoformer-tiny"},
+                      "search": {"params_min": "5M", "params_max": 6.5e6, "flops_max": "1.3G"}})
     assert (p.search.params_min, p.search.params_max, p.search.flops_max) == (5e6, 6.5e6, 1.3e9)
 
 
@@ -99,6 +100,7 @@ def test_custom_space_and_data_sizing(tmp_path):
         "data": {"img_size": 32},
         "space": {"preset": None, "embed_dim": [24, 48], "depth": [1, 2], "num_heads": [1, 2],
                   "mlp_ratio": [2.0], "head_dim": 8, "patch_size": 8},
+        "proxy": {"num_candidates": 10}, "search": {"population": 10, "parents": 5},  # a 12-arch space
     }))
     space = load_params(f).search_space(num_classes=7, in_chans=3)
     assert space.embed_dim == (24, 48) and space.patch_size == 8 and space.img_size == 32

@@ -306,6 +306,7 @@ def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
 
     params = parse_params({"supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64},
                            "space": {"embed_dim": [16], "depth": [1], "num_heads": [1], "mlp_ratio": [2.0]},
+                           "proxy": {"num_candidates": 1}, "search": {"population": 1, "parents": 1},  # 1 arch
                            "tracking": {"enabled": False}})
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     values = run_stage("supernet", params.model_dump_json(), 2, digits_dir, tmp_path / "s", progress=False)

@@ -12,13 +12,14 @@ from vitnas import proxies
 from vitnas.config import ConfigError, parse_params
 from vitnas.space import Arch, count_flops, count_params
 from vitnas.stages import proxy as stage
+from vitnas.stages._io import MARKER
 
 SPACE = {"preset": None, "embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2], "mlp_ratio": [2.0, 3.0],
          "head_dim": 8}  # 40 archs
 
 
 def params(**proxy_cfg):
-    search = proxy_cfg.pop("search", {})
+    search = {"population": 10, "parents": 5} | proxy_cfg.pop("search", {})  # the space has 40 archs
     cfg = {"num_candidates": 10, "proxies": ["dss", "dss_rank", "params", "flops", "snip", "naswot"],
            "batch_size": 8, "top_k": 4, **proxy_cfg}
     return parse_params({"tracking": {"enabled": False}, "space": SPACE, "proxy": cfg, "search": search})
@@ -35,7 +36,8 @@ def test_stage_writes_the_contract(digits_dir, tmp_path):
     p = params()
     out = tmp_path / "proxy"
     metrics = stage.run(p, digits_dir, out, progress=False)
-    assert {f.name for f in out.iterdir()} == {"scores.jsonl", "metrics.json", "top_k.json", ".scores.fingerprint"}
+    assert {f.name for f in out.iterdir()} == {"scores.jsonl", "metrics.json", "top_k.json", ".scores.fingerprint",
+                                               MARKER}
     assert json.loads((out / "metrics.json").read_text()) == metrics
     recs = lines(out / "scores.jsonl")
     assert len(recs) == 10 and metrics["num_candidates"] == 10 and metrics["candidates_scored"] == 10
@@ -81,7 +83,7 @@ def test_impossible_window_fails_fast_with_the_key(digits_dir, tmp_path):
         with pytest.raises(ConfigError) as e:
             stage.run(params(search=window), digits_dir, tmp_path / "x", progress=False)
         msg = str(e.value)
-        assert msg.startswith(key + ":") and "\n" not in msg and "spans" in msg, msg
+        assert msg.startswith(key + ":") and "\n" not in msg and "range" in msg, msg
     assert not (tmp_path / "x").exists()  # nothing written
     # inside the space's range, but too narrow for the number of candidates
     space = params().search_space(num_classes=10, in_chans=1)

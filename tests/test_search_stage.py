@@ -119,13 +119,13 @@ def test_bad_inputs_are_clear(digits_dir, supernet_file, tmp_path):
     other = parse_params({"space": {"embed_dim": [16, 32]}}).search_space(num_classes=10, in_chans=1)
     with pytest.raises(ArtifactError, match=r"other.pt: supernet was trained on another search space \(embed_dim"):
         stage.run(params(), digits_dir, Supernet(other).save(tmp_path / "other.pt"), tmp_path / "s")
-    with pytest.raises(ArtifactError, match=r"nope.json: latency table not found"):
-        stage.run(params(latency_table=str(tmp_path / "nope.json"), latency_max_ms=1.0), digits_dir, supernet_file,
-                  tmp_path / "s")
+    # files named in params.yaml are checked with the params, before any stage starts
+    with pytest.raises(ConfigError, match=r"^search.latency_table: .*nope.json: not found"):
+        params(latency_table=str(tmp_path / "nope.json"), latency_max_ms=1.0)
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ArtifactError, match=r"bad.json: corrupt latency table"):
-        stage.run(params(latency_table=str(bad)), digits_dir, supernet_file, tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"^search.latency_table: .*bad.json: corrupt latency table"):
+        params(latency_table=str(bad), latency_max_ms=1.0)
     with pytest.raises(ArtifactError, match=r"dataset.json: not found"):
         stage.run(params(), tmp_path / "nodata", supernet_file, tmp_path / "s")
     assert not (tmp_path / "s").exists()

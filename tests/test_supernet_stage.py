@@ -14,6 +14,7 @@ import yaml
 
 from vitnas.config import parse_params
 from vitnas.stages import supernet as stage
+from vitnas.stages._io import MARKER
 from vitnas.supernet import Supernet
 from vitnas.supernet.trainer import SupernetTrainer, step_archs
 from vitnas.train import LossNotFinite
@@ -22,6 +23,8 @@ TINY = {
     "tracking": {"enabled": False},
     "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2], "mlp_ratio": [2.0], "head_dim": 8},
     "supernet": {"epochs": 2, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 2},
+    "proxy": {"num_candidates": 10},  # the tiny space has 12 archs
+    "search": {"population": 10, "parents": 5},
 }
 
 
@@ -34,7 +37,7 @@ def tiny(**supernet) -> dict:
 def test_stage_writes_contract_and_validates_subnets(digits_dir, tmp_path):
     out = tmp_path / "supernet"
     metrics = stage.run(parse_params(tiny()), digits_dir, out, progress=False)
-    assert {p.name for p in out.iterdir()} == {"supernet.pt", "metrics.json", "history.json", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"supernet.pt", "metrics.json", "history.json", "curves.png", MARKER}
     assert json.loads((out / "metrics.json").read_text()) == metrics
     for key in ("val_acc_smallest", "val_acc_largest", "val_acc_random0", "val_acc_random1", "params_largest"):
         assert key in metrics

@@ -22,17 +22,28 @@ app.add_typer(pipeline_app, name="pipeline")
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 TrackOpt = typer.Option(None, "--track/--no-track",
                         help="Log to MLflow (default: params.yaml tracking.enabled).")
+ForceOpt = typer.Option(False, "--force", help="Replace the output directory even when vitnas did not write it "
+                        "(never a file, the working directory, the repository, or a directory holding an input).")
+
+
+def _params(params: Path, out: Path, stage: str, force: bool):
+    """params.yaml, validated, after checking that `stage` may write `out` (before any work)."""
+    from vitnas.config import load_params
+    from vitnas.stages._io import check_output
+
+    p = load_params(params)
+    check_output(out, stage, force=force, inputs=[params])
+    return p
 
 
 @app.command(rich_help_panel="Stages")
 def data(params: Path = ParamsOpt,
          out: Path = typer.Option(Path("artifacts/data"), "--out", "-o", help="Output directory."),
-         track: bool | None = TrackOpt) -> None:
+         track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Prepare the dataset: seeded train/val/test splits + dataset.json."""
-    from vitnas.config import load_params
     from vitnas.stages import data as stage
 
-    metrics = stage.run(load_params(params), out, track=track)
+    metrics = stage.run(_params(params, out, "data", force), out, track=track, force=force)
     typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 
@@ -45,16 +56,15 @@ def supernet(params: Path = ParamsOpt,
              resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint when it "
                                          "matches these params and data."),
              device: str = typer.Option("auto", help="auto | cpu | cuda"),
-             track: bool | None = TrackOpt) -> None:
+             track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Train the weight-entangled supernet (AutoFormer).
 
     Data-parallel: torchrun --nproc_per_node N -m vitnas supernet ...
     """
-    from vitnas.config import load_params
     from vitnas.stages import supernet as stage
 
-    _report(out, stage.run(load_params(params), data, out, checkpoint_dir=checkpoints, resume=resume,
-                           device=device, track=track))
+    _report(out, stage.run(_params(params, out, "supernet", force), data, out, checkpoint_dir=checkpoints,
+                           resume=resume, device=device, track=track, force=force))
 
 
 DataOpt = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output.")
@@ -73,12 +83,12 @@ def proxy(params: Path = ParamsOpt, data: Path = DataOpt,
           supernet: Path | None = typer.Option(None, "--supernet",
                                                help="Score through this trained supernet instead of a "
                                                     "randomly initialised one (TF-TAS scores at init)."),
-          device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+          device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Score sampled candidates with training-free proxies (TF-TAS DSS and baselines); resumable."""
-    from vitnas.config import load_params
     from vitnas.stages import proxy as stage
 
-    _report(out, stage.run(load_params(params), data, out, supernet_path=supernet, device=device, track=track))
+    _report(out, stage.run(_params(params, out, "proxy", force), data, out, supernet_path=supernet, device=device,
+                           track=track, force=force))
 
 
 @app.command(rich_help_panel="Stages")
@@ -87,13 +97,12 @@ def search(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path = Supe
            checkpoints: Path | None = typer.Option(
                None, help="Per-generation checkpoints (default: OUT-checkpoints beside the output)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last generation checkpoint."),
-           device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+           device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Evolutionary (or random) search under params/FLOPs/latency constraints."""
-    from vitnas.config import load_params
     from vitnas.stages import search as stage
 
-    _report(out, stage.run(load_params(params), data, supernet, out, checkpoint_dir=checkpoints, resume=resume,
-                           device=device, track=track))
+    _report(out, stage.run(_params(params, out, "search", force), data, supernet, out, checkpoint_dir=checkpoints,
+                           resume=resume, device=device, track=track, force=force))
 
 
 @app.command("latency-table", rich_help_panel="Tools")
@@ -103,13 +112,16 @@ def latency_table(params: Path = ParamsOpt, data: Path = DataOpt,
                   warmup: int = typer.Option(10, min=0), rounds: int = typer.Option(5, min=1),
                   check_archs: int = typer.Option(5, min=0, help="Full models measured to check the table."),
                   device: str = DeviceOpt, threads: int | None = typer.Option(None, min=1),
-                  track: bool | None = TrackOpt) -> None:
+                  track: bool | None = TrackOpt,
+                  force: bool = typer.Option(False, "--force", help="Replace OUT even when it is not a vitnas "
+                                             "latency table (never a directory).")) -> None:
     """Measure a per-block latency lookup table on this device (for search.latency_max_ms)."""
     from vitnas.config import load_params
     from vitnas.stages import latency as stage
 
     _report(out, stage.run(load_params(params), data, out, batch_size=batch_size, repeats=repeats, warmup=warmup,
-                           rounds=rounds, check_archs=check_archs, device=device, threads=threads, track=track))
+                           rounds=rounds, check_archs=check_archs, device=device, threads=threads, track=track,
+                           force=force))
 
 
 @app.command(rich_help_panel="Stages")
@@ -118,12 +130,12 @@ def slim(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None =
                                    help="An arch.json (weights from --supernet) or a model directory "
                                         "(arch.json + model.safetensors)."),
          out: Path = typer.Option(Path("artifacts/slim"), "--out", "-o", help="Output directory."),
-         device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+         device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """ViT-Slim soft-mask search to a FLOPs/params budget, then physical pruning."""
-    from vitnas.config import load_params
     from vitnas.stages import slim as stage
 
-    _report(out, stage.run(load_params(params), data, supernet, arch, out, device=device, track=track))
+    _report(out, stage.run(_params(params, out, "slim", force), data, supernet, arch, out, device=device,
+                           track=track, force=force))
 
 
 @app.command(rich_help_panel="Stages")
@@ -136,16 +148,15 @@ def retrain(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | Non
                 None, help="Per-epoch checkpoints (default: OUT-checkpoints beside the output)."),
             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint when it "
                                         "matches these params, inputs and data."),
-            device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+            device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Retrain the final arch (inherited or scratch init, optional distillation); register the model.
 
     Data-parallel: torchrun --nproc_per_node N -m vitnas retrain ...
     """
-    from vitnas.config import load_params
     from vitnas.stages import retrain as stage
 
-    _report(out, stage.run(load_params(params), data, supernet, arch, out, checkpoint_dir=checkpoints,
-                           resume=resume, device=device, track=track))
+    _report(out, stage.run(_params(params, out, "retrain", force), data, supernet, arch, out,
+                           checkpoint_dir=checkpoints, resume=resume, device=device, track=track, force=force))
 
 
 @app.command(rich_help_panel="Stages")
@@ -153,12 +164,12 @@ def transfer(params: Path = ParamsOpt, data: Path = DataOpt,
              model: Path = typer.Option(Path("artifacts/retrain"), "--model",
                                         help="Model directory (arch.json + model.safetensors), e.g. retrain's."),
              out: Path = typer.Option(Path("artifacts/transfer"), "--out", "-o", help="Output directory."),
-             device: str = DeviceOpt, track: bool | None = TrackOpt) -> None:
+             device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Fine-tune on the transfer targets: CIFAR-format top-1, COCO-format detection AP (ViTDet backbone)."""
-    from vitnas.config import load_params
     from vitnas.stages import transfer as stage
 
-    _report(out, stage.run(load_params(params), data, model, out, device=device, track=track))
+    _report(out, stage.run(_params(params, out, "transfer", force), data, model, out, device=device, track=track,
+                           force=force))
 
 
 @app.command("check-params", rich_help_panel="Tools")
@@ -354,8 +365,16 @@ def main() -> None:
     try:
         app()
     except VitnasError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
+    except OSError as e:  # the file system said no (permissions, a full disk, ...): the user's to fix
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        typer.echo(f"error: {where}{_one_line(e.strerror or str(e))}", err=True)
+        sys.exit(2)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

@@ -7,14 +7,23 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from vitnas.errors import ConfigError
+from vitnas.errors import ConfigError, VitnasError
 from vitnas.space import ArchError, SearchSpace
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -30,15 +39,25 @@ def _parse_count(v: Any) -> Any:
     return v
 
 
-Count = Annotated[float, BeforeValidator(_parse_count), Field(gt=0)]
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+Count = Annotated[float, BeforeValidator(_parse_count), AfterValidator(_finite), Field(gt=0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and torch seeds are 32-bit
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 PosInt = Annotated[int, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 _PAIR = Field(min_length=2, max_length=2)
+MAX_POPULATION = 100_000  # documented caps: evolution keeps every candidate of a generation in memory
+MAX_CANDIDATES = 1_000_000
+MAX_GENERATIONS = 100_000
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class AugmentConfig(_Section):
@@ -60,7 +79,7 @@ class DataConfig(_Section):
     img_size: Annotated[int, Field(gt=0, le=4096)] = 16
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
-    seed: int = 0
+    seed: Seed = 0
     augment: AugmentConfig = AugmentConfig()
 
 
@@ -99,7 +118,7 @@ class TrainRecipe(_Section):
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     amp: bool = True
     workers: Annotated[int, Field(ge=0)] = 0
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SupernetConfig(TrainRecipe):
@@ -110,22 +129,22 @@ class SupernetConfig(TrainRecipe):
 
 
 class ProxyConfig(_Section):
-    num_candidates: PosInt = 200
+    num_candidates: Annotated[int, Field(gt=0, le=MAX_CANDIDATES)] = 200
     proxies: Annotated[list[str], Field(min_length=1)] = ["dss", "dss_rank", "params", "flops"]
     batch_size: PosInt = 32  # train images for the data-dependent proxies (dss uses an all-ones input)
     top_k: PosInt = 10
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SearchConfig(_Section):
     strategy: Literal["evolution", "random", "hierarchical"] = "evolution"
     fitness: Literal["supernet", "proxy", "hybrid"] = "supernet"
     proxy: str = "dss"
-    population: PosInt = 50
+    population: Annotated[int, Field(gt=0, le=MAX_POPULATION)] = 50
     parents: PosInt = 10
     mutations: Annotated[int, Field(ge=0)] = 25
     crossovers: Annotated[int, Field(ge=0)] = 25
-    generations: PosInt = 20
+    generations: Annotated[int, Field(gt=0, le=MAX_GENERATIONS)] = 20
     mutation_prob: Annotated[float, Field(ge=0, le=1)] = 0.2
     resample_prob: Annotated[float, Field(ge=0, le=1)] = 0.4
     params_min: Count | None = None
@@ -136,7 +155,7 @@ class SearchConfig(_Section):
     latency_table: str | None = None
     hybrid_ratio: Annotated[int, Field(ge=1)] = 4  # hybrid: proxy-score this many x candidates per supernet eval
     eval_batch_size: PosInt = 256
-    seed: int = 0
+    seed: Seed = 0
     level2_epochs: PosInt | None = None  # hierarchical: level-2 supernet epochs (None: supernet.epochs)
     bn_calib_images: PosInt = 256  # GLiT: train images that recalibrate BatchNorm for each candidate
 
@@ -153,7 +172,7 @@ class SlimConfig(_Section):
     token_keep_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: keep every token
     round_to: PosInt = 1
     distill: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def target(self) -> tuple[str, float]:
@@ -200,7 +219,7 @@ class TransferTarget(_Section):
     min_lr: NonNegFloat = 1e-6
     weight_decay: NonNegFloat = 0.05
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
-    seed: int = 0
+    seed: Seed = 0
     max_train_images: PosInt | None = None  # evenly spaced subset of the train split (quick runs); None: all
     max_eval_images: PosInt | None = None  # the same for the test (classification) / val (detection) split
     # classification only
@@ -240,7 +259,7 @@ class TrackingConfig(_Section):
 class Params(_Section):
     """The whole params.yaml: one section per stage plus tracking."""
 
-    seed: int = 0
+    seed: Seed = 0
     tracking: TrackingConfig = TrackingConfig()
     data: DataConfig = DataConfig()
     space: SpaceConfig = SpaceConfig()
@@ -298,9 +317,14 @@ def _space_from(p: Params, *, num_classes: int | None, in_chans: int | None) -> 
         key = msg.split(":", 1)[0]
         if key == s.preset:
             raise ConfigError(f"space.preset: {msg}") from None
-        if key == "img_size" and "divisible" in msg:
+        if key == "img_size":
             raise ConfigError(f"data.img_size: {msg.split(':', 1)[1].strip()}") from None
         raise ConfigError(f"space.{msg}") from None
+
+
+# (num_classes, in_chans) of the datasets whose shape is known before reading them; the space is
+# checked at that shape (image folders: the preset's classes, 3 channels).
+_DATA_SHAPES = {"digits": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
 
 
 def _check(p: Params) -> None:
@@ -311,7 +335,10 @@ def _check(p: Params) -> None:
         raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
     if d.augment.scale[0] > d.augment.scale[1]:
         raise ConfigError("data.augment.scale: lower bound must be <= upper bound")
-    space = p.search_space()  # validates preset names and overridden choices
+    if d.augment.auto_augment is not None:
+        _check_auto_augment(d.augment.auto_augment)
+    classes, chans = _DATA_SHAPES.get(d.dataset, (None, 3))
+    space = p.search_space(num_classes=classes, in_chans=chans)  # preset names, choices, memory
     s = p.search
     if s.strategy == "hierarchical" and not space.is_glit:
         raise ConfigError(f"search.strategy: 'hierarchical' is GLiT's two-level search and needs a GLiT space "
@@ -368,6 +395,97 @@ def _check(p: Params) -> None:
             raise ConfigError(f"{name}.min_lr: must be <= {name}.lr")
     if p.retrain.teacher is not None and not p.retrain.distill:
         raise ConfigError("retrain.teacher: only used with retrain.distill: true")
+    _check_files(p)
+    _check_search(p, space)
+    _check_slim(p, space)
+
+
+def _check_auto_augment(policy: str) -> None:
+    """The policy string must be one timm understands (rand-..., augmix-..., or an AutoAugment name)."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    hp = {"translate_const": 4, "img_mean": (128, 128, 128)}
+    make = rand_augment_transform if policy.startswith("rand") else \
+        augment_and_mix_transform if policy.startswith("augmix") else auto_augment_transform
+    try:
+        make(policy, hp)
+    except Exception as e:  # timm raises AssertionError, KeyError or ValueError for a bad string
+        raise ConfigError(f"data.augment.auto_augment: {policy!r} is not a timm augmentation policy "
+                          f"({type(e).__name__}: {e}); e.g. rand-m9-mstd0.5-inc1, augmix-m5-w3, original") from None
+
+
+def _check_files(p: Params) -> None:
+    """Files params.yaml names must exist before any stage starts."""
+    teacher = p.retrain.teacher
+    if teacher is not None and not (Path(teacher) / "arch.json").is_file():
+        raise ConfigError(f"retrain.teacher: {teacher} is not a model directory (no arch.json in it)")
+    pre = p.supernet.pretrained
+    if pre is not None:
+        path = Path(pre)
+        if not path.is_file():
+            if path.exists() or "/" in pre or path.suffix in (".pth", ".pt", ".bin", ".safetensors", ".npz"):
+                raise ConfigError(f"supernet.pretrained: {pre}: checkpoint file not found")
+            import timm
+
+            if not timm.is_model(pre):
+                raise ConfigError(f"supernet.pretrained: {pre!r} is neither a checkpoint file nor a timm model name")
+    s = p.search
+    if s.latency_max_ms is not None and s.latency_table is None:
+        raise ConfigError("search.latency_table: required when search.latency_max_ms is set")
+    if s.latency_table is not None and s.latency_max_ms is None:
+        raise ConfigError("search.latency_table: only used with search.latency_max_ms")
+    if s.latency_table is not None and not Path(s.latency_table).is_file():
+        raise ConfigError(f"search.latency_table: {s.latency_table}: not found (run `vitnas latency-table`)")
+
+
+def _check_search(p: Params, space: SearchSpace) -> None:
+    """Proxy names, sizes against the space, and reachable constraint windows."""
+    from vitnas import proxies
+    from vitnas.search.constraints import Constraints
+    from vitnas.search.fitness import check_proxy
+    from vitnas.search.latency import LatencyTable
+
+    s = p.search
+    check_proxy(s.proxy, "search.proxy")
+    known = proxies.names()
+    names = list(p.proxy.proxies)
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"proxy.proxies: unknown proxy '{n}'; known: {', '.join(known)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"proxy.proxies: '{dup[0]}' is listed twice")
+    searched = space.level1() if s.strategy == "hierarchical" else space
+    size = searched.size()
+    if p.proxy.num_candidates > size:
+        raise ConfigError(f"proxy.num_candidates: {p.proxy.num_candidates:,} is more than the {size:,} archs of the "
+                          f"space {space.name}")
+    if s.population > size:
+        raise ConfigError(f"search.population: {s.population:,} is more than the {size:,} archs of the space "
+                          f"{space.name}")
+    table = None
+    if s.latency_max_ms is not None:
+        try:
+            table = LatencyTable.load(s.latency_table)
+        except VitnasError as e:
+            raise ConfigError(f"search.latency_table: {e}") from None
+    try:
+        Constraints.from_config(s, table).check_feasible(searched, seed=s.seed)
+    except ConfigError:
+        raise
+    except VitnasError as e:  # a table that cannot price the space's blocks
+        raise ConfigError(f"search.latency_table: {e}") from None
+
+
+def _check_slim(p: Params, space: SearchSpace) -> None:
+    """`slim.round_to` must leave something to cut: at most the narrowest head dim and MLP width."""
+    if space.is_glit:
+        return
+    small = space.smallest()
+    narrowest = min(min(d for d in small.head_dim if d), min(small.mlp_hidden))
+    if p.slim.round_to > narrowest:
+        raise ConfigError(f"slim.round_to: {p.slim.round_to:,} is wider than the narrowest head dim or MLP width "
+                          f"of the space ({narrowest}), so slimming could never cut anything")
 
 
 def _format(err: ValidationError) -> str:
@@ -395,17 +513,63 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     return p
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; any problem raises `ConfigError` with one line."""
-    path = Path(path)
+class _Loader(yaml.SafeLoader):
+    """YAML as users mean it: `1e-3` is a float (YAML 1.1 reads it as a string), and a key written
+    twice is an error rather than silently replacing the first (a whole section, say)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+                if first != line:
+                    raise _DuplicateKey(f"'{key}' is written twice (lines {first} and {line}); the second would "
+                                        "replace the first")
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(path: Path, what: str = "params file") -> Any:
+    """Parse a YAML file with `_Loader`; every problem is a one-line `ConfigError` naming the file."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; any problem raises `ConfigError` with one line."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: empty params file (copy the shipped params.yaml and edit it)")
     return parse_params(raw, str(path))

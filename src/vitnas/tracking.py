@@ -8,8 +8,12 @@ directly by `VITNAS_PARENT_RUN_ID`.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import socket
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +25,8 @@ ROLE_TAG = "vitnas.role"
 STAGE_TAG = "vitnas.stage"
 PARENT_TAG = "mlflow.parentRunId"
 CODE_VERSION_TAG = "vitnas.code_version"
+HOST_TAG = "vitnas.host"
+PID_TAG = "vitnas.pid"
 CODE_VERSION_ENV = "VITNAS_CODE_VERSION"  # set in pipeline pods (the image tag) and by `pipeline run-local`
 
 
@@ -28,10 +34,36 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+_READY: set[str] = set()  # tracking URIs whose store this process has opened
+
+
+@contextmanager
+def store_lock() -> Iterator[None]:
+    """Serialise, among the processes of this machine, what MLflow does not make atomic: the first
+    use of a new sqlite store (its schema migration) and the find-or-create of a parent run."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        lock = Path(uri.removeprefix("sqlite:///") + ".vitnas-lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        lock = Path(tempfile.gettempdir()) / f"vitnas-mlflow-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _mlflow():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri not in _READY:
+        with store_lock():
+            mlflow.MlflowClient().search_experiments(max_results=1)  # creates / migrates the store once
+        _READY.add(uri)
     return mlflow
 
 
@@ -102,12 +134,16 @@ def _experiment_id(mlflow, name: str) -> str:
         return exp.experiment_id
     from mlflow.exceptions import MlflowException
 
-    try:
-        return mlflow.create_experiment(name)
-    except MlflowException as e:  # another pod created it first
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return mlflow.get_experiment_by_name(name).experiment_id
+    with store_lock():
+        exp = mlflow.get_experiment_by_name(name)
+        if exp:
+            return exp.experiment_id
+        try:
+            return mlflow.create_experiment(name)
+        except MlflowException as e:  # another pod created it first
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def _version_tags() -> dict[str, str]:
@@ -120,11 +156,16 @@ def pipeline_parent(pipeline_run_id: str, experiment: str = "vitnas", *,
                     params: Mapping[str, Any] | None = None) -> str:
     """The run id of the parent run of a pipeline run, created on first use (with `params`).
 
-    Find-or-create is not atomic: in a Kubeflow run the pipeline's first step calls this before
-    any stage pod starts, so parallel stages only ever find it.
+    Find-or-create holds `store_lock`, so stages started together on one machine find one parent;
+    in a Kubeflow run the pipeline's first step calls this before any stage pod starts.
     """
     mlflow = _mlflow()
     exp_id = _experiment_id(mlflow, experiment)
+    with store_lock():
+        return _find_or_create_parent(mlflow, exp_id, pipeline_run_id, params)
+
+
+def _find_or_create_parent(mlflow, exp_id: str, pipeline_run_id: str, params: Mapping[str, Any] | None) -> str:
     found = mlflow.search_runs(
         experiment_ids=[exp_id], output_format="list", max_results=1,
         filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
@@ -161,10 +202,42 @@ def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment
         all_tags[PIPELINE_TAG] = pipeline_id
     if parent:
         all_tags[PARENT_TAG] = parent
+    all_tags |= {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    end_stale_runs(mlflow, exp_id, stage, pipeline_id)
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags) as run:
         handle = StageRun(run.info.run_id)
         handle.log_params(params or {})
         yield handle
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def end_stale_runs(mlflow, exp_id: str, stage: str, pipeline_id: str | None) -> list[str]:
+    """Mark KILLED the runs of `stage` left RUNNING by a process that died: those of the same
+    pipeline run (it is being started again), and those of a process of this machine that no
+    longer exists. Returns their run ids."""
+    runs = mlflow.search_runs(
+        experiment_ids=[exp_id], output_format="list", max_results=1000,
+        filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'")
+    host = socket.gethostname()
+    stale = []
+    for r in runs:
+        tags = r.data.tags
+        same_pipeline = pipeline_id is not None and tags.get(PIPELINE_TAG) == pipeline_id
+        pid = tags.get(PID_TAG, "")
+        dead_here = tags.get(HOST_TAG) == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+        if same_pipeline or dead_here:
+            mlflow.MlflowClient().set_terminated(r.info.run_id, status="KILLED")
+            stale.append(r.info.run_id)
+    return stale
 
 
 def promote_if_better(name: str, version: str, value: float, *, metric: str = "val_acc",

@@ -7,6 +7,7 @@ lists relative to the recorded root. Every later stage reads data only through `
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from vitnas.data.sources import RawDataset, RawPart
 from vitnas.data.transforms import eval_transform, train_transform
 from vitnas.errors import ArtifactError
+from vitnas.space.arch import LIMITS
 
 SPLITS = ("train", "val", "test")
 FORMAT = "vitnas-data/1"
@@ -95,6 +97,39 @@ class SplitDataset(Dataset):
         return self.transform(self.image(i)), int(self.part.labels[i])
 
 
+def _check_meta(meta: dict, meta_file: Path) -> None:
+    """Types and ranges of dataset.json, before any array is read or any model sized from it."""
+    def bad(key: str, want: str) -> ArtifactError:
+        return ArtifactError(f"{meta_file}: '{key}' must be {want}, got {meta.get(key)!r}"[:300])
+
+    def is_int(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    for key in ("num_classes", "img_size", "in_chans", "mean", "std", "splits"):
+        if key not in meta:
+            raise ArtifactError(f"{meta_file}: missing key '{key}'")
+    if not is_int(meta["num_classes"], 1, LIMITS["num_classes"]):
+        raise bad("num_classes", f"an integer in 1..{LIMITS['num_classes']:,}")
+    if not is_int(meta["img_size"], 1, LIMITS["img_size"]):
+        raise bad("img_size", f"an integer in 1..{LIMITS['img_size']}")
+    if not is_int(meta["in_chans"], 1, LIMITS["in_chans"]):
+        raise bad("in_chans", f"an integer in 1..{LIMITS['in_chans']}")
+    for key in ("mean", "std"):
+        v = meta[key]
+        if not (isinstance(v, list) and len(v) == meta["in_chans"]
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            raise bad(key, f"a list of {meta['in_chans']} finite numbers")
+    if any(x <= 0 for x in meta["std"]):
+        raise bad("std", "positive")
+    splits = meta["splits"]
+    if not (isinstance(splits, dict) and all(is_int(splits.get(k), 0, 2**40) for k in SPLITS)):
+        raise bad("splits", "{train, val, test} counts (non-negative integers)")
+    if "name" in meta and not isinstance(meta["name"], str):
+        raise bad("name", "a string")
+    if meta.get("root") is not None and not isinstance(meta["root"], str):
+        raise bad("root", "a path string or null")
+
+
 class PreparedData:
     """Reader of a data stage output directory; fails with the file name when it is unusable."""
 
@@ -107,11 +142,11 @@ class PreparedData:
             raise ArtifactError(f"{meta_file}: not found (run `vitnas data` first)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ArtifactError(f"{meta_file}: corrupt (not JSON)") from None
+        except OSError as e:
+            raise ArtifactError(f"{meta_file}: cannot read ({e.strerror or type(e).__name__})") from None
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise ArtifactError(f"{meta_file}: not a vitnas dataset description (format != {FORMAT})")
-        for key in ("num_classes", "img_size", "in_chans", "mean", "std", "splits"):
-            if key not in self.meta:
-                raise ArtifactError(f"{meta_file}: missing key '{key}'")
+        _check_meta(self.meta, meta_file)
         self._parts: dict[str, RawPart] = {}
         self._eval_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -136,8 +171,33 @@ class PreparedData:
             if len(part) != self.meta["splits"].get(split):
                 raise ArtifactError(f"{f}: holds {len(part)} samples, dataset.json says "
                                     f"{self.meta['splits'].get(split)}")
+            self._check_part(part, f)
             self._parts[split] = part
         return self._parts[split]
+
+    def _check_part(self, part: RawPart, f: Path) -> None:
+        """Labels in range, images of the recorded shape, file paths inside the recorded root."""
+        labels = part.labels
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ArtifactError(f"{f}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ArtifactError(f"{f}: labels outside 0..{self.num_classes - 1} (found {labels.min()}..{labels.max()}; "
+                                "num_classes from dataset.json)")
+        if part.images is not None:
+            im = part.images
+            if im.dtype != np.uint8 or im.ndim != 4 or im.shape[0] != len(labels) or im.shape[3] != self.in_chans:
+                raise ArtifactError(f"{f}: images must be uint8 [N, H, W, {self.in_chans}], got {im.dtype} "
+                                    f"{list(im.shape)}")
+        elif part.paths is not None:
+            if self.meta.get("root") is None or part.paths.dtype.kind != "U" or len(part.paths) != len(labels):
+                raise ArtifactError(f"{f}: file lists need string paths and dataset.json 'root'")
+            suspects = part.paths[np.char.startswith(part.paths, "/") | (np.char.find(part.paths, "..") >= 0)]
+            for p in suspects:  # vectorised pre-filter: a million paths check in well under a second
+                rel = Path(str(p))
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise ArtifactError(f"{f}: path {str(p)!r} leaves the dataset root (absolute or '..')")
+        else:
+            raise ArtifactError(f"{f}: holds neither images nor paths")
 
     def dataset(self, split: str, *, train: bool = False, augment: Mapping[str, Any] | None = None,
                 img_size: int | None = None) -> SplitDataset:

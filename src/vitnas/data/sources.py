@@ -46,41 +46,28 @@ def load_digits() -> RawDataset:
                       train=RawPart(labels=d.target.astype(np.int64), images=images))
 
 
-def _cifar_class(name: str):
-    """torchvision's CIFAR reader, checking that the batch files exist rather than their MD5s.
-
-    The MD5s guard torchvision's own download (the archive's MD5 still does); a copy brought over
-    by the user, or re-packed, is read by the same torchvision parser, which fails loudly on a
-    malformed file. `check_integrity(path, None)` is torchvision's existence check.
-    """
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    base = CIFAR10 if name == "cifar10" else CIFAR100
-    return type(base.__name__, (base,), {
-        "train_list": [[f, None] for f, _ in base.train_list],
-        "test_list": [[f, None] for f, _ in base.test_list],
-        "meta": {**base.meta, "md5": None},
-    })
-
-
 def load_cifar(name: str, root: str, download: bool = False) -> RawDataset:
-    """CIFAR-10/100 in torchvision's on-disk format (``cifar-10-batches-py/`` under `root`)."""
-    cls = _cifar_class(name)
-    folder = Path(root) / cls.base_folder
+    """CIFAR-10/100 in the python format (``cifar-10-batches-py/`` under `root`), read by a
+    restricted unpickler (`vitnas.data.cifar`): a planted file cannot run code."""
+    from vitnas.data.cifar import LAYOUTS, download_cifar, read_cifar_folder
+
+    if download:
+        try:
+            download_cifar(root, name)
+        except Exception as e:  # network errors, a bad archive
+            raise DataError(f"data.download: could not download {name} into {root}: {type(e).__name__}: "
+                            f"{str(e)[:120]}") from None
+    folder = Path(root) / LAYOUTS[name].folder
+    if not folder.is_dir():
+        raise DataError(f"data.root: {name} not found at {folder} (set data.download: true on a machine with "
+                        "internet access)")
     try:
-        train = cls(root, train=True, download=download)
-        test = cls(root, train=False, download=download)
-    except RuntimeError:
-        hint = "set data.download: true on a machine with internet access" if not download else \
-            "the download did not produce a valid copy"
-        raise DataError(f"data.root: {name} not found or corrupt at {folder} ({hint})") from None
-    except Exception as e:  # unpickling errors, truncated files, network errors
-        raise DataError(f"data.root: cannot read {name} at {folder}: {type(e).__name__}: {e}") from None
-    return RawDataset(
-        name=name, classes=list(train.classes), in_chans=3,
-        train=RawPart(labels=np.asarray(train.targets, dtype=np.int64), images=np.asarray(train.data)),
-        test=RawPart(labels=np.asarray(test.targets, dtype=np.int64), images=np.asarray(test.data)),
-    )
+        c = read_cifar_folder(root, name)
+    except DataError as e:
+        raise DataError(f"data.root: {e}") from None
+    return RawDataset(name=name, classes=c.classes, in_chans=3,
+                      train=RawPart(labels=c.train_labels, images=c.train_images),
+                      test=RawPart(labels=c.test_labels, images=c.test_images))
 
 
 def load_imagefolder(root: str) -> RawDataset:

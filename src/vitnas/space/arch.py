@@ -7,6 +7,7 @@ through plain JSON (`arch.json`) so every stage, and users' scripts, can hand on
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,8 @@ def _per_layer(name: str, value: Any, depth: int, kind: type, zero_ok: bool = Fa
         items = (value,) * depth
     out = []
     for i, v in enumerate(items):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ArchError(f"{name}[{i}]: expected a number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ArchError(f"{name}[{i}]: expected a finite number, got {v!r}")
         if kind is int:
             if float(v) != int(v):
                 raise ArchError(f"{name}[{i}]: expected an integer, got {v!r}")
@@ -60,8 +61,15 @@ def _check_keep_tokens(keep: tuple, depth: int, num_patches: int) -> None:
                             "by a block cannot come back)")
 
 
+# Upper bounds of the shape fields, far above any published ViT, so that a typo or a planted file
+# is refused before any loop or allocation runs over it (memory is checked separately: space.memory).
+LIMITS = {"embed_dim": 65536, "depth": 1024, "patch_size": 1024, "img_size": 8192, "in_chans": 64,
+          "num_classes": 1_000_000, "num_heads": 4096, "mlp_hidden": 1 << 20, "head_dim": 8192}
+
+
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or float(value) != int(value):
         raise ArchError(f"{name}: expected an integer, got {value!r}")
     if int(value) <= 0:
         raise ArchError(f"{name}: must be > 0, got {value!r}")
@@ -102,9 +110,14 @@ class Arch:
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "patch_size", "img_size", "in_chans", "num_classes"):
             _positive_int(name, getattr(self, name))
+            if getattr(self, name) > LIMITS[name]:
+                raise ArchError(f"{name}: {getattr(self, name):,} is above vitnas's limit of {LIMITS[name]:,}")
         glit = self.units is not None
         for name in ("num_heads", "mlp_hidden", "head_dim"):
-            _per_layer(name, list(getattr(self, name)), self.depth, int, zero_ok=glit and name != "mlp_hidden")
+            values = _per_layer(name, list(getattr(self, name)), self.depth, int,
+                                zero_ok=glit and name != "mlp_hidden")
+            if max(values) > LIMITS[name]:
+                raise ArchError(f"{name}: {max(values):,} is above vitnas's limit of {LIMITS[name]:,}")
         if self.mlp_ratio is not None:
             _per_layer("mlp_ratio", list(self.mlp_ratio), self.depth, float)
         if self.img_size % self.patch_size:
@@ -225,8 +238,16 @@ class Arch:
             raise ArchError(f"{path}: architecture file not found") from None
         except json.JSONDecodeError as e:
             raise ArchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except UnicodeDecodeError:
+            raise ArchError(f"{path}: not a text (UTF-8) file") from None
+        except OSError as e:
+            raise ArchError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
         try:
-            return cls.from_dict(d)
+            arch = cls.from_dict(d)
+            from vitnas.space.memory import check_fits
+
+            check_fits(arch, "this arch")
+            return arch
         except ArchError as e:
             raise ArchError(f"{path}: {e}") from None
 

@@ -39,7 +39,8 @@ def _choices(name: str, values: Sequence, kind: type, zero_ok: bool = False) -> 
         raise ArchError(f"{name}: must be a non-empty list of choices")
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (v == 0 and not zero_ok):
             raise ArchError(f"{name}: choices must be {'non-negative' if zero_ok else 'positive'} numbers, "
                             f"got {v!r}")
         if kind is int and float(v) != int(v):
@@ -92,8 +93,11 @@ class SearchSpace:
             if self.split is not None and (len(self.depth) != 1 or self.depth[0] != len(self.split)):
                 raise ArchError(f"split: has {len(self.split)} blocks, so depth must be [{len(self.split)}], "
                                 f"got {list(self.depth)}")
-        # The largest arch validates the fixed fields (img divisible by patch, positive ints).
-        self.largest()
+        # The largest arch validates the fixed fields (img divisible by patch, positive ints), and
+        # must fit in memory (its params bound every other arch's).
+        from vitnas.space.memory import check_fits
+
+        check_fits(self.largest(), "the largest arch of the space")
 
     def _init_glit(self) -> None:
         if isinstance(self.units, bool) or not isinstance(self.units, int) or self.units < 1:

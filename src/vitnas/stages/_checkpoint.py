@@ -1,4 +1,8 @@
-"""Per-epoch training checkpoints: written atomically, resumed only when they match the run."""
+"""Per-epoch training checkpoints: written atomically, resumed only when they match the run.
+
+A checkpoint holds only tensors and plain containers, numbers and strings, and is read with
+`torch.load(weights_only=True)`: a planted or foreign `checkpoint.pt` can fail to load, never run code.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,25 @@ from typing import Any
 import torch
 
 from vitnas.errors import ArtifactError
+from vitnas.stages._io import STAGE_FILES, check_output, mark
 
 CHECKPOINT = "checkpoint.pt"
+KIND = "checkpoints"
+assert CHECKPOINT in STAGE_FILES[KIND]
 
 
 def fingerprint(*parts: Any) -> str:
     """A short hash of everything that must match for a checkpoint to be resumed."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim(directory: Path, *, force: bool = False, inputs=()) -> Path:
+    """Check that checkpoints may be written to `directory` (vitnas's own, or new) and mark it."""
+    directory = check_output(directory, KIND, force=force, inputs=inputs)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        mark(directory, KIND)
+    return directory
 
 
 def save(directory: Path, state: Mapping[str, Any]) -> Path:
@@ -32,12 +48,15 @@ def save(directory: Path, state: Mapping[str, Any]) -> Path:
 
 
 def load(directory: Path) -> dict[str, Any] | None:
-    """The checkpoint in `directory`, or None when there is none."""
+    """The checkpoint in `directory`, or None when there is none. Never unpickles objects."""
     path = directory / CHECKPOINT
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign, or a pickle that asks for anything but tensors
         raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start over") \
             from None
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{path}: not a vitnas checkpoint; delete it to start over")
+    return state

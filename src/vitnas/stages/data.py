@@ -7,7 +7,7 @@ from pathlib import Path
 from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import RawDataset, load_source, split_indices, write_prepared
-from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 
 
 def _digits_parts(params: Params, raw: RawDataset, splits: dict) -> tuple[tuple, tuple]:
@@ -47,9 +47,15 @@ def write_transfer_targets(params: Params, raw: RawDataset, splits: dict, out: P
     return {f"transfer_{name.replace('-', '_')}_{k}": v for name, c in written.items() for k, v in c.items()}
 
 
-def run(params: Params, out: str | Path, *, track: bool | None = None) -> dict[str, float]:
+def run(params: Params, out: str | Path, *, track: bool | None = None, force: bool = False) -> dict[str, float]:
     """Write `out/` = {train,val,test}.npz + dataset.json + metrics.json (+ `transfer/<name>/` for
-    the digits-* transfer targets listed in params); returns the metrics."""
+    the digits-* transfer targets listed in params); returns the metrics. `force`: replace `out`
+    even when vitnas did not write it (a directory only)."""
+    with claim_output(out, "data", force=force, inputs=[params.data.root]):
+        return _run(params, out, track=track)
+
+
+def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, float]:
     cfg = params.data
     raw = load_source(cfg.dataset, cfg.root, cfg.download)
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
@@ -57,7 +63,7 @@ def run(params: Params, out: str | Path, *, track: bool | None = None) -> dict[s
     enabled = params.tracking.enabled if track is None else track
     with tracking.stage_run("data", params=params.section_params("data"),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "data") as tmp:
             meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size,
                                   extra={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
                                          "test_source": "official" if raw.test is not None else "carved"})

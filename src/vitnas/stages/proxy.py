@@ -45,9 +45,9 @@ from vitnas import proxies, tracking
 from vitnas.config import ConfigError, Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
-from vitnas.space import Arch, SearchSpace, count_flops, count_params
+from vitnas.space import Arch, ArchError, SearchSpace, count_flops, count_params
 from vitnas.stages._checkpoint import fingerprint as make_fingerprint
-from vitnas.stages._io import flat_metrics, write_json
+from vitnas.stages._io import claim_output, flat_metrics, mark, write_json
 from vitnas.supernet import Supernet, SupernetFileError
 
 log = logging.getLogger("vitnas.proxy")
@@ -135,21 +135,23 @@ def sample_candidates(space: SearchSpace, num: int, seed: int,
 
 # ---- the resumable score log ----------------------------------------------------------------
 def _read_log(path: Path, wanted: set[str]) -> dict[str, dict]:
-    """Records of scores.jsonl by arch key; a torn last line (interrupted write) is cut off."""
+    """Records of scores.jsonl by arch key. A torn last line (an interrupted write: no newline) is
+    cut off; any other unreadable line is an `ArtifactError` naming its line number."""
     records: dict[str, dict] = {}
     if not path.exists():
         return records
     good = 0
     with open(path, "rb") as f:
-        for raw in f:
+        for lineno, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 break
             try:
                 rec = json.loads(raw)
                 key = Arch.from_dict(rec["arch"]).key()
                 dict(rec["scores"])
-            except (ValueError, KeyError, TypeError):
-                break
+            except (ValueError, KeyError, TypeError, ArchError):
+                raise ArtifactError(f"{path}:{lineno}: not a score record (the file was changed by hand?); "
+                                    "delete it to score again") from None
             if key in wanted:
                 records[key] = rec
             good += len(raw)
@@ -228,10 +230,18 @@ def _scoring_model(space: SearchSpace, seed: int, supernet_path: str | Path | No
 
 # ---- the stage ---------------------------------------------------------------------------------
 def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path: str | Path | None = None,
-        device: str = "auto", track: bool | None = None, progress: bool = True) -> dict[str, float]:
-    """Score `proxy.num_candidates` legal candidates; writes `out/scores.jsonl`, `top_k.json`, `metrics.json`."""
+        device: str = "auto", track: bool | None = None, progress: bool = True,
+        force: bool = False) -> dict[str, float]:
+    """Score `proxy.num_candidates` legal candidates; writes `out/scores.jsonl`, `top_k.json`, `metrics.json`.
+    `force`: write into `out` even when vitnas did not write it (a directory only)."""
+    with claim_output(out, "proxy", force=force, inputs=[data_dir, supernet_path]):
+        return _run(params, data_dir, Path(out), supernet_path=supernet_path, device=device, track=track,
+                    progress=progress)
+
+
+def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str | Path | None, device: str,
+         track: bool | None, progress: bool) -> dict[str, float]:
     cfg = params.proxy
-    out = Path(out)
     names = list(cfg.proxies)
     _check_proxies(names)
     data = PreparedData(data_dir)
@@ -256,6 +266,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path:
                           dev.type, data_id)
 
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "proxy")
     log_path, fp_path = out / SCORES, out / FINGERPRINT
     keys = [a.key() for a in candidates]
     done: dict[str, dict] = {}
@@ -270,6 +281,11 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path:
         tmp.write_text(fp + "\n")
         os.replace(tmp, fp_path)
     todo = [(k, a) for k, a in zip(keys, candidates, strict=True) if k not in done]
+    if todo or set_level or len(done) != len(keys):
+        # scores.jsonl is about to change: drop the summary of the previous run first, so the three
+        # outputs never describe different runs (a kill now leaves a partial log and no summary)
+        for name in ("top_k.json", "metrics.json"):
+            (out / name).unlink(missing_ok=True)
     if done:
         print(f"resuming: {len(done)} of {len(candidates)} candidates already scored in {log_path}", flush=True)
 
@@ -330,8 +346,11 @@ def _sort_value(v: float | None) -> float:
 def _read_log_order(path: Path) -> list[str]:
     keys = []
     with open(path) as f:
-        for line in f:
-            keys.append(Arch.from_dict(json.loads(line)["arch"]).key())
+        for lineno, line in enumerate(f, 1):
+            try:
+                keys.append(Arch.from_dict(json.loads(line)["arch"]).key())
+            except (ValueError, KeyError, TypeError, ArchError):
+                raise ArtifactError(f"{path}:{lineno}: not a score record") from None
     return keys
 
 

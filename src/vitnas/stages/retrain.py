@@ -29,7 +29,7 @@ from vitnas.slim import load_model, save_model
 from vitnas.slim.prune import ARCH_FILE
 from vitnas.space import Arch, ArchError, build, count_flops, count_params
 from vitnas.stages import _checkpoint
-from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.slim import check_fits_data, load_input_model
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
@@ -119,12 +119,23 @@ def plot_curves(history: list[dict], best_epoch: int, path: Path) -> None:
 
 def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
         out: str | Path, *, checkpoint_dir: str | Path | None = None, resume: bool = False, device: str = "auto",
-        track: bool | None = None, progress: bool = True) -> dict[str, float]:
+        track: bool | None = None, progress: bool = True, force: bool = False) -> dict[str, float]:
     """Retrain the arch; writes `out/arch.json`, `model.safetensors`, `metrics.json`, `history.json`,
-    `curves.png`. `arch_path`: a model directory or an arch.json (weights from `supernet_path`)."""
-    cfg = params.retrain
+    `curves.png`. `arch_path`: a model directory or an arch.json (weights from `supernet_path`).
+    `force`: replace `out` even when vitnas did not write it (a directory only)."""
     out = Path(out)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + "-checkpoints")
+    inputs = [data_dir, supernet_path, arch_path, params.retrain.teacher]
+    with claim_output(out, "retrain", force=force, inputs=inputs):
+        _checkpoint.claim(ckpt_dir, force=force, inputs=inputs + [out])
+        return _run(params, data_dir, supernet_path, arch_path, out, ckpt_dir, resume=resume, device=device,
+                    track=track, progress=progress)
+
+
+def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
+         out: Path, ckpt_dir: Path, *, resume: bool, device: str, track: bool | None,
+         progress: bool) -> dict[str, float]:
+    cfg = params.retrain
     dist = init_distributed(device)
     dev = dist.device
     data = PreparedData(data_dir)
@@ -235,6 +246,14 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
                 "init_inherit": int(cfg.init == "inherit"), "distill": int(cfg.distill),
                 "train_seconds": round(spent + time.time() - t0, 2),
             }
+            metrics = flat_metrics(metrics)
+            with atomic_dir(out, "retrain") as tmp:
+                save_model(final, arch, tmp)
+                write_json(tmp / "metrics.json", metrics)
+                write_json(tmp / "history.json", history)
+                plot_curves(history, best["epoch"], tmp / "curves.png")
+            # registered and promoted only once the model is on disk: a kill before this line
+            # leaves no registered version pointing at a missing model
             champion = False
             x_example = data.eval_tensors("val")[0][:2] if data.meta["splits"]["val"] >= 2 else \
                 torch.zeros(2, arch.in_chans, arch.img_size, arch.img_size)
@@ -242,12 +261,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
             if version is not None:
                 champion = tracking.promote_if_better(cfg.registered_model, version, val_acc, alias=CHAMPION)
                 run_.set_tags({"vitnas.registered_version": version, "vitnas.champion": str(champion).lower()})
-            metrics = flat_metrics(metrics | {"champion": int(champion)})
-            with atomic_dir(out) as tmp:
-                save_model(final, arch, tmp)
-                write_json(tmp / "metrics.json", metrics)
-                write_json(tmp / "history.json", history)
-                plot_curves(history, best["epoch"], tmp / "curves.png")
+            metrics = metrics | {"champion": int(champion)}  # an MLflow fact: returned and logged, not in metrics.json
             run_.log_metrics(metrics)
             for name in ("arch.json", "history.json", "curves.png"):
                 run_.log_artifact(out / name)

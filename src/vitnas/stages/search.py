@@ -32,7 +32,7 @@ from vitnas.search.evolution import pareto_front
 from vitnas.search.fitness import check_proxy
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
-from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.supernet import calibration_images, check_data, make_trainer, val_batches
 from vitnas.supernet import Supernet, SupernetFileError
 from vitnas.supernet.trainer import validation_archs
@@ -141,17 +141,27 @@ def _fingerprint(params: Params, space: SearchSpace, data: PreparedData, superne
 
 def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, out: str | Path, *,
         checkpoint_dir: str | Path | None = None, resume: bool = False, track: bool | None = None,
-        progress: bool = True, device: str = "auto") -> dict[str, float]:
+        progress: bool = True, device: str = "auto", force: bool = False) -> dict[str, float]:
     """Search; writes `out/` = best_arch.json, history.jsonl, pareto.png, metrics.json (+ generations.json).
 
     `supernet_path` is the supernet file or the supernet stage's output directory (holding
-    `supernet.pt`); it may be None only with `search.fitness: proxy`.
+    `supernet.pt`); it may be None only with `search.fitness: proxy`. `force`: replace `out` even
+    when vitnas did not write it (a directory only).
     """
-    cfg = params.search
     out = Path(out)
     if supernet_path is not None and Path(supernet_path).is_dir():
         supernet_path = Path(supernet_path) / "supernet.pt"
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + "-checkpoints")
+    inputs = [data_dir, supernet_path, params.search.latency_table]
+    with claim_output(out, "search", force=force, inputs=inputs):
+        _checkpoint.claim(ckpt_dir, force=force, inputs=inputs + [out])
+        return _run(params, data_dir, supernet_path, out, ckpt_dir, resume=resume, track=track, progress=progress,
+                    device=device)
+
+
+def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, out: Path, ckpt_dir: Path, *,
+         resume: bool, track: bool | None, progress: bool, device: str) -> dict[str, float]:
+    cfg = params.search
     dev = _device(device)
 
     # ---- inputs and config, all checked before any evaluation ----
@@ -233,7 +243,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
             values["proxy_evaluations"] = search.proxy_evaluations if proxy is not None else search.evaluations
         metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
 
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "search") as tmp:
             write_json(tmp / "best_arch.json", best["arch"])
             with open(tmp / "history.jsonl", "w") as f:
                 for rec in search.history:
@@ -381,7 +391,7 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
         }
         metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
         history = [r | {"level": 1} for r in search1.history] + [r | {"level": 2} for r in search2.history]
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "search") as tmp:
             write_json(tmp / "best_arch.json", best["arch"])
             write_json(tmp / "level1_arch.json", search1.best()["arch"])
             with open(tmp / "history.jsonl", "w") as f:

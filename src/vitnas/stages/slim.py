@@ -30,7 +30,7 @@ from vitnas.errors import ArtifactError, ConfigError
 from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, load_model, prune, save_model, token_plan
 from vitnas.slim.prune import ARCH_FILE, WEIGHTS_FILE
 from vitnas.space import Arch, ArchError, count_flops, count_params
-from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
     batches,
@@ -116,12 +116,19 @@ def plot_widths(before: Arch, after: Arch, path: Path) -> None:
 
 def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
         out: str | Path, *, device: str = "auto", track: bool | None = None,
-        progress: bool = True) -> dict[str, float]:
+        progress: bool = True, force: bool = False) -> dict[str, float]:
     """Slim the model to the budget; writes `out/arch.json`, `model.safetensors`, `metrics.json`,
-    `widths.png`. `arch_path`: an arch.json (weights from `supernet_path`) or a model directory."""
+    `widths.png`. `arch_path`: an arch.json (weights from `supernet_path`) or a model directory.
+    `force`: replace `out` even when vitnas did not write it (a directory only)."""
+    with claim_output(out, "slim", force=force, inputs=[data_dir, supernet_path, arch_path]):
+        return _run(params, data_dir, supernet_path, arch_path, Path(out), device=device, track=track,
+                    progress=progress)
+
+
+def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
+         out: Path, *, device: str, track: bool | None, progress: bool) -> dict[str, float]:
     cfg = params.slim
     kind, ratio = cfg.target
-    out = Path(out)
     dist = init_distributed(device)
     dev = dist.device
     data = PreparedData(data_dir)
@@ -215,7 +222,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
                 "prune_max_abs_diff": diff, "epochs": cfg.epochs,
                 "slim_seconds": round(time.time() - t0, 2),
             })
-            with atomic_dir(out) as tmp:
+            with atomic_dir(out, "slim") as tmp:
                 save_model(pruned, after, tmp)
                 write_json(tmp / "metrics.json", metrics)
                 plot_widths(arch, after, tmp / "widths.png")

@@ -24,7 +24,7 @@ from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
 from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
-from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.supernet import Supernet, init_from_timm
 from vitnas.supernet.trainer import SupernetTrainer, validation_archs
 from vitnas.train import (
@@ -106,11 +106,20 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir: str | Path | None = None,
         resume: bool = False, device: str = "auto", track: bool | None = None,
-        progress: bool = True) -> dict[str, float]:
-    """Train the supernet; writes `out/supernet.pt`, `metrics.json`, `curves.png`."""
-    cfg = params.supernet
+        progress: bool = True, force: bool = False) -> dict[str, float]:
+    """Train the supernet; writes `out/supernet.pt`, `metrics.json`, `curves.png`. `force`: replace
+    `out` even when vitnas did not write it (a directory only)."""
     out = Path(out)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + "-checkpoints")
+    inputs = [data_dir, params.supernet.pretrained]
+    with claim_output(out, "supernet", force=force, inputs=inputs):
+        _checkpoint.claim(ckpt_dir, force=force, inputs=inputs + [out])
+        return _run(params, data_dir, out, ckpt_dir, resume=resume, device=device, track=track, progress=progress)
+
+
+def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, resume: bool, device: str,
+         track: bool | None, progress: bool) -> dict[str, float]:
+    cfg = params.supernet
     dist = init_distributed(device)
     data = PreparedData(data_dir)
     check_data(params, data)
@@ -157,7 +166,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
             try:
                 stats = trainer.train_epoch(loader, epoch, progress)
             except LossNotFinite as e:
-                kept = f"the last good checkpoint (epoch {start}) is kept in {ckpt_dir}" if history or start \
+                kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_dir}" if epoch \
                     else "no checkpoint was written yet"
                 raise LossNotFinite(f"supernet: training diverged at {e}; {kept}. Lower supernet.lr or "
                                     "enable supernet.ema_decay/warmup") from None
@@ -191,7 +200,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, checkpoint_dir
                 "flops_largest": count_flops(space.largest()),
                 "train_seconds": round(time.time() - t0, 2),
             })
-            with atomic_dir(out) as tmp:
+            with atomic_dir(out, "supernet") as tmp:
                 meta = {"epochs": cfg.epochs, "history": history, "dataset": data.name,
                         "sampling": cfg.sampling, "ema": cfg.ema_decay is not None}
                 if params.search.strategy == "hierarchical":

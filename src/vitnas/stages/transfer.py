@@ -25,7 +25,7 @@ from vitnas import tracking
 from vitnas.config import Params, TransferTarget
 from vitnas.errors import ArtifactError
 from vitnas.slim import load_model
-from vitnas.stages._io import atomic_dir, flat_metrics, write_json
+from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.transfer.classification import CifarData, fine_tune, read_cifar
 from vitnas.transfer.coco import CocoDetection
 from vitnas.transfer.detection import build_detector, evaluate_detector, train_detector
@@ -213,9 +213,17 @@ def _detection(target: TransferTarget, data: tuple[CocoDetection, CocoDetection]
 
 
 def run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | Path, *, device: str = "auto",
-        track: bool | None = None, progress: bool = True) -> dict[str, float]:
+        track: bool | None = None, progress: bool = True, force: bool = False) -> dict[str, float]:
     """Fine-tune `model_dir` (arch.json + model.safetensors) on each transfer target; writes
-    `out/metrics.json` (+ `detections.png`). Returns the metrics."""
+    `out/metrics.json` (+ `detections.png`). Returns the metrics. `force`: replace `out` even when
+    vitnas did not write it (a directory only)."""
+    inputs = [data_dir, model_dir, *(t.root for t in params.transfer.targets)]
+    with claim_output(out, "transfer", force=force, inputs=inputs):
+        return _run(params, data_dir, model_dir, out, device=device, track=track, progress=progress)
+
+
+def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | Path, *, device: str,
+         track: bool | None, progress: bool) -> dict[str, float]:
     targets = params.transfer.targets
     model_dir, out = Path(model_dir), Path(out)
     dev = resolve_device(device)
@@ -229,7 +237,7 @@ def run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | 
     metrics: dict[str, float] = {"targets": len(targets)}
     with tracking.stage_run("transfer", params=params.section_params("transfer"),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, "transfer") as tmp:
             figure = tmp / "detections.png"
             for t in targets:
                 t0 = time.time()

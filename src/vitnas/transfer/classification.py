@@ -22,9 +22,9 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import Dataset
 
-from vitnas.data.sources import _cifar_class
+from vitnas.data.cifar import LAYOUTS, read_cifar_folder
 from vitnas.data.transforms import eval_transform, train_transform
-from vitnas.errors import ArtifactError
+from vitnas.errors import ArtifactError, DataError
 from vitnas.train import ClassifierTrainer, DistInfo, batches, epoch_loader, reseed
 
 CIFAR_FORMATS = ("cifar10", "cifar100")
@@ -46,33 +46,20 @@ class CifarData:
 
 
 def read_cifar(root: str | Path, fmt: str = "cifar10") -> CifarData:
-    """CIFAR-10/100 in torchvision's on-disk python format under `root` (`cifar-10-batches-py/`,
-    `cifar-100-python/`), read by torchvision's own parser (file presence checked, not MD5s)."""
+    """CIFAR-10/100 in the python on-disk format under `root` (`cifar-10-batches-py/`,
+    `cifar-100-python/`), read by vitnas's restricted unpickler (no code in a file can run)."""
     if fmt not in CIFAR_FORMATS:
         raise ValueError(f"fmt must be one of {CIFAR_FORMATS}, got {fmt!r}")
-    cls = _cifar_class(fmt)
-    folder = Path(root) / cls.base_folder
     if not Path(root).is_dir():
         raise ArtifactError(f"{root}: transfer dataset directory not found")
     try:
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except RuntimeError:
-        files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        missing = [f for f in files if not (folder / f).is_file()]
-        raise ArtifactError(f"{folder}: not a {fmt} copy in torchvision's python format (missing "
-                            f"{', '.join(missing) or 'files'})") from None
-    except Exception as e:  # unpickling errors, truncated or foreign files
-        raise ArtifactError(f"{folder}: corrupt {fmt} files ({type(e).__name__}: "
-                            f"{str(e).strip()[:120]})") from None
-    data = CifarData(classes=[str(c) for c in train.classes],
-                     train_images=np.asarray(train.data), train_labels=np.asarray(train.targets, dtype=np.int64),
-                     test_images=np.asarray(test.data), test_labels=np.asarray(test.targets, dtype=np.int64))
-    for part, images, labels in (("train", data.train_images, data.train_labels),
-                                 ("test", data.test_images, data.test_labels)):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or not len(images):
-            raise ArtifactError(f"{folder}: {part} images are not uint8 32x32 RGB")
-        if labels.min() < 0 or labels.max() >= data.num_classes:
-            raise ArtifactError(f"{folder}: {part} labels outside 0..{data.num_classes - 1}")
+        c = read_cifar_folder(root, fmt)
+    except DataError as e:
+        raise ArtifactError(str(e)) from None
+    data = CifarData(classes=c.classes, train_images=c.train_images, train_labels=c.train_labels,
+                     test_images=c.test_images, test_labels=c.test_labels)
+    if not len(data.train_images) or not len(data.test_images):
+        raise ArtifactError(f"{Path(root) / LAYOUTS[fmt].folder}: the train or test part is empty")
     return data
 
 
