@@ -151,12 +151,25 @@ def test_distills_from_a_teacher_directory(digits_dir, model_dir, arch_file, tmp
     assert hist[0]["train_kd"] > 0 and hist[0]["train_task"] > 0
 
 
-def test_registers_the_model_and_moves_champion_only_on_improvement(digits_dir, model_dir, tmp_path):
+def test_registers_the_model_and_moves_champion_only_on_improvement(digits_dir, model_dir, tmp_path,
+                                                                    monkeypatch):
     import mlflow
+
+    from vitnas import tracking
 
     name = "t-retrain-stage"
     p = params(track=True, epochs=1, registered_model=name)
+    on_disk = []
+    real = tracking.StageRun.log_model
+
+    def log_model(self, model, **kw):  # registration happens only once the model directory is in place
+        on_disk.append((tmp_path / "a" / "model.safetensors").is_file())
+        return real(self, model, **kw)
+
+    monkeypatch.setattr(tracking.StageRun, "log_model", log_model)
     first = stage.run(p, digits_dir, None, model_dir, tmp_path / "a", progress=False)
+    monkeypatch.setattr(tracking.StageRun, "log_model", real)
+    assert on_disk == [True]
     assert first["champion"] == 1
     client = mlflow.MlflowClient()
     holder = client.get_model_version_by_alias(name, "champion")

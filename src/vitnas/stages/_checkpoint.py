@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vitnas.errors import ArtifactError
-from vitnas.stages._io import STAGE_FILES, check_output, mark
+from vitnas.stages._io import MARKER, STAGE_FILES, check_output, mark
 
 CHECKPOINT = "checkpoint.pt"
 KIND = "checkpoints"
@@ -30,16 +30,14 @@ def fingerprint(*parts: Any) -> str:
 
 
 def claim(directory: Path, *, force: bool = False, inputs=()) -> Path:
-    """Check that checkpoints may be written to `directory` (vitnas's own, or new) and mark it."""
-    directory = check_output(directory, KIND, force=force, inputs=inputs)
-    if int(os.environ.get("RANK", "0") or 0) == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        mark(directory, KIND)
-    return directory
+    """Check that checkpoints may be written to `directory` (vitnas's own, or new); writes nothing."""
+    return check_output(directory, KIND, force=force, inputs=inputs)
 
 
 def save(directory: Path, state: Mapping[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / MARKER).exists():
+        mark(directory, KIND)
     path = directory / CHECKPOINT
     tmp = directory / f".{CHECKPOINT}.tmp-{uuid.uuid4().hex[:8]}"
     torch.save(dict(state), tmp)

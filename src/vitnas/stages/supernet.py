@@ -131,7 +131,10 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     reseed(cfg.seed, "init")
     supernet = Supernet(space, drop_path_rate=cfg.drop_path)
     if cfg.pretrained:
-        init_from_timm(supernet, cfg.pretrained)
+        try:
+            init_from_timm(supernet, cfg.pretrained)
+        except ValueError as e:  # a missing, unreadable or ill-fitting weights file
+            raise ArtifactError(f"supernet.pretrained: {e}") from None
     trainer = make_trainer(supernet, cfg, dist, steps)
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
     val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
