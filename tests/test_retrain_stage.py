@@ -125,7 +125,7 @@ def test_resume_is_bit_exact(digits_dir, supernet_file, arch_file, tmp_path, mon
 
     assert (tmp_path / "full/model.safetensors").read_bytes() == (tmp_path / "part/model.safetensors").read_bytes()
     assert (tmp_path / "full/history.json").read_text() == (tmp_path / "part/history.json").read_text()
-    ca, cb = (torch.load(tmp_path / f"{n}-checkpoints/checkpoint.pt", weights_only=False) for n in ("full", "part"))
+    ca, cb = (torch.load(tmp_path / f"{n}-checkpoints/checkpoint.pt", weights_only=True) for n in ("full", "part"))
     for k, v in ca["trainer"]["model"].items():  # the raw weights too, not only the saved EMA
         assert torch.equal(v, cb["trainer"]["model"][k]), k
     assert {k: v for k, v in full.items() if k != "train_seconds"} == \
@@ -290,7 +290,7 @@ def test_trainer_state_dict_resumes_bit_exactly_with_rng():
     torch.manual_seed(123)  # a fresh process's RNG differs
     b = _trainer()
     buf.seek(0)
-    b.load_state_dict(torch.load(buf, weights_only=False))
+    b.load_state_dict(torch.load(buf, weights_only=True))
     b.train_epoch(data[2:], 0, progress=False)
     for (k, va), vb in zip(a.eval_model.state_dict().items(), b.eval_model.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k

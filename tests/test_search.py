@@ -149,7 +149,7 @@ def test_resume_from_state_equals_uninterrupted():
     torch.save(part.state_dict(), buf)  # what the stage checkpoints
     buf.seek(0)
     resumed = Search(DEMO, SMALL, Counting())
-    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
     assert resumed.next_generation == 2
     resumed.run()
     assert resumed.history == full.history and resumed.stats == full.stats and resumed.best() == full.best()
