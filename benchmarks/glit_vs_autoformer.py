@@ -48,7 +48,8 @@ def _params(space: str, strategy: str, args, epochs: int | None = None) -> dict:
     # A quicker recipe than params.yaml's for this tiny task (as benchmarks/search_vs_random.py).
     return {"tracking": {"enabled": False}, "space": {"preset": space}, "search": search,
             "supernet": {"epochs": epochs, "warmup_epochs": min(2, epochs - 1), "lr": 3e-3,
-                         "batch_size": 32, "drop_path": 0.0, "label_smoothing": 0.0, "amp": False}}
+                         "batch_size": 32, "drop_path": 0.0, "label_smoothing": 0.0, "amp": False,
+                         "hierarchical": strategy == "hierarchical"}}
 
 
 def run_search(name: str, raw: dict, data_dir: Path, work: Path) -> dict:

@@ -526,6 +526,9 @@ ARTIFACT_CASES = [
     ("supernet-huge-space", _supernet_file(_huge_space), "supernet.pt: malformed supernet file"),
     ("supernet-other-space", _other_space_supernet, "supernet was trained on another search space"),
     ("pretrained-payload", _pretrained_payload, "deit.pth"),
+    ("proxy-supernet-payload", lambda ws: torch.save({"format": Payload(ws / PWNED)}, ws / "supernet.pt") or
+     _stage("proxy", "--data", "data", "--supernet", "supernet.pt", "--out", "out"),
+     "supernet.pt: not a readable torch file"),
     ("arch-missing", lambda ws: _slim("nope.json"), "nope.json: architecture file not found"),
     ("arch-not-json", _arch_file("{embed"), "arch.json: not valid JSON"),
     ("arch-nan", _arch_file('{"embed_dim": NaN}'), "arch.json"),

@@ -111,3 +111,13 @@ def test_custom_space_and_data_sizing(tmp_path):
 def test_slim_target_default_and_override():
     assert parse_params({}).slim.target == ("flops", 0.6)
     assert parse_params({"slim": {"target_params_ratio": 0.5}}).slim.target == ("params", 0.5)
+
+
+def test_yaml_reads_exponents_as_numbers_and_refuses_repeated_keys(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("supernet:\n  lr: 1e-3\n  min_lr: 1E-6\nsearch:\n  params_max: 6e6\n")
+    p = load_params(f)
+    assert (p.supernet.lr, p.supernet.min_lr, p.search.params_max) == (1e-3, 1e-6, 6e6)
+    f.write_text("search:\n  seed: 1\nsupernet:\n  lr: 1e-3\nsearch:\n  population: 5\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: 'search' is written twice \(lines 1 and 5\)"):
+        load_params(f)

@@ -391,13 +391,18 @@ def test_evolution_in_a_glit_space_under_a_flops_budget():
 
 
 def test_config_accepts_glit_and_refuses_what_does_not_combine():
-    p = parse_params({"space": {"preset": "glit-demo", "kernel_size": [3, 5]}, "search": {"strategy": "hierarchical"}})
+    p = parse_params({"space": {"preset": "glit-demo", "kernel_size": [3, 5]}, "search": {"strategy": "hierarchical"},
+                      "supernet": {"hierarchical": True}})
     assert p.search_space().kernel_size == (3, 5) and p.search.bn_calib_images == 256
     for raw, msg in [({"search": {"strategy": "hierarchical"}}, "^search.strategy: 'hierarchical'"),
                      ({"space": {"preset": "glit-demo"}, "search": {"fitness": "hybrid"}}, "^search.fitness"),
                      ({"space": {"preset": "glit-demo", "num_heads": [1]}}, "^space.num_heads"),
                      ({"space": {"preset": "demo", "kernel_size": [3]}}, "^space.units: required"),
-                     ({"search": {"level2_epochs": 2}}, "^search.level2_epochs")]:
+                     ({"search": {"level2_epochs": 2}}, "^search.level2_epochs"),
+                     ({"space": {"preset": "glit-demo"}, "search": {"strategy": "hierarchical"}},
+                      "^supernet.hierarchical: must be true"),
+                     ({"space": {"preset": "glit-demo"}, "supernet": {"hierarchical": True}},
+                      "^supernet.hierarchical: only used")]:
         with pytest.raises(ConfigError, match=msg):
             parse_params(raw)
 
@@ -427,8 +432,9 @@ def test_supernet_stage_trains_the_level1_space_for_the_hierarchical_search(digi
     from vitnas.stages import supernet as stage
 
     p = parse_params({"tracking": {"enabled": False}, "space": {"preset": "glit-demo"},
-                      "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1},
-                      "search": {"strategy": "hierarchical", "bn_calib_images": 64}})
+                      "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1,
+                                   "hierarchical": True, "bn_calib_images": 64},
+                      "search": {"strategy": "hierarchical"}})
     m = stage.run(p, digits_dir, tmp_path / "sn", progress=False, device="cpu")
     net = Supernet.load(tmp_path / "sn" / "supernet.pt")
     want = p.search_space(num_classes=10, in_chans=1).level1()

@@ -258,7 +258,8 @@ HIER = {"strategy": "hierarchical", "population": 4, "parents": 2, "mutations": 
 
 def hier_params(**search):
     return parse_params({"tracking": {"enabled": False}, "space": {"preset": "glit-demo"},
-                         "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1},
+                         "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1,
+                                      "hierarchical": True},
                          "search": HIER | search})
 
 

@@ -182,6 +182,25 @@ def check_params(params: Path = ParamsOpt) -> None:
     typer.echo(str(p.search_space()))
 
 
+@app.command("dvc-yaml", rich_help_panel="Tools")
+def dvc_yaml(out: Path = typer.Option(Path("dvc.yaml"), "--out", "-o", help="Where to write it."),
+             check: bool = typer.Option(False, "--check", help="Only check that OUT equals the contract.")) -> None:
+    """Write dvc.yaml from the stages' declared contract (vitnas/stages/contract.py)."""
+    from vitnas.stages._io import check_output_file
+    from vitnas.stages.contract import HEADER, render_dvc_yaml
+
+    text = render_dvc_yaml()
+    if check:
+        if not out.is_file() or out.read_text() != text:
+            raise VitnasError(f"{out}: differs from the stages' contract; run `vitnas dvc-yaml`")
+        typer.echo(f"{out}: matches the contract")
+        return
+    if out.exists() and not out.read_text().startswith(HEADER.splitlines()[0]):
+        check_output_file(out, "vitnas-dvc-yaml")  # a hand-written file: refused
+    out.write_text(text)
+    typer.echo(f"wrote {out}")
+
+
 @app.command(rich_help_panel="Tools")
 def spaces() -> None:
     """List the search space presets with their size and cost range."""

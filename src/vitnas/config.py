@@ -126,6 +126,8 @@ class SupernetConfig(TrainRecipe):
     sandwich_random: Annotated[int, Field(ge=0)] = 2
     val_random_subnets: Annotated[int, Field(ge=0)] = 3
     pretrained: str | None = None
+    hierarchical: bool = False  # GLiT: train the level-1 supernet of search.strategy hierarchical
+    bn_calib_images: PosInt = 256  # GLiT: train images that recalibrate BatchNorm before validating subnets
 
 
 class ProxyConfig(_Section):
@@ -343,6 +345,10 @@ def _check(p: Params) -> None:
     if s.strategy == "hierarchical" and not space.is_glit:
         raise ConfigError(f"search.strategy: 'hierarchical' is GLiT's two-level search and needs a GLiT space "
                           f"(space.preset glit-tiny or glit-demo); space '{space.name}' has no local units")
+    if (s.strategy == "hierarchical") != p.supernet.hierarchical:
+        raise ConfigError("supernet.hierarchical: " + (
+            "must be true with search.strategy: hierarchical (the supernet stage then trains GLiT's level-1 space)"
+            if p.supernet.hierarchical is False else "only used with search.strategy: hierarchical"))
     if space.is_glit and s.fitness != "supernet":
         raise ConfigError(f"search.fitness: '{s.fitness}' uses zero-cost proxies, which do not support GLiT "
                           "local units; use supernet")

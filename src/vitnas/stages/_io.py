@@ -22,22 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from vitnas.errors import ArtifactError
+from vitnas.stages.contract import STAGES
 
 MARKER = ".vitnas-output.json"
 MARKER_FORMAT = "vitnas-output/1"
 
-# What each stage writes into its output directory; a directory holding only these (and the
-# marker) is recognised as that stage's output even without a marker.
-STAGE_FILES: dict[str, frozenset[str]] = {
-    "data": frozenset({"train.npz", "val.npz", "test.npz", "dataset.json", "metrics.json", "transfer"}),
-    "supernet": frozenset({"supernet.pt", "metrics.json", "history.json", "curves.png"}),
-    "proxy": frozenset({"scores.jsonl", "top_k.json", "metrics.json", ".scores.fingerprint"}),
-    "search": frozenset({"best_arch.json", "history.jsonl", "generations.json", "pareto.png", "metrics.json",
-                         "level1_arch.json", "level1_pareto.png", "supernet_level2.pt"}),
-    "slim": frozenset({"arch.json", "model.safetensors", "metrics.json", "widths.png"}),
-    "retrain": frozenset({"arch.json", "model.safetensors", "metrics.json", "history.json", "curves.png"}),
-    "transfer": frozenset({"metrics.json", "detections.png"}),
-    "checkpoints": frozenset({"checkpoint.pt", "checkpoint.json"}),
+# What each stage writes into its output directory (its contract); a directory holding only these
+# (and the marker) is recognised as that stage's output even without a marker.
+STAGE_FILES: dict[str, frozenset[str]] = {name: s.files for name, s in STAGES.items()} | {
+    "checkpoints": frozenset({"checkpoint.pt"}),
 }
 
 

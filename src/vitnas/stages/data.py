@@ -8,6 +8,7 @@ from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import RawDataset, load_source, split_indices, write_prepared
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages.contract import logged_params
 
 
 def _digits_parts(params: Params, raw: RawDataset, splits: dict) -> tuple[tuple, tuple]:
@@ -61,7 +62,7 @@ def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, fl
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
                            test_fraction=cfg.test_fraction if raw.test is None else None, seed=cfg.seed)
     enabled = params.tracking.enabled if track is None else track
-    with tracking.stage_run("data", params=params.section_params("data"),
+    with tracking.stage_run("data", params=logged_params(params, "data"),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         with atomic_dir(out, "data") as tmp:
             meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size,

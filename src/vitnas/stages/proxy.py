@@ -48,6 +48,7 @@ from vitnas.errors import ArtifactError
 from vitnas.space import Arch, ArchError, SearchSpace, count_flops, count_params
 from vitnas.stages._checkpoint import fingerprint as make_fingerprint
 from vitnas.stages._io import claim_output, flat_metrics, mark, write_json
+from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, SupernetFileError
 
 log = logging.getLogger("vitnas.proxy")
@@ -290,8 +291,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
         print(f"resuming: {len(done)} of {len(candidates)} candidates already scored in {log_path}", flush=True)
 
     enabled = params.tracking.enabled if track is None else track
-    section = params.section_params("proxy") | params.section_params("space") | \
-        {f"search.{k}": v for k, v in windows.items()}
+    section = logged_params(params, "proxy")
     t0 = time.time()
     with tracking.stage_run("proxy", params=section | {"proxy.weights": "random" if supernet_path is None
                                                          else "trained"},

@@ -30,6 +30,7 @@ from vitnas.slim.prune import ARCH_FILE
 from vitnas.space import Arch, ArchError, build, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages.contract import STAGES, logged_params
 from vitnas.stages.slim import check_fits_data, load_input_model
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
@@ -44,7 +45,7 @@ from vitnas.train import (
     steps_per_epoch,
 )
 
-OUTPUTS = ("arch.json", "model.safetensors", "metrics.json", "history.json", "curves.png")
+OUTPUTS = (*STAGES["retrain"].outputs, STAGES["retrain"].metrics)  # always written (the contract)
 CHAMPION = "champion"
 _EVAL_CACHE_BYTES = 512 * 2**20  # splits below this are kept as one tensor for fast re-evaluation
 
@@ -199,7 +200,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     if teacher is not None:
         tags["vitnas.retrain.teacher"] = t_source
     t0 = time.time()
-    with tracking.stage_run("retrain", params=params.section_params("retrain"), experiment=params.tracking.experiment,
+    with tracking.stage_run("retrain", params=logged_params(params, "retrain"), experiment=params.tracking.experiment,
                             enabled=enabled, tags=tags) as run_:
         for h in history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics(_curve(h), step=h["epoch"])

@@ -33,12 +33,13 @@ from vitnas.search.fitness import check_proxy
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages.contract import STAGES, logged_params
 from vitnas.stages.supernet import calibration_images, check_data, make_trainer, val_batches
 from vitnas.supernet import Supernet, SupernetFileError
 from vitnas.supernet.trainer import validation_archs
 from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed, steps_per_epoch
 
-OUTPUTS = ("best_arch.json", "history.jsonl", "pareto.png", "metrics.json")
+OUTPUTS = (*STAGES["search"].outputs, STAGES["search"].metrics)  # always written (the contract)
 LEVEL2_SUPERNET = "supernet_level2.pt"  # hierarchical: the level-2 supernet (inherit weights from this one)
 
 
@@ -217,7 +218,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
              "proxy": f"proxy {cfg.proxy}"}[cfg.fitness]
     enabled = params.tracking.enabled if track is None else track
     t0 = time.time()
-    with tracking.stage_run("search", params=params.section_params("search") | params.section_params("space"),
+    with tracking.stage_run("search", params=logged_params(params, "search"),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         for s in search.stats:  # a resumed run's MLflow run still shows every generation
             run_.log_metrics(_gen_metrics(s), step=int(s["generation"]))
@@ -349,8 +350,7 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
         _checkpoint.save(ckpt_dir, state)
 
     enabled = params.tracking.enabled if track is None else track
-    run_params = params.section_params("search") | params.section_params("space") | {
-        f"level2_{k}": v for k, v in params.section_params("supernet").items()}
+    run_params = logged_params(params, "search")
     with tracking.stage_run("search", params=run_params, experiment=params.tracking.experiment,
                             enabled=enabled, tags={"vitnas.search.strategy": "hierarchical"}) as run_:
         # ---- level 1: the split ----

@@ -31,6 +31,7 @@ from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, load_
 from vitnas.slim.prune import ARCH_FILE, WEIGHTS_FILE
 from vitnas.space import Arch, ArchError, count_flops, count_params
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages.contract import STAGES, logged_params
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
     batches,
@@ -42,7 +43,7 @@ from vitnas.train import (
     steps_per_epoch,
 )
 
-OUTPUTS = ("arch.json", "model.safetensors", "metrics.json", "widths.png")
+OUTPUTS = (*STAGES["slim"].outputs, STAGES["slim"].metrics)  # always written (the contract)
 TOL = 0.02  # the pruned model's FLOPs/params are within 2% of the target
 
 
@@ -165,7 +166,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()
-    with tracking.stage_run("slim", params=params.section_params("slim"), experiment=params.tracking.experiment,
+    with tracking.stage_run("slim", params=logged_params(params, "slim"), experiment=params.tracking.experiment,
                             enabled=enabled, tags={"vitnas.slim.source": source}) as run_:
         for epoch in range(cfg.epochs):
             reseed(cfg.seed, epoch, dist.rank)

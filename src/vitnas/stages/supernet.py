@@ -4,8 +4,8 @@ Checkpoints every epoch (resumable to the same result as an uninterrupted run), 
 smallest, largest and K random subnets every epoch, stops on a NaN/Inf loss keeping the last good
 checkpoint, and runs data-parallel under torchrun (the same subnet on every rank).
 
-With `search.strategy: hierarchical` (GLiT) this is the level-1 supernet: over the split of every
-block into attention heads and local units, low-level genes at their middle choices
+With `supernet.hierarchical: true` (GLiT's `search.strategy: hierarchical`) this is the level-1
+supernet: over the split of every block into attention heads and local units, low-level genes at their middle choices
 (`SearchSpace.level1`). GLiT subnets' BatchNorm statistics are recalibrated before validation.
 """
 
@@ -25,6 +25,7 @@ from vitnas.errors import ArtifactError
 from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, init_from_timm
 from vitnas.supernet.trainer import SupernetTrainer, validation_archs
 from vitnas.train import (
@@ -53,7 +54,7 @@ def supernet_space(params: Params, data: PreparedData) -> SearchSpace:
     """The space this stage's supernet covers: the configured one sized for the data, or its
     level-1 (split-only) space for the hierarchical GLiT search."""
     space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
-    return space.level1() if params.search.strategy == "hierarchical" else space
+    return space.level1() if params.supernet.hierarchical else space
 
 
 def calibration_images(data: PreparedData, n: int, seed: int = 0) -> torch.Tensor:
@@ -138,7 +139,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     trainer = make_trainer(supernet, cfg, dist, steps)
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
     val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
-    calib = calibration_images(data, params.search.bn_calib_images, cfg.seed) \
+    calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) \
         if space.is_glit and dist.is_main else None
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
@@ -157,7 +158,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()
-    with tracking.stage_run("supernet", params=params.section_params("supernet") | params.section_params("space"),
+    with tracking.stage_run("supernet", params=logged_params(params, "supernet"),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         for h in history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
@@ -206,7 +207,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
             with atomic_dir(out, "supernet") as tmp:
                 meta = {"epochs": cfg.epochs, "history": history, "dataset": data.name,
                         "sampling": cfg.sampling, "ema": cfg.ema_decay is not None}
-                if params.search.strategy == "hierarchical":
+                if cfg.hierarchical:
                     meta["level"] = 1
                 trainer.eval_model.save(tmp / "supernet.pt", meta=meta)
                 write_json(tmp / "metrics.json", metrics)

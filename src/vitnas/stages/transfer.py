@@ -26,6 +26,7 @@ from vitnas.config import Params, TransferTarget
 from vitnas.errors import ArtifactError
 from vitnas.slim import load_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages.contract import logged_params
 from vitnas.transfer.classification import CifarData, fine_tune, read_cifar
 from vitnas.transfer.coco import CocoDetection
 from vitnas.transfer.detection import build_detector, evaluate_detector, train_detector
@@ -235,7 +236,7 @@ def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str |
         print("transfer: no targets in params.yaml transfer.targets; nothing to evaluate", flush=True)
     enabled = params.tracking.enabled if track is None else track
     metrics: dict[str, float] = {"targets": len(targets)}
-    with tracking.stage_run("transfer", params=params.section_params("transfer"),
+    with tracking.stage_run("transfer", params=logged_params(params, "transfer"),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         with atomic_dir(out, "transfer") as tmp:
             figure = tmp / "detections.png"

@@ -1,0 +1,202 @@
+"""Each stage's contract, declared once: what it reads, which params.yaml keys, what it writes.
+
+dvc.yaml is generated from these declarations (`vitnas dvc-yaml`, and a test keeps the committed
+file equal), the Kubeflow components receive only their stage's keys (so a change reruns that stage
+and what follows, never what precedes it), MLflow logs each stage's declared keys, and the output
+guard (`_io`) recognises a stage's directory by its files. A test runs every stage with a params
+view that records each key read and fails on any key not declared here.
+
+`tracking.*` is read by every stage and declared by none: where runs are logged never changes what
+a stage computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ARTIFACTS = "artifacts"
+UNDECLARED_OK = ("tracking",)
+# Library code every stage runs; changes to it rerun every stage.
+COMMON_CODE = ("src/vitnas/config.py", "src/vitnas/space", "src/vitnas/data", "src/vitnas/stages/_io.py")
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A DVC plot of one of the stage's JSON files (a curve) or an image."""
+
+    title: str
+    file: str
+    x: str | None = None
+    y: tuple[str, ...] = ()
+    x_label: str | None = None
+    y_label: str | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str  # the `vitnas` command line, without --params
+    inputs: Mapping[str, tuple[str, ...]]  # upstream stage -> files of its output read
+    params: tuple[str, ...]  # params.yaml sections or dotted keys read
+    outputs: tuple[str, ...]  # files (or folders) written into the stage's directory, metrics.json aside
+    code: tuple[str, ...]  # source paths beyond COMMON_CODE whose change reruns the stage
+    plots: tuple[Plot, ...] = ()
+    checkpoints: bool = False  # per-epoch checkpoints under artifacts/checkpoints/<stage> (persisted)
+    persist: tuple[str, ...] = ()  # outputs kept across runs (resumed in place)
+    metrics: str = "metrics.json"
+    extra_outputs: tuple[str, ...] = field(default=())  # written in some configurations only
+
+    @property
+    def files(self) -> frozenset[str]:
+        """Every name the stage may write into its directory."""
+        return frozenset((*self.outputs, *self.extra_outputs, self.metrics))
+
+    def reads(self, key: str) -> bool:
+        """Whether dotted `key` is covered by a declared section or key."""
+        return any(key == p or key.startswith(p + ".") for p in self.params)
+
+
+_DATA_SPLITS = ("train.npz", "val.npz", "dataset.json")
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("data", "vitnas data --out artifacts/data",
+          inputs={}, params=("data", "transfer.targets"),
+          outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json"),
+          code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py")),
+    Stage("supernet", "vitnas supernet --data artifacts/data --out artifacts/supernet "
+          "--checkpoints artifacts/checkpoints/supernet --resume",
+          inputs={"data": _DATA_SPLITS}, params=("space", "supernet", "data.img_size", "data.augment"),
+          outputs=("supernet.pt", "history.json", "curves.png"),
+          code=("src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/supernet.py"),
+          plots=(Plot("supernet convergence", "history.json", "epoch",
+                      ("val_acc_smallest", "val_acc_largest", "val_acc_random_mean"), "epoch", "val top-1"),
+                 Plot("supernet curves", "curves.png")),
+          checkpoints=True),
+    Stage("proxy", "vitnas proxy --data artifacts/data --out artifacts/proxy",
+          inputs={"data": ("train.npz", "dataset.json")},
+          params=("proxy", "space", "data.img_size", "search.params_min", "search.params_max", "search.flops_min",
+                  "search.flops_max"),
+          outputs=("scores.jsonl", "top_k.json"),
+          code=("src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/stages/proxy.py"),
+          persist=("scores.jsonl",), extra_outputs=(".scores.fingerprint",)),
+    Stage("search", "vitnas search --data artifacts/data --supernet artifacts/supernet/supernet.pt "
+          "--out artifacts/search --checkpoints artifacts/checkpoints/search --resume",
+          inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",)},
+          params=("search", "space", "data.img_size", "data.augment", "proxy.batch_size", "supernet"),
+          outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json"),
+          code=("src/vitnas/search", "src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/train",
+                "src/vitnas/stages/search.py"),
+          plots=(Plot("search progress", "generations.json", "generation",
+                      ("best_fitness", "population_mean_fitness"), "generation", "fitness (val top-1)"),
+                 Plot("search pareto front", "pareto.png")),
+          checkpoints=True,
+          extra_outputs=("level1_arch.json", "level1_pareto.png", "supernet_level2.pt")),
+    Stage("slim", "vitnas slim --data artifacts/data --supernet artifacts/supernet/supernet.pt "
+          "--arch artifacts/search/best_arch.json --out artifacts/slim",
+          inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",), "search": ("best_arch.json",)},
+          params=("slim", "data.augment"),
+          outputs=("arch.json", "model.safetensors", "widths.png"),
+          code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/slim.py"),
+          plots=(Plot("slimming widths", "widths.png"),)),
+    Stage("retrain", "vitnas retrain --data artifacts/data --supernet artifacts/supernet/supernet.pt "
+          "--arch artifacts/slim --out artifacts/retrain --checkpoints artifacts/checkpoints/retrain --resume",
+          inputs={"data": (*_DATA_SPLITS, "test.npz"), "supernet": ("supernet.pt",),
+                  "slim": ("arch.json", "model.safetensors")},
+          params=("retrain", "data.augment"),
+          outputs=("arch.json", "model.safetensors", "history.json", "curves.png"),
+          code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/retrain.py",
+                "src/vitnas/tracking.py"),
+          plots=(Plot("retrain curves", "history.json", "epoch", ("val_acc",), "epoch", "val top-1"),
+                 Plot("retrain loss and accuracy", "curves.png")),
+          checkpoints=True),
+    Stage("transfer", "vitnas transfer --data artifacts/data --model artifacts/retrain --out artifacts/transfer",
+          inputs={"data": ("transfer",), "retrain": ("arch.json", "model.safetensors")},
+          params=("transfer",),
+          outputs=("detections.png",),
+          code=("src/vitnas/transfer", "src/vitnas/slim/prune.py", "src/vitnas/train",
+                "src/vitnas/stages/transfer.py"),
+          plots=(Plot("detections", "detections.png"),)),
+)}
+ORDER = tuple(STAGES)
+
+
+def stage_params(params: Any, stage: str) -> dict[str, Any]:
+    """The declared keys of `stage` (and `tracking`) as a nested params mapping: what its
+    Kubeflow component receives."""
+    full = params.model_dump(mode="json")
+    out: dict[str, Any] = {"tracking": full["tracking"]}
+    for key in STAGES[stage].params:
+        *parents, leaf = key.split(".")
+        src, dst = full, out
+        for k in parents:
+            src, dst = src[k], dst.setdefault(k, {})
+        dst[leaf] = src[leaf]
+    return out
+
+
+def logged_params(params: Any, stage: str) -> dict[str, Any]:
+    """The declared keys of `stage` with dotted names: what its MLflow run logs."""
+    flat = params.flat()
+    return {k: v for k, v in flat.items() if STAGES[stage].reads(k)}
+
+
+# ---- dvc.yaml ----------------------------------------------------------------------------------
+def dvc_yaml() -> dict[str, Any]:
+    """The content of dvc.yaml, stage by stage."""
+    stages: dict[str, Any] = {}
+    for s in STAGES.values():
+        base = f"{ARTIFACTS}/{s.name}"
+        deps = [f"{ARTIFACTS}/{up}/{f}" for up, files in s.inputs.items() for f in files]
+        deps += sorted(set(COMMON_CODE) | set(s.code) | ({"src/vitnas/stages/_checkpoint.py"} if s.checkpoints
+                                                         else set()))
+        outs: list[Any] = []
+        for f in s.outputs:
+            if f in s.persist:
+                outs.append({f"{base}/{f}": {"persist": True}})
+            elif f.endswith(".png"):
+                continue  # images are declared as plots below
+            else:
+                outs.append(f"{base}/{f}")
+        if s.checkpoints:
+            outs.append({f"{ARTIFACTS}/checkpoints/{s.name}": {"persist": True, "cache": False}})
+        entry: dict[str, Any] = {
+            "cmd": s.cmd.replace(f"vitnas {s.name} ", f"vitnas {s.name} --params params.yaml ", 1),
+            "deps": deps,
+            "params": list(s.params),
+            "outs": outs,
+            # metrics.json is tracked by git (see .gitignore), so `dvc exp show` and
+            # `dvc metrics diff` find it for every commit and experiment
+            "metrics": [{f"{base}/{s.metrics}": {"cache": False}}],
+        }
+        images = [p for p in s.plots if p.x is None]
+        if images:
+            entry["plots"] = [f"{base}/{p.file}" for p in images]
+        stages[s.name] = entry
+    plots = []
+    for s in STAGES.values():
+        for p in s.plots:
+            if p.x is None:
+                continue
+            plots.append({p.title: {"x": p.x, "y": {f"{ARTIFACTS}/{s.name}/{p.file}": list(p.y)},
+                                    "x_label": p.x_label, "y_label": p.y_label}})
+    return {"stages": stages, "plots": plots}
+
+
+HEADER = ("# Generated from vitnas.stages.contract by `vitnas dvc-yaml`: edit the contract, not this file\n"
+          "# (tests/test_contract.py keeps them equal). One stage per pipeline stage, running the\n"
+          "# project's own command with params.yaml.\n")
+
+
+def render_dvc_yaml() -> str:
+    import yaml
+
+    return HEADER + yaml.safe_dump(dvc_yaml(), sort_keys=False, width=120)
+
+
+def undeclared(stage: str, keys: Iterable[str]) -> list[str]:
+    """The keys among `keys` that `stage` reads without declaring them."""
+    s = STAGES[stage]
+    return sorted(k for k in keys if not s.reads(k) and not any(k == u or k.startswith(u + ".")
+                                                              for u in UNDECLARED_OK))

@@ -1,0 +1,195 @@
+"""The stage contract is the one place: dvc.yaml follows it, every stage reads only the params.yaml
+keys it declares, the Kubeflow steps get only their keys, and DVC experiments compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from vitnas.config import parse_params
+from vitnas.stages import contract
+from vitnas.stages.contract import STAGES, stage_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_dvc_yaml_is_generated_from_the_contract():
+    assert (REPO / "dvc.yaml").read_text() == contract.render_dvc_yaml(), "run `vitnas dvc-yaml`"
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert list(dvc["stages"]) == list(contract.ORDER)
+    for name, s in STAGES.items():
+        entry = dvc["stages"][name]
+        assert entry["params"] == list(s.params)
+        for up, files in s.inputs.items():  # every upstream file it opens is a dependency
+            assert {f"artifacts/{up}/{f}" for f in files} <= set(entry["deps"])
+        assert f"src/vitnas/stages/{name}.py" in entry["deps"] and "src/vitnas/config.py" in entry["deps"]
+
+
+def test_supernet_declares_what_it_reads_and_has_its_own_keys():
+    s = STAGES["supernet"]
+    assert not any(p.startswith("search") for p in s.params)
+    assert s.reads("supernet.hierarchical") and s.reads("supernet.bn_calib_images") and s.reads("space.depth")
+
+
+# ---- every stage reads only what it declares ----------------------------------------------------------
+class Recorder:
+    """A view of a params model that records each dotted key read (methods and properties run on
+    the view, so what they read is recorded too)."""
+
+    def __init__(self, obj: BaseModel, seen: set[str], path: str = "") -> None:
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_seen", seen)
+        object.__setattr__(self, "_path", path)
+
+    def _key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def __getattr__(self, name: str):
+        obj, cls = self._obj, type(self._obj)
+        if name in cls.model_fields:
+            value = getattr(obj, name)
+            if isinstance(value, BaseModel):
+                return Recorder(value, self._seen, self._key(name))
+            self._seen.add(self._key(name))
+            return value
+        if name in ("model_dump", "model_dump_json"):
+            if self._path:  # a whole section, e.g. for a fingerprint
+                self._seen.add(self._path)
+            return getattr(obj, name)
+        if name == "flat" and not self._path:  # only contract.logged_params, which filters to declared keys
+            return obj.flat
+        attr = getattr(cls, name)
+        if isinstance(attr, property):
+            return attr.fget(self)
+        if isinstance(attr, types.FunctionType):
+            return types.MethodType(attr, self)
+        return getattr(obj, name)
+
+
+TINY = {
+    "tracking": {"enabled": False},
+    "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2], "mlp_ratio": [2.0], "head_dim": 8},
+    "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1},
+    "proxy": {"num_candidates": 3, "proxies": ["dss", "params"], "batch_size": 8},
+    "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1},
+    "slim": {"epochs": 1, "batch_size": 128},
+    "retrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128},
+    "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "warmup_epochs": 0, "batch_size": 128,
+                              "max_train_images": 64, "max_eval_images": 64}]},
+}
+
+
+def test_the_recorder_sees_reads_through_methods_and_properties():
+    seen: set[str] = set()
+    r = Recorder(parse_params(TINY), seen)
+    r.search_space()
+    assert r.slim.target == ("flops", 0.6)
+    r.supernet.model_dump()
+    assert {"space.embed_dim", "data.img_size", "slim.target_flops_ratio", "supernet"} <= seen
+    # retrain declares none of these: the check would fail if it read them
+    assert {"data.img_size", "slim.target_flops_ratio", "supernet"} <= set(contract.undeclared("retrain", seen))
+
+
+@pytest.mark.slow
+def test_every_stage_reads_only_the_keys_it_declares(tmp_path, one_thread):
+    from vitnas.stages import data, proxy, retrain, search, slim, supernet, transfer
+
+    params = parse_params(TINY)
+    a = tmp_path
+    calls = {
+        "data": lambda p: data.run(p, a / "data"),
+        "supernet": lambda p: supernet.run(p, a / "data", a / "supernet", progress=False),
+        "proxy": lambda p: proxy.run(p, a / "data", a / "proxy", progress=False),
+        "search": lambda p: search.run(p, a / "data", a / "supernet/supernet.pt", a / "search", progress=False),
+        "slim": lambda p: slim.run(p, a / "data", a / "supernet/supernet.pt", a / "search/best_arch.json",
+                                   a / "slim", progress=False),
+        "retrain": lambda p: retrain.run(p, a / "data", a / "supernet/supernet.pt", a / "slim", a / "retrain",
+                                         progress=False),
+        "transfer": lambda p: transfer.run(p, a / "data", a / "retrain", a / "transfer", progress=False),
+    }
+    assert list(calls) == list(contract.ORDER)
+    for stage, call in calls.items():
+        seen: set[str] = set()
+        call(Recorder(params, seen))
+        assert seen, stage
+        assert contract.undeclared(stage, seen) == [], f"{stage} reads keys it does not declare"
+
+
+# ---- Kubeflow: a step gets only its keys --------------------------------------------------------------
+def test_changing_a_key_changes_only_the_inputs_of_the_stages_that_read_it():
+    """KFP caches a step by its component and input values: with per-stage params, changing
+    retrain.epochs leaves every upstream step's input unchanged (cache hits), and so on."""
+    a = parse_params(TINY)
+    b = parse_params(json.loads(json.dumps(TINY)) | {"retrain": TINY["retrain"] | {"epochs": 2}})
+    changed = {s for s in contract.ORDER if stage_params(a, s) != stage_params(b, s)}
+    assert changed == {"retrain"}
+    c = parse_params(json.loads(json.dumps(TINY)) | {"supernet": TINY["supernet"] | {"epochs": 2}})
+    assert {s for s in contract.ORDER if stage_params(a, s) != stage_params(c, s)} == {"supernet", "search"}
+
+
+# ---- DVC experiments --------------------------------------------------------------------------------
+def _dvc(repo: Path, *args: str) -> str:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_dvc_experiments_show_and_diff_every_stage_metric(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY.items():
+        base[section] = base.get(section, {}) | values
+    (repo / "params.yaml").write_text(yaml.safe_dump(base))
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "ci@vitnas"), git("config", "user.name", "ci")
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "repro", "-q", "supernet")
+    git("add", "-A")
+    git("commit", "-qm", "baseline")
+    assert (repo / "artifacts/supernet/metrics.json").exists()
+    assert "artifacts/supernet/metrics.json" in subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True,
+                                                               text=True).stdout  # git sees the metrics
+    for lr in ("1e-3", "5e-3"):
+        _dvc(repo, "exp", "run", "-q", "supernet", "-S", f"supernet.lr={lr}", "-S", "supernet.min_lr=1e-6")
+    shown = json.loads(_dvc(repo, "exp", "show", "--json"))
+    metrics = []
+
+    def walk(node):  # every revision (workspace, baseline, experiments) in dvc's nested JSON
+        if isinstance(node, dict):
+            if isinstance(node.get("data"), dict) and node.get("rev") != "workspace":
+                m = node["data"].get("metrics") or {}
+                metrics.append({f: v.get("data", {}) for f, v in m.items()})
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(shown)
+    with_supernet = [m for m in metrics if "artifacts/supernet/metrics.json" in m and
+                     "artifacts/data/metrics.json" in m]
+    assert len(with_supernet) >= 3, metrics  # the baseline and both experiments, every stage run so far
+    assert len({m["artifacts/supernet/metrics.json"]["train_loss"] for m in with_supernet}) >= 2
+    diff = _dvc(repo, "metrics", "diff", "--json")
+    assert json.loads(diff) is not None
