@@ -13,6 +13,7 @@ from kfp import dsl
 
 from components.image import DEFAULT_IMAGE
 from components.runtime import typed_params
+from vitnas.stages.contract import ORDER
 
 _SOURCE_NAME = "<vitnas-generated init_op>"
 
@@ -22,11 +23,16 @@ def init_source() -> str:
     typed = typed_params()
     args = "".join(f"    {p.name}: {p.type.__name__},\n" for p in typed)
     values = "".join(f"        {p.name!r}: {p.name},\n" for p in typed)
+    outputs = ", ".join(f"({s!r}, str)" for s in ORDER)
     return (
-        "def init_op(\n    params_json: str,\n" + args + ") -> str:\n"
-        '    """Merge the typed parameters into params_json, validate them, open the MLflow parent run."""\n'
+        "from typing import NamedTuple\n\n\n"
+        "def init_op(\n    params_json: str,\n" + args + f") -> NamedTuple('StageParams', [{outputs}]):\n"
+        '    """Merge the typed parameters into params_json, validate them, open the MLflow parent run;\n'
+        '    one output per stage: the params.yaml keys that stage reads, as JSON."""\n'
+        "    from collections import namedtuple\n\n"
         "    from components.runtime import init_pipeline\n\n"
-        "    return init_pipeline(params_json, {\n" + values + "    })\n"
+        "    per_stage = init_pipeline(params_json, {\n" + values + "    })\n"
+        f"    return namedtuple('StageParams', {list(ORDER)!r})(**per_stage)\n"
     )
 
 

@@ -124,9 +124,11 @@ def _coerce(p: TypedParam, value: Any) -> Any:
     return value
 
 
-def init_pipeline(params_json: str, typed: Mapping[str, Any]) -> str:
+def init_pipeline(params_json: str, typed: Mapping[str, Any]) -> dict[str, str]:
     """The first step: merge and validate the parameters, and open this pipeline run's MLflow
-    parent run before any stage pod starts (so parallel stages never race to create it)."""
+    parent run before any stage pod starts (so parallel stages never race to create it).
+    Returns each stage's declared keys as JSON (`vitnas.stages.contract.stage_params`): a step's
+    input changes only when a key it reads changes, so KFP reuses every other step's cached result."""
     params = merge_params(params_json, typed)
     run_id = os.environ.get(PIPELINE_RUN_ENV)
     if params.tracking.enabled and run_id:
@@ -134,13 +136,16 @@ def init_pipeline(params_json: str, typed: Mapping[str, Any]) -> str:
 
         parent = tracking.pipeline_parent(run_id, params.tracking.experiment, params=params.flat())
         print(f"MLflow parent run {parent} (experiment {params.tracking.experiment}) for pipeline run {run_id}")
-    return params.model_dump_json()
+    from vitnas.stages.contract import ORDER, stage_params
+
+    return {stage: json.dumps(stage_params(params, stage), sort_keys=True) for stage in ORDER}
 
 
 # ---- stage calls --------------------------------------------------------------------------------
 def _call(stage: str, params_json: str, args: list, kwargs: dict) -> dict[str, float]:
     module = importlib.import_module(f"vitnas.stages.{stage}")
-    return module.run(parse_params(json.loads(params_json)), *args, **kwargs)
+    # this stage's keys only, cross-checked as a whole by the init step
+    return module.run(parse_params(json.loads(params_json), stage, cross_checks=False), *args, **kwargs)
 
 
 def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict[str, float]:

@@ -133,19 +133,20 @@ def build(default_params: Params, options: ClusterOptions | None = None):
     def vitnas_pipeline(*args) -> Outputs:
         values = dict(zip(names, args, strict=True))
         init = configure(init_op()(**values), "init")
-        params = init.output
+        params = init.outputs  # one JSON per stage: only the keys it reads (cache keys change with them alone)
         nproc = max(opts.gpus, 1)
-        data = configure(data_op(params=params), "data")
-        supernet = configure(supernet_op(params=params, nproc_per_node=nproc, data=data.outputs["data"]), "supernet")
-        proxy = configure(proxy_op(params=params, data=data.outputs["data"]), "proxy")
-        search = configure(search_op(params=params, data=data.outputs["data"],
+        data = configure(data_op(params=params["data"]), "data")
+        supernet = configure(supernet_op(params=params["supernet"], nproc_per_node=nproc,
+                                         data=data.outputs["data"]), "supernet")
+        proxy = configure(proxy_op(params=params["proxy"], data=data.outputs["data"]), "proxy")
+        search = configure(search_op(params=params["search"], data=data.outputs["data"],
                                      supernet=supernet.outputs["supernet"]), "search")
         search.after(proxy)  # the pipeline's stage order; proxy scores are reviewed beside the search
-        slim = configure(slim_op(params=params, nproc_per_node=nproc, data=data.outputs["data"],
+        slim = configure(slim_op(params=params["slim"], nproc_per_node=nproc, data=data.outputs["data"],
                                  supernet=supernet.outputs["supernet"], search=search.outputs["search"]), "slim")
-        retrain = configure(retrain_op(params=params, nproc_per_node=nproc, data=data.outputs["data"],
+        retrain = configure(retrain_op(params=params["retrain"], nproc_per_node=nproc, data=data.outputs["data"],
                                        supernet=supernet.outputs["supernet"], slim=slim.outputs["slim"]), "retrain")
-        transfer = configure(transfer_op(params=params, data=data.outputs["data"],
+        transfer = configure(transfer_op(params=params["transfer"], data=data.outputs["data"],
                                          retrain=retrain.outputs["retrain"]), "transfer")
         return Outputs(data=data.outputs["data"], supernet=supernet.outputs["supernet"],
                        proxy=proxy.outputs["proxy"], search=search.outputs["search"], slim=slim.outputs["slim"],

@@ -193,3 +193,32 @@ def test_dvc_experiments_show_and_diff_every_stage_metric(tmp_path):
     assert len({m["artifacts/supernet/metrics.json"]["train_loss"] for m in with_supernet}) >= 2
     diff = _dvc(repo, "metrics", "diff", "--json")
     assert json.loads(diff) is not None
+
+
+def test_compiled_pipeline_gives_each_step_only_its_keys(tmp_path, monkeypatch):
+    """Compiled twice with another retrain.epochs: every step's task spec is the same, and the init
+    step hands the upstream steps byte-identical params, so KFP's cache keys of data, supernet,
+    proxy, search and slim do not change; retrain's (and so transfer's, whose input model changes)
+    do."""
+    from components.runtime import init_pipeline
+    from pipelines.vitnas_pipeline import ClusterOptions, compile_pipeline, pipeline_arguments
+
+    monkeypatch.delenv("VITNAS_PIPELINE_RUN_ID", raising=False)
+    a = parse_params(TINY)
+    b = parse_params(json.loads(json.dumps(TINY)) | {"retrain": TINY["retrain"] | {"epochs": 2}})
+    opts = ClusterOptions(image="ghcr.io/vitnas/vitnas:abc1234")
+    (ya, *pa), (yb, *pb) = (list(yaml.safe_load_all(compile_pipeline(p, tmp_path / f"{n}.yaml", opts).read_text()))
+                            for n, p in (("a", a), ("b", b)))
+    assert pa == pb  # the Kubernetes platform spec
+    assert ya["components"] == yb["components"] and ya["deploymentSpec"] == yb["deploymentSpec"]
+    assert ya["root"]["dag"] == yb["root"]["dag"]
+    defaults = {k: (ya["root"]["inputDefinitions"]["parameters"][k].get("defaultValue"),
+                    yb["root"]["inputDefinitions"]["parameters"][k].get("defaultValue"))
+                for k in ya["root"]["inputDefinitions"]["parameters"]}
+    assert [k for k, (x, y) in defaults.items() if x != y] == ["retrain_epochs"]
+    for stage in contract.ORDER:  # each step's input is the init output of its own name
+        task = ya["root"]["dag"]["tasks"][f"{stage}-op"]
+        assert task["inputs"]["parameters"]["params"]["taskOutputParameter"] == {
+            "outputParameterKey": stage, "producerTask": "init-op"}
+    out_a, out_b = (init_pipeline(args.pop("params_json"), args) for args in map(pipeline_arguments, (a, b)))
+    assert {s for s in contract.ORDER if out_a[s] != out_b[s]} == {"retrain"}

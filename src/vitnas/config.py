@@ -505,8 +505,12 @@ def _format(err: ValidationError) -> str:
     return f"{loc}: {msg[0].lower() + msg[1:]} (got {e.get('input')!r})"
 
 
-def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate an already-loaded params mapping (e.g. a KFP pipeline parameter)."""
+def parse_params(raw: Any, source: str = "params", *, cross_checks: bool = True) -> Params:
+    """Validate an already-loaded params mapping (e.g. a KFP pipeline parameter).
+
+    `cross_checks=False` validates types and ranges only: for one stage's keys in a Kubeflow step,
+    whose whole params were cross-checked by the pipeline's `init` step (the other sections here
+    are defaults and need not fit the run's space)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -515,7 +519,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         p = Params.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format(e)) from None
-    _check(p)
+    if cross_checks:
+        _check(p)
     return p
 
 
