@@ -10,6 +10,7 @@ import torch
 import vitnas
 from vitnas import proxies
 from vitnas.config import ConfigError, parse_params
+from vitnas.proxies import scorer as scorer_module
 from vitnas.space import Arch, count_flops, count_params
 from vitnas.stages import proxy as stage
 from vitnas.stages._io import MARKER
@@ -113,7 +114,7 @@ def test_resume_scores_only_the_rest(digits_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(proxies, "score_candidate", counting)
+    monkeypatch.setattr(scorer_module, "score_candidate", counting)
     stop_after = 4
     with pytest.raises(KeyboardInterrupt):
         stage.run(p, digits_dir, tmp_path / "part", progress=False)
@@ -200,3 +201,20 @@ def test_stage_logs_metrics_and_artifacts(digits_dir, tmp_path, monkeypatch):
     assert rec.kwargs["params"]["proxy.num_candidates"] == 3 and "search.params_max" in rec.kwargs["params"]
     assert rec.metrics == [metrics]
     assert set(rec.artifacts) == {"scores.jsonl", "top_k.json"}
+
+
+def test_search_proxy_fitness_gives_the_proxy_stage_scores(digits_dir, tmp_path):
+    """One scorer: the same arch scores the same in scores.jsonl and in search's proxy fitness."""
+    from vitnas.data import PreparedData
+    from vitnas.search.fitness import ProxyFitness
+    from vitnas.stages.search import proxy_batch
+
+    p = params(proxies=["dss", "snip", "naswot"], num_candidates=4, seed=3)
+    stage.run(p, digits_dir, tmp_path / "s", progress=False)
+    space = p.search_space(num_classes=10, in_chans=1)
+    x, y = proxy_batch(PreparedData(digits_dir), p.proxy.batch_size, p.proxy.seed)
+    for name in ("dss", "snip", "naswot"):
+        fit = ProxyFitness(name, space, seed=p.proxy.seed, inputs=x, targets=y)
+        records = lines(tmp_path / "s" / "scores.jsonl")
+        got = fit([Arch.from_dict(r["arch"]) for r in records])
+        assert got == [r["scores"][name] for r in records], name

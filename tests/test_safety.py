@@ -67,7 +67,9 @@ def test_proxy_outputs_always_describe_one_run(digits_dir, tmp_path, monkeypatch
     out = tmp_path / "p"
     proxy_stage.run(_params(3), digits_dir, out, progress=False)
     assert (out / "top_k.json").exists() and (out / "metrics.json").exists()
-    real, calls = proxy_stage.proxies.score_candidate, []
+    from vitnas.proxies import scorer
+
+    real, calls = scorer.score_candidate, []
 
     def dies_on_the_second(*a, **k):
         calls.append(1)
@@ -75,12 +77,12 @@ def test_proxy_outputs_always_describe_one_run(digits_dir, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(proxy_stage.proxies, "score_candidate", dies_on_the_second)
+    monkeypatch.setattr(scorer, "score_candidate", dies_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         proxy_stage.run(_params(6), digits_dir, out, progress=False)
     assert not (out / "top_k.json").exists() and not (out / "metrics.json").exists()
     assert len((out / "scores.jsonl").read_text().splitlines()) == 4  # 3 before + 1 new
-    monkeypatch.setattr(proxy_stage.proxies, "score_candidate", real)
+    monkeypatch.setattr(scorer, "score_candidate", real)
     m = proxy_stage.run(_params(6), digits_dir, out, progress=False)
     assert m["num_candidates"] == 6 and m["candidates_scored"] == 2
     assert json.loads((out / "metrics.json").read_text()) == m

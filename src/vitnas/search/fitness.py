@@ -111,23 +111,31 @@ class ProxyFitness:
         self.name = name
         self.seed = seed
         self.device = torch.device(device)
-        if scorer is None:
-            check_proxy(name)
-            scorer = importlib.import_module("vitnas.proxies").score
-        self.scorer = scorer
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.supernet = Supernet(space)
-        self.supernet.to(self.device)
-        self.inputs = inputs.to(self.device) if inputs is not None else None
-        self.targets = targets.to(self.device) if targets is not None else None
         self.calls = 0
+        if scorer is not None:  # a stand-in scorer (tests): the same seeding, any function
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.supernet = Supernet(space).to(self.device)
+            self.scorer, self._shared = scorer, None
+            self.inputs = inputs.to(self.device) if inputs is not None else None
+            self.targets = targets.to(self.device) if targets is not None else None
+            return
+        check_proxy(name)
+        from vitnas.proxies.scorer import Scorer, seeded_supernet
+
+        # the proxy stage's scorer: equal scores for equal (seed, arch, data)
+        self._shared = Scorer([name], seeded_supernet(space, seed), seed=seed, inputs=inputs, targets=targets,
+                              device=self.device)
+        self.supernet = self._shared.model
 
     def score(self, arch: Arch) -> float:
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_arch_seed(self.seed, arch))
-            value = self.scorer(self.name, self.supernet, arch, inputs=self.inputs, targets=self.targets)
+        if self._shared is not None:
+            value = self._shared(arch).scores[self.name]
+        else:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(_arch_seed(self.seed, arch))
+                value = self.scorer(self.name, self.supernet, arch, inputs=self.inputs, targets=self.targets)
         value = float(value)
         return value if math.isfinite(value) else float("-inf")
 

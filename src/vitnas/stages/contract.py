@@ -84,7 +84,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("search", "vitnas search --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--out artifacts/search --checkpoints artifacts/checkpoints/search --resume",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",)},
-          params=("search", "space", "data.img_size", "data.augment", "proxy.batch_size", "supernet"),
+          params=("search", "space", "data.img_size", "data.augment", "proxy.batch_size", "proxy.seed", "supernet"),
           outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json"),
           code=("src/vitnas/search", "src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/train",
                 "src/vitnas/stages/search.py"),

@@ -45,6 +45,7 @@ from vitnas import proxies, tracking
 from vitnas.config import ConfigError, Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
+from vitnas.proxies.scorer import Scorer, fixed_batch, seeded_supernet
 from vitnas.space import Arch, ArchError, SearchSpace, count_flops, count_params
 from vitnas.stages._checkpoint import fingerprint as make_fingerprint
 from vitnas.stages._io import claim_output, flat_metrics, mark, write_json
@@ -196,10 +197,7 @@ def _data_batch(data: PreparedData, batch_size: int, seed: int) -> tuple[torch.T
     ds = data.dataset("train")
     if batch_size > len(ds):
         raise ConfigError(f"proxy.batch_size: {batch_size} is larger than the train split ({len(ds)} images)")
-    g = torch.Generator().manual_seed(random.Random(repr(("proxy-batch", seed))).getrandbits(63))
-    idx = torch.randperm(len(ds), generator=g)[:batch_size].tolist()
-    xs, ys = zip(*(ds[i] for i in idx), strict=True)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+    return fixed_batch(ds, batch_size, seed)
 
 
 def _device(device: str) -> torch.device:
@@ -213,10 +211,7 @@ def _device(device: str) -> torch.device:
 def _scoring_model(space: SearchSpace, seed: int, supernet_path: str | Path | None,
                    device: torch.device) -> Supernet:
     if supernet_path is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(random.Random(repr(("proxy-init", seed))).getrandbits(63))
-            net = Supernet(space)
-        return net.to(device).eval()
+        return seeded_supernet(space, seed).to(device)
     try:
         net = Supernet.load(supernet_path, map_location=device)
     except SupernetFileError as e:
@@ -298,12 +293,13 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         scored_seconds = 0.0
         if todo:
-            model = _scoring_model(space, cfg.seed, supernet_path, dev)
+            scorer = Scorer(names, _scoring_model(space, cfg.seed, supernet_path, dev), seed=cfg.seed, inputs=inputs,
+                            targets=targets, device=dev)
             with open(log_path, "a") as f:
                 for key, arch in tqdm(todo, desc="proxy", unit="cand", total=len(candidates), initial=len(done),
                                       disable=not progress, dynamic_ncols=True):
                     t = time.perf_counter()
-                    res = proxies.score_candidate(names, model, arch, inputs=inputs, targets=targets)
+                    res = scorer(arch)
                     scored_seconds += time.perf_counter() - t
                     rec: dict[str, Any] = {"arch": arch.to_dict(), "params": count_params(arch),
                                            "flops": count_flops(arch),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -74,11 +73,10 @@ def load_supernet(path: str | Path, space: SearchSpace, device: torch.device, hi
 
 
 def proxy_batch(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed, seeded batch of `n` eval-transformed train images for data-dependent proxies."""
-    ds = data.dataset("train")
-    idx = sorted(random.Random(repr(("proxy-batch", seed))).sample(range(len(ds)), min(n, len(ds))))
-    items = [ds[i] for i in idx]
-    return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items], dtype=torch.long)
+    """The proxy stage's fixed, seeded batch of `n` eval-transformed train images."""
+    from vitnas.proxies.scorer import fixed_batch
+
+    return fixed_batch(data.dataset("train"), n, seed)
 
 
 def _device(device: str) -> torch.device:
@@ -194,8 +192,9 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.is_glit else None
         fitness = SupernetFitness(net, x, y, batch_size=cfg.eval_batch_size, device=dev, calib_images=calib)
     if cfg.fitness in ("proxy", "hybrid"):
-        inputs, targets = proxy_batch(data, params.proxy.batch_size, cfg.seed)
-        proxy = ProxyFitness(cfg.proxy, space, seed=cfg.seed, inputs=inputs, targets=targets, device=dev)
+        # the proxy stage's scorer and seed: a candidate scores here as in proxy/scores.jsonl
+        inputs, targets = proxy_batch(data, params.proxy.batch_size, params.proxy.seed)
+        proxy = ProxyFitness(cfg.proxy, space, seed=params.proxy.seed, inputs=inputs, targets=targets, device=dev)
     if cfg.fitness == "proxy":
         fitness, proxy = proxy, None
     search = Search(space, EvolutionConfig.from_config(cfg), fitness, constraints=constraints, proxy=proxy)
