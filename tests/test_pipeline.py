@@ -347,8 +347,8 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
         assert r.data.tags[tracking.PIPELINE_TAG] == "kfp-local-test"
         assert r.data.tags[tracking.PARENT_TAG] == parent.info.run_id
         assert r.info.status == "FINISHED"
-    assert stages["data"].data.metrics["val_count"] == 144
-    assert 0 <= stages["supernet"].data.metrics["val_acc_largest"] <= 1
+    assert stages["data"].data.metrics["data/val_count"] == 144
+    assert 0 <= stages["supernet"].data.metrics["supernet/val_acc_largest"] <= 1
     assert (Path(outputs["supernet"]) / "supernet.pt").exists()
     assert len((Path(outputs["proxy"]) / "scores.jsonl").read_text().splitlines()) == 3
     best = json.loads((Path(outputs["search"]) / "best_arch.json").read_text())

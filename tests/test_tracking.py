@@ -31,7 +31,7 @@ def test_stage_runs_of_one_pipeline_share_a_parent(monkeypatch, tmp_path):
     by_stage = {r.data.tags[tracking.STAGE_TAG]: r for r in stages}
     assert by_stage["data"].data.params["data.lr"] == "0.1"
     assert by_stage["supernet"].data.params["x.list"] == "[1, 2]"
-    assert by_stage["data"].data.metrics["acc"] == 0.5
+    assert by_stage["data"].data.metrics["data/acc"] == 0.5  # metric names carry the stage
     files = mlflow.MlflowClient().list_artifacts(by_stage["data"].info.run_id)
     assert [f.path for f in files] == ["summary.json"]
 

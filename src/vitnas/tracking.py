@@ -70,8 +70,9 @@ def _mlflow():
 class StageRun:
     """Logging handle of one stage run; every method is a no-op when tracking is off."""
 
-    def __init__(self, run_id: str | None = None) -> None:
+    def __init__(self, run_id: str | None = None, prefix: str = "") -> None:
         self.run_id = run_id
+        self.prefix = prefix  # "<stage>/": metric names of one stage group together in MLflow
 
     @property
     def active(self) -> bool:
@@ -87,7 +88,7 @@ class StageRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.active and metrics:
-            _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            _mlflow().log_metrics({self.prefix + k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
@@ -106,7 +107,7 @@ class StageRun:
             _mlflow().set_tags(dict(tags))
 
     def log_model(self, model, *, input_example, name: str = "model",
-                  registered_model: str | None = None) -> str | None:
+                  registered_model: str | None = None, params: Mapping[str, Any] | None = None) -> str | None:
         """Log a torch model as a pt2 export (servable without vitnas installed, no pickle) and
         register it under `registered_model`; returns the new version, or None when not registered.
 
@@ -122,7 +123,8 @@ class StageRun:
 
         _mlflow()  # sets the tracking URI
         cpu = copy.deepcopy(model).cpu().eval()  # export traces on the example's device (CPU)
-        info = mlflow.pytorch.log_model(cpu, name=name, input_example=input_example,
+        logged = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in (params or {}).items()}
+        info = mlflow.pytorch.log_model(cpu, name=name, input_example=input_example, params=logged or None,
                                         registered_model_name=registered_model, serialization_format="pt2",
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         return str(info.registered_model_version) if registered_model else None
@@ -174,40 +176,133 @@ def _find_or_create_parent(mlflow, exp_id: str, pipeline_run_id: str, params: Ma
         return found[0].info.run_id
     client = mlflow.MlflowClient()
     run = client.create_run(exp_id, run_name=f"pipeline-{pipeline_run_id}",
-                            tags={PIPELINE_TAG: pipeline_run_id, ROLE_TAG: "pipeline", **_version_tags()})
+                            tags={PIPELINE_TAG: pipeline_run_id, ROLE_TAG: "pipeline", **_version_tags(),
+                                  **_lineage_tags()})
     if params:
         from mlflow.entities import Param
 
         items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-call limit
             client.log_batch(run.info.run_id, params=items[i:i + 100])
-    client.set_terminated(run.info.run_id)
+    client.set_terminated(run.info.run_id)  # each stage that ends moves its end time
     return run.info.run_id
+
+
+def digest(path: str | Path) -> str:
+    """sha256 (16 hex digits) of a file, or of a directory's files (names and contents, vitnas's
+    output marker left out): what a stage run records of each input it consumed."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                 and p.name != ".vitnas-output.json")
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def pipeline_id(pipeline_params: Mapping[str, Any] | None = None) -> str | None:
+    """The id grouping the stage runs of one pipeline run: `VITNAS_PIPELINE_RUN_ID` (Kubeflow,
+    `pipeline run-local`, the demo), else the DVC experiment name under `dvc exp run`, else under
+    `dvc repro` the git commit and a digest of the whole params (stages re-run with the same code
+    and params join the same parent). None outside these."""
+    explicit = os.environ.get("VITNAS_PIPELINE_RUN_ID")
+    if explicit:
+        return explicit
+    if os.environ.get("DVC_EXP_NAME"):
+        return f"dvc-exp-{os.environ['DVC_EXP_NAME']}"
+    if os.environ.get("DVC_STAGE"):
+        params = hashlib.sha256(json.dumps(dict(pipeline_params or {}), sort_keys=True, default=str).encode())
+        return f"dvc-{(_git_commit() or 'nogit')[:12]}-{params.hexdigest()[:12]}"
+    return None
+
+
+def _lineage_tags() -> dict[str, str]:
+    tags = {}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "vitnas.dvc_experiment"), ("DVC_EXP_BASELINE_REV", "vitnas.dvc_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def _log_dataset(client, run_id: str, data_dir: Path, value: str) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    name = "data"
+    meta = data_dir / "dataset.json"
+    if meta.is_file():
+        try:
+            name = str(json.loads(meta.read_text()).get("name", name))
+        except ValueError:
+            pass
+    ds = MetaDataset(source=resolve_dataset_source(str(data_dir.resolve())), name=name, digest=value)
+    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
+                                                     tags=[InputTag("mlflow.data.context", "training")])])
 
 
 @contextmanager
 def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment: str = "vitnas",
-              enabled: bool = True, tags: Mapping[str, str] | None = None) -> Iterator[StageRun]:
-    """An MLflow run for one stage (a child of the pipeline run when there is one)."""
+              enabled: bool = True, tags: Mapping[str, str] | None = None,
+              pipeline_params: Mapping[str, Any] | None = None,
+              inputs: Mapping[str, str | Path | None] | None = None,
+              system_metrics: bool = False) -> Iterator[StageRun]:
+    """An MLflow run for one stage, a child of its pipeline run's parent (see `pipeline_id`).
+
+    `params`: the stage's declared keys; `pipeline_params`: every key (logged on the parent when
+    this stage creates it); `inputs`: the upstream artifacts consumed, recorded as digests
+    (`vitnas.input.<name>` tags; the data as an MLflow dataset input). Metric names are prefixed
+    with `<stage>/`, so the experiment's charts group by stage. The parent's end time follows the
+    last stage that ends.
+    """
     if not enabled:
         yield StageRun(None)
         return
     mlflow = _mlflow()
     exp_id = _experiment_id(mlflow, experiment)
-    all_tags = {STAGE_TAG: stage, ROLE_TAG: "stage", **_version_tags(), **dict(tags or {})}
-    pipeline_id = os.environ.get("VITNAS_PIPELINE_RUN_ID")
+    client = mlflow.MlflowClient()
+    all_tags = {STAGE_TAG: stage, ROLE_TAG: "stage", **_version_tags(), **_lineage_tags(), **dict(tags or {})}
+    run_group = pipeline_id(pipeline_params)
     parent = os.environ.get("VITNAS_PARENT_RUN_ID") or (
-        pipeline_parent(pipeline_id, experiment) if pipeline_id else None)
-    if pipeline_id:
-        all_tags[PIPELINE_TAG] = pipeline_id
+        pipeline_parent(run_group, experiment, params=pipeline_params) if run_group else None)
+    if run_group:
+        all_tags[PIPELINE_TAG] = run_group
     if parent:
         all_tags[PARENT_TAG] = parent
+    digests = {name: digest(p) for name, p in (inputs or {}).items() if p is not None and Path(p).exists()}
+    all_tags |= {f"vitnas.input.{name}": d for name, d in digests.items()}
     all_tags |= {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    end_stale_runs(mlflow, exp_id, stage, pipeline_id)
-    with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags) as run:
-        handle = StageRun(run.info.run_id)
-        handle.log_params(params or {})
-        yield handle
+    end_stale_runs(mlflow, exp_id, stage, run_group)
+    status = "FAILED"
+    try:
+        with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags,
+                              log_system_metrics=system_metrics or None) as run:
+            handle = StageRun(run.info.run_id, prefix=f"{stage}/")
+            handle.log_params(params or {})
+            if "data" in digests:
+                for run_id in filter(None, (run.info.run_id, parent)):
+                    _log_dataset(client, run_id, Path(inputs["data"]), digests["data"])
+            yield handle
+            status = "FINISHED"
+    finally:
+        if parent:  # the pipeline run lasts until its last stage ends
+            client.set_terminated(parent, status=status)
 
 
 def _alive(pid: int) -> bool:
@@ -261,7 +356,8 @@ def promote_if_better(name: str, version: str, value: float, *, metric: str = "v
         current = client.get_model_version(name, str(held_version))
         held = current.tags.get(metric)
         if held is None:  # a holder set by hand: fall back to its run's metric
-            held = client.get_run(current.run_id).data.metrics.get(metric) if current.run_id else None
+            logged = client.get_run(current.run_id).data.metrics if current.run_id else {}
+            held = logged.get(metric, next((v for k, v in logged.items() if k.endswith("/" + metric)), None))
         if held is not None and value <= float(held):
             return False
     client.set_registered_model_alias(name, alias, version)

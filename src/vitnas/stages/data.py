@@ -62,7 +62,7 @@ def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, fl
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
                            test_fraction=cfg.test_fraction if raw.test is None else None, seed=cfg.seed)
     enabled = params.tracking.enabled if track is None else track
-    with tracking.stage_run("data", params=logged_params(params, "data"),
+    with tracking.stage_run("data", params=logged_params(params, "data"), pipeline_params=params.flat(),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         with atomic_dir(out, "data") as tmp:
             meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size,

@@ -290,6 +290,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     t0 = time.time()
     with tracking.stage_run("proxy", params=section | {"proxy.weights": "random" if supernet_path is None
                                                          else "trained"},
+                            pipeline_params=params.flat(), inputs={"data": data_dir, "supernet": supernet_path},
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         scored_seconds = 0.0
         if todo:

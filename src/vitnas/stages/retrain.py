@@ -200,8 +200,10 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     if teacher is not None:
         tags["vitnas.retrain.teacher"] = t_source
     t0 = time.time()
-    with tracking.stage_run("retrain", params=logged_params(params, "retrain"), experiment=params.tracking.experiment,
-                            enabled=enabled, tags=tags) as run_:
+    inputs = {"data": data_dir, "supernet": supernet_path, "arch": arch_path, "teacher": cfg.teacher}
+    with tracking.stage_run("retrain", params=logged_params(params, "retrain") | arch_params(arch),
+                            pipeline_params=params.flat(), inputs=inputs, system_metrics=True,
+                            experiment=params.tracking.experiment, enabled=enabled, tags=tags) as run_:
         for h in history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics(_curve(h), step=h["epoch"])
         for epoch in range(start, cfg.epochs):
@@ -258,7 +260,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             champion = False
             x_example = data.eval_tensors("val")[0][:2] if data.meta["splits"]["val"] >= 2 else \
                 torch.zeros(2, arch.in_chans, arch.img_size, arch.img_size)
-            version = run_.log_model(final, input_example=x_example.numpy(), registered_model=cfg.registered_model)
+            version = run_.log_model(final, input_example=x_example.numpy(), registered_model=cfg.registered_model,
+                                     params=arch_params(arch))
             if version is not None:
                 champion = tracking.promote_if_better(cfg.registered_model, version, val_acc, alias=CHAMPION)
                 run_.set_tags({"vitnas.registered_version": version, "vitnas.champion": str(champion).lower()})
@@ -271,6 +274,13 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                      if version is not None else ""), flush=True)
         dist.barrier()
     return metrics
+
+
+def arch_params(arch: Arch) -> dict[str, object]:
+    """The architecture's genes and exact costs as MLflow params (`arch.*`) of the run and its model."""
+    genes = {k: v for k, v in arch.to_dict().items() if v is not None}
+    return {f"arch.{k}": v for k, v in genes.items()} | {"arch.params": count_params(arch),
+                                                          "arch.flops": count_flops(arch)}
 
 
 def _curve(record: dict) -> dict[str, float]:

@@ -217,7 +217,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
              "proxy": f"proxy {cfg.proxy}"}[cfg.fitness]
     enabled = params.tracking.enabled if track is None else track
     t0 = time.time()
-    with tracking.stage_run("search", params=logged_params(params, "search"),
+    with tracking.stage_run("search", params=logged_params(params, "search"), pipeline_params=params.flat(),
+                            inputs={"data": data.path, "supernet": supernet_path},
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         for s in search.stats:  # a resumed run's MLflow run still shows every generation
             run_.log_metrics(_gen_metrics(s), step=int(s["generation"]))
@@ -351,6 +352,8 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
     enabled = params.tracking.enabled if track is None else track
     run_params = logged_params(params, "search")
     with tracking.stage_run("search", params=run_params, experiment=params.tracking.experiment,
+                            pipeline_params=params.flat(), inputs={"data": data.path, "supernet": supernet_path},
+                            system_metrics=True,
                             enabled=enabled, tags={"vitnas.search.strategy": "hierarchical"}) as run_:
         # ---- level 1: the split ----
         for st in search1.stats:

@@ -166,7 +166,9 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()
-    with tracking.stage_run("slim", params=logged_params(params, "slim"), experiment=params.tracking.experiment,
+    with tracking.stage_run("slim", params=logged_params(params, "slim"), pipeline_params=params.flat(),
+                            inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path},
+                            system_metrics=True, experiment=params.tracking.experiment,
                             enabled=enabled, tags={"vitnas.slim.source": source}) as run_:
         for epoch in range(cfg.epochs):
             reseed(cfg.seed, epoch, dist.rank)

@@ -158,7 +158,8 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()
-    with tracking.stage_run("supernet", params=logged_params(params, "supernet"),
+    with tracking.stage_run("supernet", params=logged_params(params, "supernet"), pipeline_params=params.flat(),
+                            inputs={"data": data_dir}, system_metrics=True,
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         for h in history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])

@@ -236,7 +236,8 @@ def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str |
         print("transfer: no targets in params.yaml transfer.targets; nothing to evaluate", flush=True)
     enabled = params.tracking.enabled if track is None else track
     metrics: dict[str, float] = {"targets": len(targets)}
-    with tracking.stage_run("transfer", params=logged_params(params, "transfer"),
+    with tracking.stage_run("transfer", params=logged_params(params, "transfer"), pipeline_params=params.flat(),
+                            inputs={"data": data_dir, "model": model_dir}, system_metrics=True,
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         with atomic_dir(out, "transfer") as tmp:
             figure = tmp / "detections.png"
