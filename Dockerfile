@@ -27,8 +27,6 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     && uv sync --frozen --no-dev --no-install-project
 COPY README.md ./
 COPY src ./src
-COPY components ./components
-COPY pipelines ./pipelines
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable
 

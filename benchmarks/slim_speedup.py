@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         from vitnas.config import load_params
         from vitnas.slim import load_model
         from vitnas.stages import slim as stage
-        from vitnas.stages.slim import load_input_model
+        from vitnas.stages._inputs import load_input_model
 
         if args.arch is None:
             ap.error("--data needs --arch (and --supernet unless --arch is a model directory)")

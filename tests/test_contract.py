@@ -200,8 +200,8 @@ def test_compiled_pipeline_gives_each_step_only_its_keys(tmp_path, monkeypatch):
     step hands the upstream steps byte-identical params, so KFP's cache keys of data, supernet,
     proxy, search and slim do not change; retrain's (and so transfer's, whose input model changes)
     do."""
-    from components.runtime import init_pipeline
-    from pipelines.vitnas_pipeline import ClusterOptions, compile_pipeline, pipeline_arguments
+    from vitnas.pipeline.dag import ClusterOptions, compile_pipeline, pipeline_arguments
+    from vitnas.pipeline.runtime import init_pipeline
 
     monkeypatch.delenv("VITNAS_PIPELINE_RUN_ID", raising=False)
     a = parse_params(TINY)

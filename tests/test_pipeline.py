@@ -39,8 +39,8 @@ def _load(path: Path) -> tuple[dict, dict]:
 
 
 def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
-    from components.runtime import merge_params, split_params, typed_params
-    from pipelines.vitnas_pipeline import compile_pipeline
+    from vitnas.pipeline.dag import compile_pipeline
+    from vitnas.pipeline.runtime import merge_params, split_params, typed_params
 
     params = parse_params({"supernet": {"epochs": 7}, "slim": {"target_flops_ratio": 0.5}, "data": {"seed": 3}})
     spec, _ = _load(compile_pipeline(params, tmp_path / "p.yaml"))
@@ -69,7 +69,7 @@ def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
 
 
 def test_merge_params_reports_conflicts_and_bad_values_in_one_line():
-    from components.runtime import merge_params, split_params
+    from vitnas.pipeline.runtime import merge_params, split_params
 
     typed, rest = split_params(parse_params({}))
     assert merge_params(rest, {**typed, "supernet_epochs": 3.0}).supernet.epochs == 3  # KFP int as JSON number
@@ -86,8 +86,8 @@ def test_merge_params_reports_conflicts_and_bad_values_in_one_line():
 
 
 def test_init_component_takes_every_typed_parameter():
-    from components import init_op
-    from components.runtime import typed_params
+    from vitnas.pipeline.components import init_op
+    from vitnas.pipeline.runtime import typed_params
 
     inputs = init_op().component_spec.inputs
     assert set(inputs) == {p.name for p in typed_params()} | {"params_json"}
@@ -95,7 +95,7 @@ def test_init_component_takes_every_typed_parameter():
 
 
 def _cluster(tmp_path, **kw):
-    from pipelines.vitnas_pipeline import ClusterOptions, Toleration, compile_pipeline
+    from vitnas.pipeline.dag import ClusterOptions, Toleration, compile_pipeline
 
     opts = ClusterOptions(image="registry.example/vitnas:abc1234", gpus=4, node_selector={"pool": "a100"},
                           tolerations=(Toleration.parse("nvidia.com/gpu:NoSchedule"),
@@ -163,7 +163,7 @@ def test_compiled_pipeline_holds_no_secret_values(tmp_path, monkeypatch):
 
 
 def test_cpu_only_compile_requests_no_gpus(tmp_path):
-    from pipelines.vitnas_pipeline import ClusterOptions, compile_pipeline
+    from vitnas.pipeline.dag import ClusterOptions, compile_pipeline
 
     spec, platform = _load(compile_pipeline(parse_params({}), tmp_path / "cpu.yaml",
                                             ClusterOptions(gpus=0, shm_size=None, cpu=None, memory=None)))
@@ -176,7 +176,7 @@ def test_cpu_only_compile_requests_no_gpus(tmp_path):
 
 
 def test_image_tag_defaults_to_the_git_commit(repo, tmp_path):
-    from pipelines.vitnas_pipeline import image_reference
+    from vitnas.pipeline.dag import image_reference
 
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -209,8 +209,8 @@ def test_compile_command_options(tmp_path, repo):
 
 
 def test_bad_cluster_options_are_one_line_errors():
-    from pipelines.vitnas_pipeline import Toleration
     from vitnas.cli import _cluster_options
+    from vitnas.pipeline.dag import Toleration
 
     def options(**kw):
         args = dict(image="reg.example/vitnas", image_tag="t", gpus=1, accelerator="nvidia.com/gpu",
@@ -302,7 +302,7 @@ def test_submit_to_an_unreachable_host_fails_in_one_line(tmp_path, repo):
 
 def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
     """nproc_per_node > 1: the stage runs in torchrun worker processes; rank 0's metrics come back."""
-    from components.runtime import run_stage
+    from vitnas.pipeline.runtime import run_stage
 
     params = parse_params({"supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64},
                            "space": {"embed_dim": [16], "depth": [1], "num_heads": [1], "mlp_ratio": [2.0]},
@@ -316,7 +316,7 @@ def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
 
 def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     """All seven stages with a tiny config, as the cluster runs them (one subprocess each)."""
-    from pipelines.vitnas_pipeline import run_local
+    from vitnas.pipeline.dag import run_local
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "kfp-local-test")
@@ -358,6 +358,12 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     assert retrained == slimmed and (Path(outputs["retrain"]) / "model.safetensors").exists()
     transfer = json.loads((Path(outputs["transfer"]) / "metrics.json").read_text())
     assert 0 <= transfer["digits-cifar.top1"] <= 1
+    # the KFP UI's views: an HTML report per stage with its figures, the test confusion matrix
+    reports = {p.parent.name: p.read_text() for p in (tmp_path / "kfp").rglob("report")}
+    assert {"supernet-op", "search-op", "slim-op", "retrain-op", "transfer-op"} <= set(reports)
+    assert "data:image/png;base64," in reports["search-op"] and "best_fitness" in reports["search-op"]
+    confusion = json.loads((Path(outputs["retrain"]) / "confusion.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 360 and len(confusion["classes"]) == 10
 
 
 def _copy_project(repo: Path, dest: Path) -> None:

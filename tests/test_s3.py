@@ -153,8 +153,8 @@ def test_mlflow_model_round_trip_through_server_with_s3_artifacts(s3, mlflow_ser
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"ok": True}))
 
-    from components.runtime import init_pipeline, split_params
     from vitnas.config import parse_params
+    from vitnas.pipeline.runtime import init_pipeline, split_params
 
     params = parse_params({"tracking": {"experiment": "s3-test"}})
     typed, rest = split_params(params)

@@ -261,16 +261,21 @@ ShmOpt = typer.Option("8Gi", "--shm-size", help="Memory-backed /dev/shm of GPU s
 CpuOpt = typer.Option("4", "--cpu", help="CPU request of each stage ('0': none).", rich_help_panel="Cluster")
 MemoryOpt = typer.Option("16Gi", "--memory", help="Memory request of each stage ('0': none).",
                          rich_help_panel="Cluster")
+CheckpointPvcOpt = typer.Option(None, "--checkpoint-pvc", help="PersistentVolumeClaim mounted by the supernet, "
+                                "search and retrain pods for their checkpoints, so a retried or preempted pod "
+                                "resumes (default: pod-local, lost with the pod).", rich_help_panel="Cluster")
+RetriesOpt = typer.Option(2, "--retries", min=0, help="Retries of a failed or preempted stage pod.",
+                          rich_help_panel="Cluster")
 CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
                                 help="Let KFP reuse a supernet trained with the same params and image.",
                                 rich_help_panel="Cluster")
 
 
 def _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                     shm_size, cpu, memory, cache_supernet):
+                     shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2):
     """ClusterOptions from the shared compile/submit options; prints what the user should know."""
-    from pipelines.vitnas_pipeline import ClusterOptions, Toleration, image_reference
     from vitnas.errors import ConfigError
+    from vitnas.pipeline.dag import ClusterOptions, Toleration, image_reference
 
     ref, notes = image_reference(image, image_tag, Path.cwd())
     if ref.endswith(":latest"):
@@ -291,7 +296,8 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
         image=ref, gpus=gpus, accelerator=accelerator, node_selector=selector,
         tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
         shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
-        memory=None if memory in none else memory, cache_supernet=cache_supernet,
+        memory=None if memory in none else memory, cache_supernet=cache_supernet, checkpoint_pvc=checkpoint_pvc,
+        retries=retries,
         code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
 
 
@@ -301,13 +307,14 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
                      gpus: int = GpusOpt, accelerator: str = AcceleratorOpt,
                      node_selector: list[str] | None = NodeSelectorOpt, toleration: list[str] | None = TolerationOpt,
                      secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
-                     cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt) -> None:
+                     cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
+                     checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt) -> None:
     """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
-    from pipelines.vitnas_pipeline import compile_pipeline
     from vitnas.config import load_params
+    from vitnas.pipeline.dag import compile_pipeline
 
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries)
     compile_pipeline(load_params(params), out, opts)
     typer.echo(f"wrote {out} (image {opts.image})")
 
@@ -317,8 +324,8 @@ def pipeline_run_local(params: Path = ParamsOpt,
                        pipeline_root: Path = typer.Option(Path("local_outputs"),
                                                           help="Where kfp.local writes task outputs.")) -> None:
     """Run the whole pipeline on this machine through kfp.local (SubprocessRunner)."""
-    from pipelines.vitnas_pipeline import run_local
     from vitnas.config import load_params
+    from vitnas.pipeline.dag import run_local
 
     outputs = run_local(load_params(params), pipeline_root)
     for name, path in outputs.items():
@@ -339,17 +346,18 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
                     gpus: int = GpusOpt, accelerator: str = AcceleratorOpt,
                     node_selector: list[str] | None = NodeSelectorOpt, toleration: list[str] | None = TolerationOpt,
                     secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
-                    cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt) -> None:
+                    cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
+                    checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt) -> None:
     """Compile the pipeline and start a run of it on a Kubeflow Pipelines cluster."""
     import tempfile
     import time
 
-    from pipelines.vitnas_pipeline import compile_pipeline, pipeline_arguments, submit
     from vitnas.config import load_params
+    from vitnas.pipeline.dag import compile_pipeline, pipeline_arguments, submit
 
     p = load_params(params)
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries)
     run_name = run_name or time.strftime("vitnas-%Y%m%d-%H%M%S", time.gmtime())
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(p, Path(tmp) / "vitnas_pipeline.yaml", opts)

@@ -17,19 +17,14 @@ plan — dropped entries 0, kept entries at their soft values):
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from vitnas.errors import ArtifactError
 from vitnas.slim.budget import SlimPlan
 from vitnas.slim.masks import MaskedViT
-from vitnas.space.arch import Arch, ArchError
 from vitnas.space.build import build
-
-ARCH_FILE = "arch.json"
-WEIGHTS_FILE = "model.safetensors"
+from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE, load_model, load_weights, save_model  # noqa: F401 (re-exported)
 
 
 @torch.no_grad()
@@ -82,66 +77,3 @@ def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
     model = build(arch).to(device=ref.device, dtype=ref.dtype)
     model.load_state_dict({k: v.contiguous() for k, v in out.items()}, strict=True)
     return model.train(masked.training)
-
-
-def save_model(model: torch.nn.Module, arch: Arch, directory: str | Path) -> None:
-    """Write `arch.json` + `model.safetensors` (the `vitnas.build(arch)` state dict) into `directory`."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / ARCH_FILE).write_text(arch.to_json() + "\n")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "vitnas-model/1"})
-
-
-def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.device = "cpu",
-                 all_tokens: bool = False) -> VisionTransformer:
-    """`vitnas.build(arch)` with weights from a `.safetensors` or torch (`.pth`/`.pt`) state dict
-    (a `{"model": ...}` / `{"state_dict": ...}` wrapper is unwrapped).
-
-    `all_tokens=True` loads a token-pruned model with every token kept (the weights do not depend
-    on the token count): what fine-tuning at another input size or dense prediction needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device=str(map_location))
-        else:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-            for key in ("model", "state_dict"):
-                if isinstance(state, dict) and isinstance(state.get(key), dict):
-                    state = state[key]
-    except Exception as e:  # many types for corrupt or foreign files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ArtifactError(f"{path}: unreadable weights ({type(e).__name__}: {first})") from None
-    if all_tokens and arch.keep_tokens is not None:
-        arch = arch.replace(keep_tokens=None)
-        state = {k: v for k, v in state.items() if not k.endswith(".token_rows")}
-    model = build(arch)
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        raise ArtifactError(f"{path}: weights do not fit the architecture ({(lines or [''])[-1][:200]})") \
-            from None
-    return model.to(map_location)
-
-
-def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu",
-               all_tokens: bool = False) -> tuple[VisionTransformer, Arch]:
-    """The model saved by `save_model` (or any directory with `arch.json` + `model.safetensors`);
-    `all_tokens`: see `load_weights` (the returned arch then has no `keep_tokens`)."""
-    directory = Path(directory)
-    if not (directory / ARCH_FILE).is_file():
-        raise ArtifactError(f"{directory / ARCH_FILE}: not found (expected a model directory with "
-                            f"{ARCH_FILE} and {WEIGHTS_FILE})")
-    try:
-        arch = Arch.load(directory / ARCH_FILE)
-    except ArchError as e:
-        raise ArtifactError(str(e)) from None
-    model = load_weights(arch, directory / WEIGHTS_FILE, map_location=map_location, all_tokens=all_tokens)
-    return model, (arch.replace(keep_tokens=None) if all_tokens and arch.keep_tokens else arch)

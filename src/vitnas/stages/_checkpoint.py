@@ -34,6 +34,20 @@ def claim(directory: Path, *, force: bool = False, inputs=()) -> Path:
     return check_output(directory, KIND, force=force, inputs=inputs)
 
 
+def resume(directory: Path, fp: str, *, where: str = "", verbose: bool = True) -> dict[str, Any] | None:
+    """The checkpoint in `directory` when it was made by this same run (`fp`), else None; says
+    which, in one line (the one resume rule of every checkpointing stage, as timm's CheckpointSaver)."""
+    state = load(directory)
+    path = directory / CHECKPOINT
+    if state is not None and state.get("fingerprint") == fp:
+        if verbose:
+            print(f"resuming from {path}{where.format(**state) if where else ''}", flush=True)
+        return state
+    if state is not None and verbose:
+        print(f"warning: {path} was made with other params, inputs or data; starting over", flush=True)
+    return None
+
+
 def save(directory: Path, state: Mapping[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / MARKER).exists():

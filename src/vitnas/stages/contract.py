@@ -105,7 +105,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"data": (*_DATA_SPLITS, "test.npz"), "supernet": ("supernet.pt",),
                   "slim": ("arch.json", "model.safetensors")},
           params=("retrain", "data.augment"),
-          outputs=("arch.json", "model.safetensors", "history.json", "curves.png"),
+          outputs=("arch.json", "model.safetensors", "history.json", "confusion.json", "curves.png"),
           code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/retrain.py",
                 "src/vitnas/tracking.py"),
           plots=(Plot("retrain curves", "history.json", "epoch", ("val_acc",), "epoch", "val top-1"),
@@ -115,7 +115,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"data": ("transfer",), "retrain": ("arch.json", "model.safetensors")},
           params=("transfer",),
           outputs=("detections.png",),
-          code=("src/vitnas/transfer", "src/vitnas/slim/prune.py", "src/vitnas/train",
+          code=("src/vitnas/transfer", "src/vitnas/train",
                 "src/vitnas/stages/transfer.py"),
           plots=(Plot("detections", "detections.png"),)),
 )}

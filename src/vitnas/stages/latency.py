@@ -26,7 +26,7 @@ from vitnas.stages._io import check_output_file, flat_metrics
 def _space(params: Params, data_dir_or_space: str | Path | SearchSpace) -> SearchSpace:
     if isinstance(data_dir_or_space, SearchSpace):
         return data_dir_or_space
-    from vitnas.stages.supernet import check_data
+    from vitnas.stages._inputs import check_data
 
     data = PreparedData(data_dir_or_space)
     check_data(params, data)

@@ -51,6 +51,7 @@ from vitnas.stages._checkpoint import fingerprint as make_fingerprint
 from vitnas.stages._io import claim_output, flat_metrics, mark, write_json
 from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, SupernetFileError
+from vitnas.train.distributed import resolve_device
 
 log = logging.getLogger("vitnas.proxy")
 
@@ -200,14 +201,6 @@ def _data_batch(data: PreparedData, batch_size: int, seed: int) -> tuple[torch.T
     return fixed_batch(ds, batch_size, seed)
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda requested but no CUDA device is available")
-    return torch.device(device)
-
-
 def _scoring_model(space: SearchSpace, seed: int, supernet_path: str | Path | None,
                    device: torch.device) -> Supernet:
     if supernet_path is None:
@@ -249,7 +242,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     candidates = sample_candidates(space, cfg.num_candidates, cfg.seed, windows)
 
     set_level = [n for n in names if proxies.is_set_level(n)]
-    dev = _device(device)
+    dev = resolve_device(device)
     use_data = any(proxies.needs_data(n) for n in names)
     inputs = targets = None
     if use_data:

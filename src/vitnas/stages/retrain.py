@@ -25,18 +25,16 @@ from vitnas import tracking
 from vitnas.config import Params, RetrainConfig
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError, ConfigError
-from vitnas.slim import load_model, save_model
-from vitnas.slim.prune import ARCH_FILE
 from vitnas.space import Arch, ArchError, build, count_flops, count_params
+from vitnas.space.model_dir import ARCH_FILE, load_model, save_model
 from vitnas.stages import _checkpoint
+from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import STAGES, logged_params
-from vitnas.stages.slim import check_fits_data, load_input_model
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
     ClassifierTrainer,
     LossNotFinite,
-    batches,
     epoch_loader,
     evaluate,
     init_distributed,
@@ -47,7 +45,6 @@ from vitnas.train import (
 
 OUTPUTS = (*STAGES["retrain"].outputs, STAGES["retrain"].metrics)  # always written (the contract)
 CHAMPION = "champion"
-_EVAL_CACHE_BYTES = 512 * 2**20  # splits below this are kept as one tensor for fast re-evaluation
 
 
 def load_arch(arch_path: str | Path) -> tuple[Arch, Path]:
@@ -87,16 +84,6 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def eval_batches(data: PreparedData, split: str, batch_size: int, workers: int = 0):
-    """A function returning fresh eval batches of `split` (one cached tensor when it is small)."""
-    n = data.meta["splits"][split]
-    if n * data.in_chans * data.img_size**2 * 4 <= _EVAL_CACHE_BYTES:
-        x, y = data.eval_tensors(split)
-        return lambda: batches(x, y, batch_size)
-    ds = data.dataset(split)
-    return lambda: torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
 
 
 def plot_curves(history: list[dict], best_epoch: int, path: Path) -> None:
@@ -181,17 +168,11 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     start, history, best, spent = 0, [], {"epoch": 0, "val_acc": -1.0, "state": None}, 0.0
     val_acc_init = float("nan")
     resumed = False
-    if resume:
-        state = _checkpoint.load(ckpt_dir)
-        if state is not None and state.get("fingerprint") == fp:
-            trainer.load_state_dict(state["trainer"])
-            start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
-            spent, val_acc_init, resumed = float(state["seconds"]), float(state["val_acc_init"]), True
-            if dist.is_main:
-                print(f"resuming from {ckpt_dir / _checkpoint.CHECKPOINT} after epoch {start}")
-        elif state is not None and dist.is_main:
-            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params, inputs or data; "
-                  "starting over")
+    state = _checkpoint.resume(ckpt_dir, fp, where=" after epoch {epoch}", verbose=dist.is_main) if resume else None
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+        spent, val_acc_init, resumed = float(state["seconds"]), float(state["val_acc_init"]), True
     if not resumed and dist.is_main:
         val_acc_init = trainer.evaluate(val_data())["acc"]  # what the inherited weights give before training
 
@@ -240,7 +221,9 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             final = build(arch).to(dev)
             final.load_state_dict(best["state"])
             final.eval()
-            test_acc = _accuracy(final, eval_batches(data, "test", eval_bs, cfg.workers)(), dev, trainer)
+            test = evaluate(final, eval_batches(data, "test", eval_bs, cfg.workers)(), dev, trainer.precision.autocast,
+                            num_classes=arch.num_classes)
+            test_acc = test["acc"]
             val_acc = _accuracy(final, val_data(), dev, trainer)
             metrics = {
                 "val_acc": val_acc, "test_acc": test_acc, "val_acc_last": history[-1]["val_acc"],
@@ -254,6 +237,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 save_model(final, arch, tmp)
                 write_json(tmp / "metrics.json", metrics)
                 write_json(tmp / "history.json", history)
+                write_json(tmp / "confusion.json", {"classes": [str(c) for c in data.meta.get(
+                    "classes", range(arch.num_classes))], "matrix": test["confusion"]})  # test split, true x predicted
                 plot_curves(history, best["epoch"], tmp / "curves.png")
             # registered and promoted only once the model is on disk: a kill before this line
             # leaves no registered version pointing at a missing model

@@ -31,12 +31,13 @@ from vitnas.search.evolution import pareto_front
 from vitnas.search.fitness import check_proxy
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
+from vitnas.stages._inputs import calibration_images, check_data, eval_batches
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import STAGES, logged_params
-from vitnas.stages.supernet import calibration_images, check_data, make_trainer, val_batches
 from vitnas.supernet import Supernet, SupernetFileError
-from vitnas.supernet.trainer import validation_archs
+from vitnas.supernet.trainer import trainer_from_config, validation_archs
 from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed, steps_per_epoch
+from vitnas.train.distributed import resolve_device
 
 OUTPUTS = (*STAGES["search"].outputs, STAGES["search"].metrics)  # always written (the contract)
 LEVEL2_SUPERNET = "supernet_level2.pt"  # hierarchical: the level-2 supernet (inherit weights from this one)
@@ -77,12 +78,6 @@ def proxy_batch(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, to
     from vitnas.proxies.scorer import fixed_batch
 
     return fixed_batch(data.dataset("train"), n, seed)
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def plot_pareto(history: list[dict[str, Any]], path: Path, fitness_label: str) -> None:
@@ -161,7 +156,7 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
 def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, out: Path, ckpt_dir: Path, *,
          resume: bool, track: bool | None, progress: bool, device: str) -> dict[str, float]:
     cfg = params.search
-    dev = _device(device)
+    dev = resolve_device(device)
 
     # ---- inputs and config, all checked before any evaluation ----
     data = PreparedData(data_dir)
@@ -202,16 +197,10 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     # ---- resume ----
     fp = _fingerprint(params, space, data, Path(supernet_path) if supernet_path is not None else None, table)
     elapsed = 0.0
-    if resume:
-        state = _checkpoint.load(ckpt_dir)
-        if state is not None and state.get("fingerprint") == fp:
-            search.load_state_dict(state["search"])
-            elapsed = float(state.get("seconds", 0.0))
-            print(f"resuming from {ckpt_dir / _checkpoint.CHECKPOINT} after generation "
-                  f"{search.next_generation - 1}")
-        elif state is not None:
-            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params, data or supernet; "
-                  "starting over")
+    state = _checkpoint.resume(ckpt_dir, fp) if resume else None
+    if state is not None:
+        search.load_state_dict(state["search"])
+        elapsed = float(state.get("seconds", 0.0))
 
     label = {"supernet": "val top-1 (inherited weights)", "hybrid": "val top-1 (inherited weights)",
              "proxy": f"proxy {cfg.proxy}"}[cfg.fitness]
@@ -309,7 +298,7 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
     """
     cfg, scfg = params.search, params.supernet
     out = Path(out)
-    dev = device or _device("auto")
+    dev = device or resolve_device("auto")
     if cfg.fitness != "supernet":  # config._check already refuses this; keep the library honest too
         raise ConfigError("search.fitness: the hierarchical search ranks candidates by supernet accuracy")
     if supernet_path is None:
@@ -333,15 +322,10 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
     fp = _checkpoint.fingerprint(_fingerprint(params, level1, data, Path(supernet_path), None),
                                  scfg.model_dump(exclude={"workers"}), params.data.augment.model_dump(), epochs2)
     state: dict[str, Any] = {"fingerprint": fp, "seconds": 0.0}
-    if resume:
-        saved = _checkpoint.load(ckpt_dir)
-        if saved is not None and saved.get("fingerprint") == fp:
-            state = saved
-            search1.load_state_dict(state["level1"])
-            print(f"resuming the hierarchical search from {ckpt_dir / _checkpoint.CHECKPOINT}", flush=True)
-        elif saved is not None:
-            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params, data or supernet; "
-                  "starting over")
+    saved = _checkpoint.resume(ckpt_dir, fp) if resume else None
+    if saved is not None:
+        state = saved
+        search1.load_state_dict(state["level1"])
     elapsed = float(state.get("seconds", 0.0))
     t0 = time.time()
 
@@ -442,7 +426,7 @@ def _train_level2(params: Params, data: PreparedData, space: SearchSpace, epochs
     train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
     steps = steps_per_epoch(len(train_ds), cfg.batch_size, 1, "supernet.batch_size")
     dist = DistInfo(device=device)
-    trainer = make_trainer(net, cfg, dist, steps, epochs=epochs)
+    trainer = trainer_from_config(net, cfg, dist, steps, epochs=epochs)
     saved = state.get("level2_train", {})
     if saved:
         trainer.load_state_dict(saved["trainer"])
@@ -451,7 +435,7 @@ def _train_level2(params: Params, data: PreparedData, space: SearchSpace, epochs
     for h in history:  # a resumed run's MLflow run still shows the whole curve
         run_.log_metrics({f"level2_supernet_{k}": v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
-    val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers)
+    val_data = eval_batches(data, "val", max(cfg.batch_size, 256), cfg.workers)
     for epoch in range(len(history), epochs):
         t0 = time.time()
         reseed(cfg.seed, "level2", epoch)

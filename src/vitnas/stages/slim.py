@@ -26,13 +26,13 @@ import torch
 from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
-from vitnas.errors import ArtifactError, ConfigError
-from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, load_model, prune, save_model, token_plan
-from vitnas.slim.prune import ARCH_FILE, WEIGHTS_FILE
-from vitnas.space import Arch, ArchError, count_flops, count_params
+from vitnas.errors import ConfigError
+from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
+from vitnas.space import Arch, count_flops, count_params
+from vitnas.space.model_dir import ARCH_FILE, save_model
+from vitnas.stages._inputs import check_fits_data, load_input_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import STAGES, logged_params
-from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
     batches,
     epoch_loader,
@@ -49,44 +49,6 @@ TOL = 0.02  # the pruned model's FLOPs/params are within 2% of the target
 
 def target_key(kind: str) -> str:
     return "slim.target_params_ratio" if kind == "params" else "slim.target_flops_ratio"
-
-
-def check_fits_data(arch: Arch, data: PreparedData, where: Path) -> None:
-    want = {"num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": data.img_size}
-    for k, v in want.items():
-        if getattr(arch, k) != v:
-            raise ArtifactError(f"{where}: arch has {k}={getattr(arch, k)} but the data "
-                                f"({data.path / 'dataset.json'}) has {k}={v}")
-
-
-def load_input_model(arch_path: str | Path, supernet_path: str | Path | None,
-                     device: torch.device) -> tuple[torch.nn.Module, Arch, str]:
-    """(model, arch, source): a model directory's own weights, or the arch's supernet weights."""
-    arch_path = Path(arch_path)
-    if arch_path.is_dir():
-        if not (arch_path / WEIGHTS_FILE).is_file() and (arch_path / ARCH_FILE).is_file():
-            raise ArtifactError(f"{arch_path / WEIGHTS_FILE}: not found (a model directory needs "
-                                f"{ARCH_FILE} and {WEIGHTS_FILE})")
-        model, arch = load_model(arch_path, map_location=device)
-        return model, arch, "model"
-    if not arch_path.exists():
-        raise ArtifactError(f"{arch_path}: architecture file not found")
-    try:
-        arch = Arch.load(arch_path)
-    except ArchError as e:
-        raise ArtifactError(str(e)) from None
-    if supernet_path is None:
-        raise ArtifactError(f"{arch_path}: an arch.json needs the supernet (--supernet) for its weights; "
-                            "or give a model directory with arch.json + model.safetensors")
-    try:
-        supernet = Supernet.load(supernet_path, map_location=device)
-    except SupernetFileError as e:
-        raise ArtifactError(str(e)) from None
-    try:
-        supernet.check_arch(arch)
-    except ArchError as e:
-        raise ArtifactError(f"{arch_path}: {e}") from None
-    return extract(supernet, arch).eval(), arch, "supernet"
 
 
 def plot_widths(before: Arch, after: Arch, path: Path) -> None:

@@ -12,26 +12,22 @@ supernet: over the split of every block into attention heads and local units, lo
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 
-import torch
-
 from vitnas import tracking
-from vitnas.config import Params, SupernetConfig
+from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
 from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
+from vitnas.stages._inputs import calibration_images, check_data, eval_batches
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, init_from_timm
-from vitnas.supernet.trainer import SupernetTrainer, validation_archs
+from vitnas.supernet.trainer import trainer_from_config, validation_archs
 from vitnas.train import (
-    DistInfo,
     LossNotFinite,
-    batches,
     epoch_loader,
     init_distributed,
     replicas_in_sync,
@@ -40,14 +36,6 @@ from vitnas.train import (
 )
 
 log = logging.getLogger("vitnas.supernet")
-_EVAL_CACHE_BYTES = 512 * 2**20  # val splits below this are kept as one tensor for fast re-evaluation
-
-
-def check_data(params: Params, data: PreparedData) -> None:
-    """The prepared data must be what params.yaml describes (else the space would not fit it)."""
-    if data.img_size != params.data.img_size:
-        raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
-                            f"{params.data.img_size} in params; re-run `vitnas data`")
 
 
 def supernet_space(params: Params, data: PreparedData) -> SearchSpace:
@@ -55,34 +43,6 @@ def supernet_space(params: Params, data: PreparedData) -> SearchSpace:
     level-1 (split-only) space for the hierarchical GLiT search."""
     space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
     return space.level1() if params.supernet.hierarchical else space
-
-
-def calibration_images(data: PreparedData, n: int, seed: int = 0) -> torch.Tensor:
-    """A fixed, seeded set of `n` eval-transformed train images: what recalibrates a GLiT subnet's
-    BatchNorm statistics (never val or test images, which rank the subnets)."""
-    ds = data.dataset("train")
-    idx = sorted(random.Random(repr(("bn-calibration", seed))).sample(range(len(ds)), min(n, len(ds))))
-    return torch.stack([ds[i][0] for i in idx])
-
-
-def make_trainer(supernet: Supernet, cfg: SupernetConfig, dist: DistInfo, steps: int,
-                 epochs: int | None = None) -> SupernetTrainer:
-    """A trainer with the `supernet:` recipe of params.yaml (`epochs` overrides its schedule length)."""
-    return SupernetTrainer(
-        supernet, dist=dist, epochs=epochs or cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, min_lr=cfg.min_lr,
-        weight_decay=cfg.weight_decay, warmup_epochs=min(cfg.warmup_epochs, (epochs or cfg.epochs) - 1),
-        mixup=cfg.mixup, cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay,
-        amp=cfg.amp, sampling=cfg.sampling, sandwich_random=cfg.sandwich_random, seed=cfg.seed)
-
-
-def val_batches(data: PreparedData, batch_size: int, workers: int = 0):
-    """A function returning an iterable of eval batches of the val split."""
-    n = data.meta["splits"]["val"]
-    if n * data.in_chans * data.img_size**2 * 4 <= _EVAL_CACHE_BYTES:
-        x, y = data.eval_tensors("val")
-        return lambda: batches(x, y, batch_size)
-    ds = data.dataset("val")
-    return lambda: torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -136,25 +96,19 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
             init_from_timm(supernet, cfg.pretrained)
         except ValueError as e:  # a missing, unreadable or ill-fitting weights file
             raise ArtifactError(f"supernet.pretrained: {e}") from None
-    trainer = make_trainer(supernet, cfg, dist, steps)
+    trainer = trainer_from_config(supernet, cfg, dist, steps)
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
-    val_data = val_batches(data, max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
+    val_data = eval_batches(data, "val", max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
     calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) \
         if space.is_glit and dist.is_main else None
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
                                  params.data.augment.model_dump(), dist.world_size)
     start, history = 0, []
-    if resume:
-        state = _checkpoint.load(ckpt_dir)
-        if state is not None and state.get("fingerprint") == fp:
-            trainer.load_state_dict(state["trainer"])
-            start, history = int(state["epoch"]), list(state["history"])
-            if dist.is_main:
-                print(f"resuming from {ckpt_dir / _checkpoint.CHECKPOINT} after epoch {start}")
-        elif state is not None and dist.is_main:
-            print(f"warning: {ckpt_dir / _checkpoint.CHECKPOINT} was made with other params or data; "
-                  "starting over")
+    state = _checkpoint.resume(ckpt_dir, fp, where=" after epoch {epoch}", verbose=dist.is_main) if resume else None
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        start, history = int(state["epoch"]), list(state["history"])
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()

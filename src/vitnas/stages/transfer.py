@@ -24,23 +24,16 @@ import torch
 from vitnas import tracking
 from vitnas.config import Params, TransferTarget
 from vitnas.errors import ArtifactError
-from vitnas.slim import load_model
+from vitnas.space.model_dir import load_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import logged_params
+from vitnas.train.distributed import resolve_device
 from vitnas.transfer.classification import CifarData, fine_tune, read_cifar
 from vitnas.transfer.coco import CocoDetection
 from vitnas.transfer.detection import build_detector, evaluate_detector, train_detector
 
 DETECTION_METRICS = ("AP", "AP50", "AP75", "AR100")
 DEFAULT_DETECTION_SIZE = 512  # detector input short side for datasets of mixed image sizes (coco)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ArtifactError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
 
 
 def target_root(target: TransferTarget, data_dir: str | Path) -> Path:

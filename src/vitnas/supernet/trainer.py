@@ -144,3 +144,14 @@ class SupernetTrainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.updates = int(state["updates"])
+
+
+def trainer_from_config(supernet, cfg, dist: DistInfo, steps: int, epochs: int | None = None) -> SupernetTrainer:
+    """A trainer with a `supernet:` recipe (params.yaml's section, or anything with its attributes);
+    `epochs` overrides its schedule length (the hierarchical search's level-2 supernet)."""
+    n = epochs or cfg.epochs
+    return SupernetTrainer(
+        supernet, dist=dist, epochs=n, steps_per_epoch=steps, lr=cfg.lr, min_lr=cfg.min_lr,
+        weight_decay=cfg.weight_decay, warmup_epochs=min(cfg.warmup_epochs, n - 1), mixup=cfg.mixup,
+        cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp,
+        sampling=cfg.sampling, sandwich_random=cfg.sandwich_random, seed=cfg.seed)

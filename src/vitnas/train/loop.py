@@ -60,10 +60,12 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor],
              data: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-             autocast=None) -> dict[str, float]:
-    """Top-1 accuracy (and mean CE loss) of `forward` over (images, labels) batches."""
+             autocast=None, num_classes: int | None = None) -> dict:
+    """Top-1 accuracy (and mean CE loss) of `forward` over (images, labels) batches; with
+    `num_classes`, also the confusion matrix (`confusion[true][predicted]` counts)."""
     correct = total = 0
     loss = 0.0
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
     for x, y in data:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if autocast is not None:
@@ -73,11 +75,16 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor],
             logits = forward(x)
         logits = logits.float()
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        pred = logits.argmax(1)
+        correct += (pred == y).sum().item()
         total += len(y)
-    if total == 0:
-        return {"acc": float("nan"), "loss": float("nan")}
-    return {"acc": correct / total, "loss": loss / total}
+        if num_classes:
+            confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes**2).view(
+                num_classes, num_classes)
+    out: dict = {"acc": correct / total, "loss": loss / total} if total else {"acc": float("nan"), "loss": float("nan")}
+    if num_classes:
+        out["confusion"] = confusion.tolist()
+    return out
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:

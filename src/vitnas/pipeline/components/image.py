@@ -1,6 +1,6 @@
 """The container image every component runs in.
 
-The decorators only need a placeholder: `pipelines.vitnas_pipeline.build` sets each task's image
+The decorators only need a placeholder: `vitnas.pipeline.dag.build` sets each task's image
 to the one given at compile time (`vitnas pipeline compile --image ... --image-tag ...`).
 """
 

@@ -7,7 +7,7 @@
 - `run_stage`: calls `vitnas.stages.<stage>.run(...)` in this process, or under
   `torchrun --standalone --nproc_per_node N` when a training stage has several GPUs.
 
-Run as `python -m components.runtime CALL.json` it is the torchrun worker entry point.
+Run as `python -m vitnas.pipeline.runtime CALL.json` it is the torchrun worker entry point.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict
         call.write_text(json.dumps({"stage": stage, "params": params_json, "args": [str(a) for a in args],
                                     "kwargs": kwargs, "result": str(result)}))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "components.runtime", str(call)]
+               "-m", "vitnas.pipeline.runtime", str(call)]
         print("+ " + " ".join(cmd[1:]), flush=True)
         code = subprocess.run(cmd).returncode
         if code != 0:
@@ -170,6 +170,42 @@ def log_metrics(metrics, values: Mapping[str, float]) -> None:
     """Copy a stage's metrics into the KFP Metrics artifact (shown in the run's UI)."""
     for name, value in values.items():
         metrics.log_metric(name, value)
+
+
+def checkpoint_dir(root: str, stage: str):
+    """(directory, resume) of a stage's checkpoints: on the pipeline's persistent volume when
+    `root` is set (a retried or preempted pod of the same run resumes there), else a temp dir."""
+    if root:
+        run_id = os.environ.get(PIPELINE_RUN_ENV) or "local"
+        path = Path(root) / run_id / stage
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path, True
+    return Path(tempfile.mkdtemp(prefix=f"vitnas-{stage}-ckpt-")), False
+
+
+def write_report(html, stage: str, out_dir: str, values: Mapping[str, float]) -> None:
+    """The KFP UI's view of a stage: its figures (the contract's image plots, inlined) and metrics."""
+    import base64
+    import html as h
+
+    from vitnas.stages.contract import STAGES
+
+    parts = [f"<h2>vitnas {h.escape(stage)}</h2>"]
+    for plot in STAGES[stage].plots:
+        f = Path(out_dir) / plot.file
+        if plot.x is None and f.is_file():
+            data = base64.b64encode(f.read_bytes()).decode()
+            parts.append(f"<h3>{h.escape(plot.title)}</h3>"
+                         f"<img src='data:image/png;base64,{data}' style='max-width:100%'>")
+    rows = "".join(f"<tr><td>{h.escape(k)}</td><td>{v:.6g}</td></tr>" for k, v in values.items())
+    parts.append(f"<h3>metrics.json</h3><table border='1' cellpadding='4'>{rows}</table>")
+    Path(html.path).write_text("<html><body style='font-family:sans-serif'>" + "".join(parts) + "</body></html>")
+
+
+def log_confusion(classification, out_dir: str) -> None:
+    """The retrained model's test-split confusion matrix as KFP ClassificationMetrics."""
+    c = json.loads((Path(out_dir) / "confusion.json").read_text())
+    classification.log_confusion_matrix(c["classes"], c["matrix"])
 
 
 def _worker(call_file: str) -> None:

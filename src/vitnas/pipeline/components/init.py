@@ -1,6 +1,6 @@
 """KFP component of the pipeline's first step: typed parameters + params_json -> validated params.
 
-Its signature has one input per typed parameter (`components.runtime.typed_params`), so it is
+Its signature has one input per typed parameter (`vitnas.pipeline.runtime.typed_params`), so it is
 generated from `vitnas.config.Params` rather than written out: KFP lightweight components ship
 their function's source, so the generated source is registered with `linecache`, where
 `inspect.getsource` (which KFP uses) finds it.
@@ -11,8 +11,8 @@ import linecache
 
 from kfp import dsl
 
-from components.image import DEFAULT_IMAGE
-from components.runtime import typed_params
+from vitnas.pipeline.components.image import DEFAULT_IMAGE
+from vitnas.pipeline.runtime import typed_params
 from vitnas.stages.contract import ORDER
 
 _SOURCE_NAME = "<vitnas-generated init_op>"
@@ -30,7 +30,7 @@ def init_source() -> str:
         '    """Merge the typed parameters into params_json, validate them, open the MLflow parent run;\n'
         '    one output per stage: the params.yaml keys that stage reads, as JSON."""\n'
         "    from collections import namedtuple\n\n"
-        "    from components.runtime import init_pipeline\n\n"
+        "    from vitnas.pipeline.runtime import init_pipeline\n\n"
         "    per_stage = init_pipeline(params_json, {\n" + values + "    })\n"
         f"    return namedtuple('StageParams', {list(ORDER)!r})(**per_stage)\n"
     )

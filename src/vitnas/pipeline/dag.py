@@ -1,0 +1,304 @@
+"""The vitnas pipeline as a Kubeflow DAG: compile to YAML, run it here through kfp.local, or submit it.
+
+    init -> data -> supernet -----> search -> slim -> retrain -> transfer
+                 \\-> proxy -----/
+
+Parameters: every non-nullable scalar key of params.yaml is a typed pipeline parameter
+(`supernet_epochs: int`), the rest travels as JSON in `params_json` (KFP parameters cannot hold
+null); defaults are the params.yaml given at compile time. The `init` step merges and validates
+them and opens the MLflow parent run of this pipeline run.
+
+Cluster settings (image, GPUs, node selector, tolerations, /dev/shm, secret) are fixed at compile
+time by `ClusterOptions`. (No `from __future__ import annotations` here: kfp reads the real
+annotation objects.)
+"""
+
+import inspect
+import os
+import subprocess
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl
+
+from vitnas.config import Params
+from vitnas.errors import ConfigError
+from vitnas.pipeline.components import data_op, proxy_op, retrain_op, search_op, slim_op, supernet_op, transfer_op
+from vitnas.pipeline.components.image import DEFAULT_REPOSITORY
+from vitnas.pipeline.components.init import init_op
+from vitnas.pipeline.runtime import PIPELINE_RUN_ENV, split_params, typed_params
+from vitnas.tracking import CODE_VERSION_ENV
+
+PIPELINE_NAME = "vitnas"
+RUN_ID_LABEL = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
+GPU_STAGES = ("supernet", "proxy", "search", "slim", "retrain", "transfer")
+TORCHRUN_STAGES = ("supernet", "slim", "retrain")  # data-parallel: all of `gpus` GPUs under torchrun
+CHECKPOINT_STAGES = ("supernet", "search", "retrain")  # resumable: checkpoints on the PVC when one is given
+CHECKPOINT_MOUNT = "/vitnas-checkpoints"
+# Keys of the cluster secret handed to every pod as environment variables; all optional but
+# MLFLOW_TRACKING_URI (unless given with --mlflow-uri), so a wrong secret name fails at pod start.
+SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+               "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+               "MLFLOW_S3_ENDPOINT_URL")
+
+
+class Outputs(NamedTuple):
+    """The pipeline's output artifacts, one per stage."""
+
+    data: dsl.Dataset
+    supernet: dsl.Model
+    proxy: dsl.Artifact
+    search: dsl.Artifact
+    slim: dsl.Model
+    retrain: dsl.Model
+    transfer: dsl.Artifact
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Toleration":
+        """`key=value:Effect`, `key:Effect` (any value), `key=value` or `key` (any effect)."""
+        rest, _, effect = spec.partition(":")
+        key, eq, value = rest.partition("=")
+        if effect and effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ConfigError(f"--toleration {spec}: effect must be NoSchedule, PreferNoSchedule or NoExecute")
+        if not key or (eq and not value):
+            raise ConfigError(f"--toleration {spec}: expected key[=value][:Effect]")
+        return cls(key, value or None, effect or None)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How the compiled pipeline runs on Kubernetes (ignored by kfp.local)."""
+
+    image: str = f"{DEFAULT_REPOSITORY}:latest"
+    gpus: int = 1  # per data-parallel training stage: accelerator limit and torchrun nproc_per_node
+    accelerator: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)  # GPU stages only
+    tolerations: tuple[Toleration, ...] = ()  # GPU stages only
+    secret: str | None = None  # Kubernetes secret with SECRET_KEYS, as env vars of every pod
+    mlflow_uri: str | None = None  # MLFLOW_TRACKING_URI of every pod (else from the secret)
+    shm_size: str | None = "8Gi"  # memory-backed /dev/shm of GPU stages (DataLoader workers, NCCL)
+    cpu: str | None = "4"  # CPU request of every stage but init
+    memory: str | None = "16Gi"  # memory request of every stage but init
+    cache_supernet: bool = False
+    caching: bool = True  # KFP caching of the other stages (never for init: it opens the MLflow parent
+    # run; never with a ':latest' image, which could hold another code version)
+    code_version: str | None = None  # VITNAS_CODE_VERSION of every pod (an MLflow tag of each run)
+    checkpoint_pvc: str | None = None  # PersistentVolumeClaim for the training stages' checkpoints
+    retries: int = 2  # retries of a failed or preempted stage pod (it resumes from its checkpoints)
+
+
+def _param_docs() -> str:
+    """Google-style docstring of the pipeline: KFP shows each Args entry as the parameter's description."""
+    lines = ["The vitnas pipeline.", "", "Args:",
+             "    params_json: every params.yaml key without a typed parameter, as JSON."]
+    lines += [f"    {p.name}: params.yaml {p.key}." for p in typed_params()]
+    return "\n".join(lines)
+
+
+def build(default_params: Params, options: ClusterOptions | None = None):
+    """The pipeline with `default_params` as its parameter defaults; `options=None` builds it for
+    kfp.local (no Kubernetes settings, stages in-process)."""
+    local = options is None
+    opts = options or ClusterOptions(gpus=0)
+    caching = opts.caching and not opts.image.endswith(":latest")
+    typed_defaults, rest_json = split_params(default_params)
+    names = ["params_json"] + [p.name for p in typed_params()]
+    signature = inspect.Signature(
+        [inspect.Parameter("params_json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=rest_json,
+                           annotation=str)]
+        + [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=typed_defaults[p.name],
+                             annotation=p.type) for p in typed_params()],
+        return_annotation=Outputs)
+
+    def configure(task, stage: str):
+        task.set_display_name(stage)
+        if stage == "init":
+            task.set_caching_options(False)
+        elif stage == "supernet":
+            task.set_caching_options(opts.cache_supernet and caching)
+        else:
+            task.set_caching_options(caching)
+        if local:
+            return task
+        if stage != "init" and opts.retries:
+            task.set_retry(num_retries=opts.retries, backoff_duration="60s", backoff_factor=2)
+        _kubernetes(task, stage, opts)
+        return task
+
+    def vitnas_pipeline(*args) -> Outputs:
+        values = dict(zip(names, args, strict=True))
+        init = configure(init_op()(**values), "init")
+        params = init.outputs  # one JSON per stage: only the keys it reads (cache keys change with them alone)
+        nproc = max(opts.gpus, 1)
+        ckpt = CHECKPOINT_MOUNT if opts.checkpoint_pvc and not local else ""
+        data = configure(data_op(params=params["data"]), "data")
+        supernet = configure(supernet_op(params=params["supernet"], nproc_per_node=nproc, checkpoint_root=ckpt,
+                                         data=data.outputs["data"]), "supernet")
+        proxy = configure(proxy_op(params=params["proxy"], data=data.outputs["data"]), "proxy")
+        search = configure(search_op(params=params["search"], checkpoint_root=ckpt, data=data.outputs["data"],
+                                     supernet=supernet.outputs["supernet"]), "search")
+        search.after(proxy)  # the pipeline's stage order; proxy scores are reviewed beside the search
+        slim = configure(slim_op(params=params["slim"], nproc_per_node=nproc, data=data.outputs["data"],
+                                 supernet=supernet.outputs["supernet"], search=search.outputs["search"]), "slim")
+        retrain = configure(retrain_op(params=params["retrain"], nproc_per_node=nproc, checkpoint_root=ckpt,
+                                       data=data.outputs["data"],
+                                       supernet=supernet.outputs["supernet"], slim=slim.outputs["slim"]), "retrain")
+        transfer = configure(transfer_op(params=params["transfer"], data=data.outputs["data"],
+                                         retrain=retrain.outputs["retrain"]), "transfer")
+        return Outputs(data=data.outputs["data"], supernet=supernet.outputs["supernet"],
+                       proxy=proxy.outputs["proxy"], search=search.outputs["search"], slim=slim.outputs["slim"],
+                       retrain=retrain.outputs["retrain"], transfer=transfer.outputs["transfer"])
+
+    vitnas_pipeline.__signature__ = signature
+    vitnas_pipeline.__doc__ = _param_docs()
+    return dsl.pipeline(name=PIPELINE_NAME,
+                        description="ViT architecture search: data -> supernet -> proxy -> search -> slim -> "
+                                    f"retrain -> transfer. Image: {opts.image}")(vitnas_pipeline)
+
+
+def _kubernetes(task, stage: str, opts: ClusterOptions) -> None:
+    """Image, resources and pod settings of one task on the cluster."""
+    from kfp import kubernetes
+
+    task.set_container_image(opts.image)
+    kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, RUN_ID_LABEL)
+    if opts.code_version:
+        task.set_env_variable(CODE_VERSION_ENV, opts.code_version)
+    if opts.mlflow_uri:
+        task.set_env_variable("MLFLOW_TRACKING_URI", opts.mlflow_uri)
+    if opts.secret:  # MLFLOW_TRACKING_URI must be in it (unless given), so a wrong name fails the pod early
+        if not opts.mlflow_uri:
+            kubernetes.use_secret_as_env(task, opts.secret, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
+        kubernetes.use_secret_as_env(task, opts.secret, {k: k for k in SECRET_KEYS if k != "MLFLOW_TRACKING_URI"},
+                                     optional=True)
+    if stage == "init":
+        task.set_cpu_request("500m").set_memory_request("1Gi")
+        return
+    if opts.cpu:
+        task.set_cpu_request(opts.cpu)
+    if opts.memory:
+        task.set_memory_request(opts.memory)
+    if opts.checkpoint_pvc and stage in CHECKPOINT_STAGES:
+        kubernetes.mount_pvc(task, pvc_name=opts.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+    if stage not in GPU_STAGES:
+        return
+    if opts.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=opts.shm_size)
+    if opts.gpus > 0:
+        task.set_accelerator_type(opts.accelerator).set_accelerator_limit(
+            opts.gpus if stage in TORCHRUN_STAGES else 1)
+        for key, value in opts.node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        for t in opts.tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator="Equal" if t.value else "Exists", value=t.value,
+                                      effect=t.effect)
+
+
+def compile_pipeline(params: Params, out: str | Path, options: ClusterOptions | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build(params, options or ClusterOptions()), str(out))
+    return out
+
+
+def pipeline_arguments(params: Params) -> dict:
+    """The run arguments that reproduce `params` (typed parameters + params_json)."""
+    typed, rest = split_params(params)
+    return {"params_json": rest, **typed}
+
+
+def run_local(params: Params, pipeline_root: str | Path = "local_outputs") -> dict[str, str]:
+    """Run every stage in subprocesses of this Python environment; returns output artifact paths.
+
+    The stages' MLflow runs land under one parent run, for `VITNAS_PIPELINE_RUN_ID` when set, else
+    for a fresh `local-<id>`.
+    """
+    from kfp import local
+
+    env = {PIPELINE_RUN_ENV: os.environ.get(PIPELINE_RUN_ENV) or f"local-{uuid.uuid4().hex[:8]}"}
+    version = git_version(Path(__file__).resolve().parent)
+    if version and CODE_VERSION_ENV not in os.environ:
+        env[CODE_VERSION_ENV] = version[0] + ("-dirty" if version[1] else "")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    with _environ(env), warnings.catch_warnings():  # the task subprocesses inherit os.environ
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        run = build(params)(**pipeline_arguments(params))
+    return {name: a.path for name, a in run.outputs.items()}
+
+
+@contextmanager
+def _environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def git_version(where: Path) -> tuple[str, bool] | None:
+    """(short HEAD commit, whether tracked files have uncommitted changes) of the checkout
+    holding `where`, or None outside a git checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git executable
+        return None
+    return sha.stdout.strip(), bool(dirty)
+
+
+def image_reference(image: str | None, tag: str | None, where: Path) -> tuple[str, list[str]]:
+    """(image reference, warnings): `image` (a repository, or a full reference with a tag or digest)
+    with `tag`, by default the checkout's short git commit, else `latest`."""
+    repo = image or os.environ.get("VITNAS_IMAGE") or DEFAULT_REPOSITORY
+    notes: list[str] = []
+    last = repo.rsplit("/", 1)[-1]
+    if "@" in repo or ":" in last:
+        if tag:
+            raise ConfigError(f"--image-tag {tag}: --image {repo} already names a tag or digest")
+        return repo, notes
+    if not tag:
+        version = git_version(where)
+        if version is None:
+            tag = "latest"
+            notes.append("not a git checkout: image tag 'latest'")
+        else:
+            tag = version[0]
+            if version[1]:
+                notes.append(f"uncommitted changes: build and push the image {repo}:{tag} from this tree, "
+                             "or commit first")
+    return f"{repo}:{tag}", notes
+
+
+def submit(package: str | Path, arguments: dict, *, host: str, experiment: str, run_name: str,
+           namespace: str | None = None, token: str | None = None) -> tuple[object, str]:
+    """Create a run of a compiled pipeline package on a Kubeflow Pipelines API server; returns
+    (kfp client, run id)."""
+    import kfp
+
+    with warnings.catch_warnings():  # "only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
+        warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+        client = kfp.Client(host=host, namespace=namespace, existing_token=token)
+    result = client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=run_name,
+                                                     experiment_name=experiment, namespace=namespace,
+                                                     enable_caching=None)
+    return client, result.run_id
