@@ -254,6 +254,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     fp = make_fingerprint(cfg.model_dump(exclude={"top_k", "num_candidates"}), windows, space.to_dict(), weights,
                           dev.type, data_id)
 
+    model = _scoring_model(space, cfg.seed, supernet_path, dev)  # a bad supernet file fails before any write
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "proxy")
     log_path, fp_path = out / SCORES, out / FINGERPRINT
@@ -287,8 +288,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         scored_seconds = 0.0
         if todo:
-            scorer = Scorer(names, _scoring_model(space, cfg.seed, supernet_path, dev), seed=cfg.seed, inputs=inputs,
-                            targets=targets, device=dev)
+            scorer = Scorer(names, model, seed=cfg.seed, inputs=inputs, targets=targets, device=dev)
             with open(log_path, "a") as f:
                 for key, arch in tqdm(todo, desc="proxy", unit="cand", total=len(candidates), initial=len(done),
                                       disable=not progress, dynamic_ncols=True):
