@@ -78,7 +78,7 @@ def test_resume_continues_to_the_same_result(digits_dir, tmp_path, monkeypatch):
 def test_resume_ignores_a_checkpoint_of_other_params(digits_dir, tmp_path, capsys):
     stage.run(parse_params(tiny(epochs=1, warmup_epochs=0)), digits_dir, tmp_path / "s", progress=False)
     stage.run(parse_params(tiny(epochs=1, lr=5e-4)), digits_dir, tmp_path / "s", resume=True, progress=False)
-    assert "made with other params or data; starting over" in capsys.readouterr().out
+    assert "made with other params, inputs or data; starting over" in capsys.readouterr().out
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(digits_dir, tmp_path, monkeypatch):

@@ -350,7 +350,7 @@ def test_stage_end_to_end_on_both_digits_targets(transfer_data, model_dir, tmp_p
 
     runs = mlflow.search_runs(experiment_names=["vitnas"], filter_string="tags.`vitnas.stage` = 'transfer'",
                               output_format="list")
-    assert runs and runs[0].data.metrics["digits-coco.AP50"] == pytest.approx(m["digits-coco.AP50"])
+    assert runs and runs[0].data.metrics["transfer/digits-coco.AP50"] == pytest.approx(m["digits-coco.AP50"])
 
 
 def test_stage_without_targets_writes_a_note(model_dir, tmp_path, capsys):
