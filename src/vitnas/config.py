@@ -446,21 +446,13 @@ def _check_files(p: Params) -> None:
 
 def _check_search(p: Params, space: SearchSpace) -> None:
     """Proxy names, sizes against the space, and reachable constraint windows."""
-    from vitnas import proxies
     from vitnas.search.constraints import Constraints
     from vitnas.search.fitness import check_proxy
     from vitnas.search.latency import LatencyTable
 
     s = p.search
     check_proxy(s.proxy, "search.proxy")
-    known = proxies.names()
-    names = list(p.proxy.proxies)
-    for n in names:
-        if n not in known:
-            raise ConfigError(f"proxy.proxies: unknown proxy '{n}'; known: {', '.join(known)}")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"proxy.proxies: '{dup[0]}' is listed twice")
+    check_proxy_names(list(p.proxy.proxies))
     searched = space.level1() if s.strategy == "hierarchical" else space
     size = searched.size()
     if p.proxy.num_candidates > size:
@@ -481,6 +473,19 @@ def _check_search(p: Params, space: SearchSpace) -> None:
         raise
     except VitnasError as e:  # a table that cannot price the space's blocks
         raise ConfigError(f"search.latency_table: {e}") from None
+
+
+def check_proxy_names(names: list[str]) -> None:
+    """`proxy.proxies`: registered names, each once."""
+    from vitnas import proxies
+
+    known = proxies.names()
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"proxy.proxies: unknown proxy '{n}'; known: {', '.join(known)}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"proxy.proxies: '{dup[0]}' is listed twice")
 
 
 def _check_slim(p: Params, space: SearchSpace) -> None:

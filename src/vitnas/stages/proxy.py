@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from vitnas import proxies, tracking
-from vitnas.config import ConfigError, Params
+from vitnas.config import ConfigError, Params, check_proxy_names
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
 from vitnas.proxies.scorer import Scorer, fixed_batch, seeded_supernet
@@ -183,16 +183,6 @@ def _file_digest(path: Path) -> str:
 
 
 # ---- inputs ------------------------------------------------------------------------------------
-def _check_proxies(names: list[str]) -> None:
-    known = proxies.names()
-    for n in names:
-        if n not in known:
-            raise ConfigError(f"proxy.proxies: unknown proxy '{n}'; known: {', '.join(known)}")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"proxy.proxies: '{dup[0]}' is listed twice")
-
-
 def _data_batch(data: PreparedData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, seeded batch of train images (eval transform) for the data-dependent proxies."""
     ds = data.dataset("train")
@@ -232,7 +222,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
          track: bool | None, progress: bool) -> dict[str, float]:
     cfg = params.proxy
     names = list(cfg.proxies)
-    _check_proxies(names)
+    check_proxy_names(names)  # also here: a Kubeflow step's params skip the cross-checks
     data = PreparedData(data_dir)
     if data.img_size != params.data.img_size:
         raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
