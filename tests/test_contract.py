@@ -222,3 +222,18 @@ def test_compiled_pipeline_gives_each_step_only_its_keys(tmp_path, monkeypatch):
             "outputParameterKey": stage, "producerTask": "init-op"}
     out_a, out_b = (init_pipeline(args.pop("params_json"), args) for args in map(pipeline_arguments, (a, b)))
     assert {s for s in contract.ORDER if out_a[s] != out_b[s]} == {"retrain"}
+
+
+def test_the_cli_takes_every_option_the_contract_commands_use():
+    import typer
+
+    from vitnas.cli import app
+
+    commands = typer.main.get_command(app).commands
+    for name, s in STAGES.items():
+        opts = {o for p in commands[name].params for o in p.opts}
+        used = {w for w in s.cmd.split() if w.startswith("--")}
+        assert used <= opts, f"{name}: {sorted(used - opts)}"
+        upstream = {"data": "--data", "supernet": "--supernet", "search": "--arch", "slim": "--arch",
+                    "retrain": "--model"}
+        assert {upstream[u] for u in s.inputs} <= used, name  # each declared input arrives by an option

@@ -95,3 +95,7 @@ def test_two_pipeline_runs_differ_in_the_retrain_runs_lineage(tmp_path, monkeypa
     for stage in ("supernet", "search", "slim"):  # every upstream run of a is in a's parent
         assert by[("lineage-a", stage)].data.tags[tracking.PARENT_TAG] == pa.info.run_id
     assert all(k.startswith("retrain/") for k in ra.data.metrics)
+    exp = mlflow.get_experiment_by_name("t-lineage")
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    (model_a,) = [m for m in models if m.source_run_id == ra.info.run_id]  # the LoggedModel carries the arch
+    assert model_a.params["arch.params"] == ra.data.params["arch.params"] and "arch.embed_dim" in model_a.params
