@@ -8,9 +8,9 @@ depends on the seed, the arch and the data only, never on the order or on what w
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import Dataset
@@ -52,12 +52,20 @@ class Scorer:
         self.targets = targets.to(self.device) if targets is not None else None
 
     def __call__(self, arch: Arch) -> Scored:
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_derived("proxy-arch", self.seed, arch.key()))
+        with arch_rng(self.seed, arch, self.device):
             res = score_candidate(self.names, self.model, arch, inputs=self.inputs, targets=self.targets)
         return Scored({k: float(v) for k, v in res.scores.items()}, res.terms)
 
 
-def finite_or_worst(value: float) -> float:
-    return value if math.isfinite(value) else float("-inf")
+@contextmanager
+def arch_rng(seed: int, arch: Arch, device: torch.device):
+    """The torch RNG every score of `arch` runs under: forked, seeded from (seed, arch)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(_derived("proxy-arch", seed, arch.key()))
+        yield
+
+
+def score_one(name: str, model, arch: Arch, *, inputs: torch.Tensor | None = None,
+              targets: torch.Tensor | None = None) -> float:
+    """One per-candidate proxy's score (what search's proxy fitness asks for)."""
+    return float(score_candidate([name], model, arch, inputs=inputs, targets=targets).scores[name])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -96,10 +95,6 @@ def check_proxy(name: str, key: str = "search.proxy") -> None:
                           f"during search; use one of {', '.join(per_candidate)}")
 
 
-def _arch_seed(seed: int, arch: Arch) -> int:
-    return random.Random(repr((seed, arch.key()))).getrandbits(63)
-
-
 class ProxyFitness:
     """A registered zero-cost proxy of each arch on a randomly initialised `Supernet(space)`."""
 
@@ -108,35 +103,26 @@ class ProxyFitness:
     def __init__(self, name: str, space: SearchSpace, *, seed: int = 0, inputs: torch.Tensor | None = None,
                  targets: torch.Tensor | None = None, device: str | torch.device = "cpu",
                  scorer: Callable[..., float] | None = None) -> None:
+        from vitnas.proxies.scorer import score_one, seeded_supernet
+
         self.name = name
         self.seed = seed
         self.device = torch.device(device)
         self.calls = 0
-        if scorer is not None:  # a stand-in scorer (tests): the same seeding, any function
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.supernet = Supernet(space).to(self.device)
-            self.scorer, self._shared = scorer, None
-            self.inputs = inputs.to(self.device) if inputs is not None else None
-            self.targets = targets.to(self.device) if targets is not None else None
-            return
-        check_proxy(name)
-        from vitnas.proxies.scorer import Scorer, seeded_supernet
-
-        # the proxy stage's scorer: equal scores for equal (seed, arch, data)
-        self._shared = Scorer([name], seeded_supernet(space, seed), seed=seed, inputs=inputs, targets=targets,
-                              device=self.device)
-        self.supernet = self._shared.model
+        if scorer is None:
+            check_proxy(name)
+            scorer = score_one
+        self.scorer = scorer
+        # the proxy stage's supernet, batch and per-arch RNG: equal scores for equal (seed, arch, data)
+        self.supernet = seeded_supernet(space, seed).to(self.device)
+        self.inputs = inputs.to(self.device) if inputs is not None else None
+        self.targets = targets.to(self.device) if targets is not None else None
 
     def score(self, arch: Arch) -> float:
-        if self._shared is not None:
-            value = self._shared(arch).scores[self.name]
-        else:
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(_arch_seed(self.seed, arch))
-                value = self.scorer(self.name, self.supernet, arch, inputs=self.inputs, targets=self.targets)
-        value = float(value)
+        from vitnas.proxies.scorer import arch_rng
+
+        with arch_rng(self.seed, arch, self.device):
+            value = float(self.scorer(self.name, self.supernet, arch, inputs=self.inputs, targets=self.targets))
         return value if math.isfinite(value) else float("-inf")
 
     def __call__(self, archs: Sequence[Arch]) -> list[float]:
