@@ -9,6 +9,7 @@ directly by `VITNAS_PARENT_RUN_ID`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -189,28 +190,22 @@ def _find_or_create_parent(mlflow, exp_id: str, pipeline_run_id: str, params: Ma
 
 
 def digest(path: str | Path) -> str:
-    """sha256 (16 hex digits) of a file, or of a directory's files (names and contents, vitnas's
-    output marker left out): what a stage run records of each input it consumed."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and p.name != ".vitnas-output.json")
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    """What a stage run records of each input it consumed (`vitnas.digests.path_digest`)."""
+    from vitnas.digests import path_digest
+
+    return path_digest(path)
 
 
-def _git_commit() -> str | None:
+@functools.cache
+def _git_commit(cwd: str) -> str | None:
+    """HEAD of the checkout `cwd` is in (asked once per process and directory)."""
     import subprocess
 
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+    return (r.stdout.strip() or None) if r.returncode == 0 else None
 
 
 def pipeline_id(pipeline_params: Mapping[str, Any] | None = None) -> str | None:
@@ -225,13 +220,13 @@ def pipeline_id(pipeline_params: Mapping[str, Any] | None = None) -> str | None:
         return f"dvc-exp-{os.environ['DVC_EXP_NAME']}"
     if os.environ.get("DVC_STAGE"):
         params = hashlib.sha256(json.dumps(dict(pipeline_params or {}), sort_keys=True, default=str).encode())
-        return f"dvc-{(_git_commit() or 'nogit')[:12]}-{params.hexdigest()[:12]}"
+        return f"dvc-{(_git_commit(os.getcwd()) or 'nogit')[:12]}-{params.hexdigest()[:12]}"
     return None
 
 
 def _lineage_tags() -> dict[str, str]:
     tags = {}
-    commit = _git_commit()
+    commit = _git_commit(os.getcwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
     for env, tag in (("DVC_EXP_NAME", "vitnas.dvc_experiment"), ("DVC_EXP_BASELINE_REV", "vitnas.dvc_baseline")):

@@ -27,7 +27,6 @@ Outputs in `out/`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from tqdm import tqdm
 from vitnas import proxies, tracking
 from vitnas.config import ConfigError, Params, check_proxy_names
 from vitnas.data import PreparedData
+from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError
 from vitnas.proxies.scorer import Scorer, fixed_batch, seeded_supernet
 from vitnas.space import Arch, ArchError, SearchSpace, count_flops, count_params
@@ -174,14 +174,6 @@ def _rewrite(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 # ---- inputs ------------------------------------------------------------------------------------
 def _data_batch(data: PreparedData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, seeded batch of train images (eval transform) for the data-dependent proxies."""
@@ -238,7 +230,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     if use_data:
         inputs, targets = _data_batch(data, cfg.batch_size, cfg.seed)
         inputs, targets = inputs.to(dev), targets.to(dev)
-    weights = "random" if supernet_path is None else _file_digest(Path(supernet_path))
+    weights = "random" if supernet_path is None else file_sha256(supernet_path)[:16]
     # num_candidates is left out: sampling is sequential, so a larger set extends a smaller one.
     data_id = {k: data.meta.get(k) for k in ("name", "splits", "seed", "mean", "std")} if use_data else None
     fp = make_fingerprint(cfg.model_dump(exclude={"top_k", "num_candidates"}), windows, space.to_dict(), weights,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
+from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError, ConfigError
 from vitnas.search import Constraints, EvolutionConfig, LatencyTable, ProxyFitness, Search, SupernetFitness
 from vitnas.search.evolution import pareto_front
@@ -119,15 +120,7 @@ def _finite(v: float) -> float:
 
 def _fingerprint(params: Params, space: SearchSpace, data: PreparedData, supernet_path: Path | None,
                  table: LatencyTable | None) -> str:
-    digest = None
-    if supernet_path is not None:
-        import hashlib
-
-        h = hashlib.sha256()
-        with open(supernet_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
+    digest = file_sha256(supernet_path) if supernet_path is not None else None
     return _checkpoint.fingerprint(params.search.model_dump(), space.to_dict(), data.meta,
                                    digest, table.to_dict() if table is not None else None,
                                    params.proxy.batch_size if params.search.fitness != "supernet" else None)

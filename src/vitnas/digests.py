@@ -1,0 +1,33 @@
+"""Content digests of files and directories: what fingerprints and lineage records compare."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+_SKIP = (".vitnas-output.json",)  # vitnas's output marker says who wrote a directory, not what it holds
+
+
+def _update(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    _update(h, Path(path))
+    return h.hexdigest()
+
+
+def path_digest(path: str | Path) -> str:
+    """16 hex digits: of a file's bytes, or of a directory's files (relative names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)[:16]
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _SKIP):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        _update(h, f)
+    return h.hexdigest()[:16]
