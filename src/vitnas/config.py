@@ -572,14 +572,17 @@ def read_yaml(path: Path, what: str = "params file") -> Any:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    loader = _Loader(text)  # a SafeLoader: plain YAML types only, a python/* tag is an error
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return loader.get_single_data()
     except _DuplicateKey as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
+    finally:
+        loader.dispose()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -19,27 +19,13 @@ import numpy as np
 from vitnas.errors import DataError
 
 
-@dataclass(frozen=True)
-class Layout:
-    folder: str
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    meta: str
-    names_key: str
-    labels_key: str
-    url: str
-    archive: str
-    md5: str
+def layout(fmt: str):
+    """torchvision's description of the format (folder, batch and meta file names, meta key, archive
+    URL and MD5): only its pickle reader is replaced here."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
+    return {"cifar10": CIFAR10, "cifar100": CIFAR100}[fmt]
 
-LAYOUTS = {
-    "cifar10": Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                      "batches.meta", "label_names", "labels", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                      "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": Layout("cifar-100-python", ("train",), ("test",), "meta", "fine_label_names", "fine_labels",
-                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
-                       "eb9058c3a382ffc7106e4002c42a8d85"),
-}
 
 # The only callables a CIFAR pickle may name: numpy's array and dtype reconstruction, and the
 # bytes encoding Python 3 uses for protocol-2 pickles.
@@ -74,11 +60,12 @@ def read_pickle(path: Path) -> dict:
     return {_key(k): v for k, v in obj.items()}
 
 
-def _part(folder: Path, files: tuple[str, ...], labels_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _part(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name in files:
         path = folder / name
         d = read_pickle(path)
+        labels_key = "labels" if "labels" in d else "fine_labels"  # CIFAR-10 / CIFAR-100, as torchvision
         data, lab = d.get("data"), d.get(labels_key)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"{path}: 'data' is not a uint8 [N, 3072] array")
@@ -105,18 +92,20 @@ class Cifar:
 def read_cifar_folder(root: str | Path, fmt: str) -> Cifar:
     """The train and test parts and class names of the copy under `root` (missing files, foreign
     pickles, bad shapes and out-of-range labels are `DataError`s naming the file)."""
-    lay = LAYOUTS[fmt]
-    folder = Path(root) / lay.folder
-    missing = [f for f in (*lay.train, *lay.test, lay.meta) if not (folder / f).is_file()]
+    lay = layout(fmt)
+    folder = Path(root) / lay.base_folder
+    train_files, test_files = [f for f, _ in lay.train_list], [f for f, _ in lay.test_list]
+    meta_file, names_key = lay.meta["filename"], lay.meta["key"]
+    missing = [f for f in (*train_files, *test_files, meta_file) if not (folder / f).is_file()]
     if missing:
         raise DataError(f"{folder}: not a {fmt} copy in the python format (missing {', '.join(missing)})")
-    meta = read_pickle(folder / lay.meta)
-    names = meta.get(lay.names_key)
+    meta = read_pickle(folder / meta_file)
+    names = meta.get(names_key)
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, bytes)) for n in names):
-        raise DataError(f"{folder / lay.meta}: '{lay.names_key}' is not a list of class names")
+        raise DataError(f"{folder / meta_file}: '{names_key}' is not a list of class names")
     classes = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
-    train = _part(folder, lay.train, lay.labels_key)
-    test = _part(folder, lay.test, lay.labels_key)
+    train = _part(folder, train_files)
+    test = _part(folder, test_files)
     for part, (_, labels) in (("train", train), ("test", test)):
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DataError(f"{folder}: {part} labels outside 0..{len(classes) - 1}")
@@ -125,9 +114,9 @@ def read_cifar_folder(root: str | Path, fmt: str) -> Cifar:
 
 def download_cifar(root: str | Path, fmt: str) -> None:
     """Fetch and unpack the official archive (its MD5 is checked) when the folder is not there."""
-    lay = LAYOUTS[fmt]
-    if (Path(root) / lay.folder).is_dir():
+    lay = layout(fmt)
+    if (Path(root) / lay.base_folder).is_dir():
         return
     from torchvision.datasets.utils import download_and_extract_archive
 
-    download_and_extract_archive(lay.url, str(root), filename=lay.archive, md5=lay.md5)
+    download_and_extract_archive(lay.url, str(root), filename=lay.filename, md5=lay.tgz_md5)

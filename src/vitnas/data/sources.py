@@ -49,7 +49,7 @@ def load_digits() -> RawDataset:
 def load_cifar(name: str, root: str, download: bool = False) -> RawDataset:
     """CIFAR-10/100 in the python format (``cifar-10-batches-py/`` under `root`), read by a
     restricted unpickler (`vitnas.data.cifar`): a planted file cannot run code."""
-    from vitnas.data.cifar import LAYOUTS, download_cifar, read_cifar_folder
+    from vitnas.data.cifar import download_cifar, layout, read_cifar_folder
 
     if download:
         try:
@@ -57,7 +57,7 @@ def load_cifar(name: str, root: str, download: bool = False) -> RawDataset:
         except Exception as e:  # network errors, a bad archive
             raise DataError(f"data.download: could not download {name} into {root}: {type(e).__name__}: "
                             f"{str(e)[:120]}") from None
-    folder = Path(root) / LAYOUTS[name].folder
+    folder = Path(root) / layout(name).base_folder
     if not folder.is_dir():
         raise DataError(f"data.root: {name} not found at {folder} (set data.download: true on a machine with "
                         "internet access)")

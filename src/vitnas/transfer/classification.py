@@ -22,7 +22,7 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import Dataset
 
-from vitnas.data.cifar import LAYOUTS, read_cifar_folder
+from vitnas.data.cifar import layout, read_cifar_folder
 from vitnas.data.transforms import eval_transform, train_transform
 from vitnas.errors import ArtifactError, DataError
 from vitnas.train import ClassifierTrainer, DistInfo, batches, epoch_loader, reseed
@@ -59,7 +59,7 @@ def read_cifar(root: str | Path, fmt: str = "cifar10") -> CifarData:
     data = CifarData(classes=c.classes, train_images=c.train_images, train_labels=c.train_labels,
                      test_images=c.test_images, test_labels=c.test_labels)
     if not len(data.train_images) or not len(data.test_images):
-        raise ArtifactError(f"{Path(root) / LAYOUTS[fmt].folder}: the train or test part is empty")
+        raise ArtifactError(f"{Path(root) / layout(fmt).base_folder}: the train or test part is empty")
     return data
 
 

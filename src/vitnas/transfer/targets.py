@@ -30,9 +30,10 @@ COCO_SPLITS = ("train", "val")
 class _Py2Str(str):
     """A str pickled as Python 2 did (STRING opcode), like the keys of the real CIFAR files.
 
-    Real CIFAR batches were written by Python 2: `pickle.load(f, encoding="bytes")` gives
-    b'data' keys, `encoding="latin1"` (torchvision) gives 'data'. Python 3 cannot write that
-    opcode by itself, so a small pickler subclass does.
+    Real CIFAR batches were written by Python 2: unpickled with `encoding="bytes"` (as vitnas's
+    restricted reader, `vitnas.data.cifar`, does) their keys are b'data', with `encoding="latin1"`
+    'data'. Python 3 cannot write that opcode by itself, so a small pickler subclass does. This
+    module only writes pickles; nothing here reads one.
     """
 
 
