@@ -68,6 +68,11 @@ def _mlflow():
     return mlflow
 
 
+def _param_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """MLflow param values: lists and mappings as JSON, so they read back unambiguously."""
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()}
+
+
 class StageRun:
     """Logging handle of one stage run; every method is a no-op when tracking is off."""
 
@@ -82,7 +87,7 @@ class StageRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.active or not params:
             return
-        items = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()}
+        items = _param_values(params)
         keys = list(items)
         for i in range(0, len(keys), 100):  # MLflow's per-call limit
             _mlflow().log_params({k: items[k] for k in keys[i:i + 100]})
@@ -124,7 +129,7 @@ class StageRun:
 
         _mlflow()  # sets the tracking URI
         cpu = copy.deepcopy(model).cpu().eval()  # export traces on the example's device (CPU)
-        logged = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in (params or {}).items()}
+        logged = _param_values(params or {})
         info = mlflow.pytorch.log_model(cpu, name=name, input_example=input_example, params=logged or None,
                                         registered_model_name=registered_model, serialization_format="pt2",
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
@@ -182,7 +187,7 @@ def _find_or_create_parent(mlflow, exp_id: str, pipeline_run_id: str, params: Ma
     if params:
         from mlflow.entities import Param
 
-        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        items = [Param(k, str(v)) for k, v in _param_values(params).items()]
         for i in range(0, len(items), 100):  # MLflow's per-call limit
             client.log_batch(run.info.run_id, params=items[i:i + 100])
     client.set_terminated(run.info.run_id)  # each stage that ends moves its end time

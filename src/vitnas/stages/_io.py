@@ -150,8 +150,8 @@ def claim_output(out: str | Path, stage: str, *, force: bool = False,
         if not locked:
             raise ArtifactError(f"{out}: another vitnas process is writing it (lock {lock_path}); wait for it "
                                 "to finish")
-        for leftover in out.parent.glob(f".{out.name}.*-*"):
-            if leftover.name.startswith((f".{out.name}.tmp-", f".{out.name}.old-")):
+        for kind in ("tmp", "old"):  # what an interrupted atomic_dir leaves beside `out`
+            for leftover in out.parent.glob(f".{out.name}.{kind}-*"):
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() and not leftover.is_symlink() \
                     else leftover.unlink(missing_ok=True)
         yield out
