@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -15,7 +16,15 @@ def _update(h, path: Path) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    """The sha256 hex digest of a file's bytes. Remembered per (path, size, mtime): a stage that
+    fingerprints its supernet and records it for lineage reads the file once."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     _update(h, Path(path))
     return h.hexdigest()
