@@ -37,6 +37,5 @@ def path_digest(path: str | Path) -> str:
         return file_sha256(path)[:16]
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _SKIP):
-        h.update(str(f.relative_to(path)).encode() + b"\0")
-        _update(h, f)
+        h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]
