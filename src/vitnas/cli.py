@@ -213,7 +213,7 @@ def spaces() -> None:
         kind = f", GLiT {s.units} units" if s.is_glit else ""
         typer.echo(f"{name:<18}{'1e' + format(s.log10_size(), '.1f'):>10}"
                    f"{p_lo / 1e6:>8.2f}-{p_hi / 1e6:<9.2f}{f_lo / 1e9:>8.3f}-{f_hi / 1e9:<9.3f}"
-                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}")
+                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}{s._variant_str()}")
 
 
 @app.command(rich_help_panel="Tools")

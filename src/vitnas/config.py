@@ -100,6 +100,11 @@ class SpaceConfig(_Section):
     kernel_size: list[PosInt] | None = None
     local_expansion: list[Annotated[float, Field(gt=0)]] | None = None
     glit_grid: Literal["paper", "full"] | None = None
+    # The network around the widths (default: the preset's; AutoFormer's presets avg / true / 14 / 1e-5)
+    global_pool: Literal["token", "avg"] | None = None
+    rel_pos: bool | None = None
+    rel_pos_clip: Annotated[int, Field(gt=0, le=1024)] | None = None
+    norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 class TrainRecipe(_Section):
@@ -300,7 +305,8 @@ def _space_from(p: Params, *, num_classes: int | None, in_chans: int | None) -> 
     s = p.space
     overrides = {k: getattr(s, k) for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "head_dim",
                                             "patch_size", "units", "local_units", "qkv_ratio", "kernel_size",
-                                            "local_expansion", "glit_grid") if getattr(s, k) is not None}
+                                            "local_expansion", "glit_grid", "global_pool", "rel_pos",
+                                            "rel_pos_clip", "norm_eps") if getattr(s, k) is not None}
     overrides["img_size"] = p.data.img_size
     if num_classes is not None:
         overrides["num_classes"] = num_classes

@@ -18,7 +18,11 @@ from vitnas.errors import VitnasError
 _PLAIN_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "mlp_hidden", "head_dim",
     "patch_size", "img_size", "in_chans", "num_classes", "keep_tokens",
-}
+} | {"global_pool", "rel_pos", "rel_pos_clip", "norm_eps"}
+# How the network around the searched widths is built (same for every arch of a space). timm's ViT
+# defaults; AutoFormer / TF-TAS use avg pooling, relative position (clip 14) and LayerNorm eps 1e-5.
+MODEL_DEFAULTS = {"global_pool": "token", "rel_pos": False, "rel_pos_clip": 14, "norm_eps": 1e-6}
+GLOBAL_POOLS = ("token", "avg")
 # GLiT global-local blocks (Chen et al., ICCV 2021); absent from plain ViT archs.
 GLIT_KEYS = ("units", "local_units", "qkv_ratio", "kernel_size", "local_expansion")
 
@@ -64,7 +68,22 @@ def _check_keep_tokens(keep: tuple, depth: int, num_patches: int) -> None:
 # Upper bounds of the shape fields, far above any published ViT, so that a typo or a planted file
 # is refused before any loop or allocation runs over it (memory is checked separately: space.memory).
 LIMITS = {"embed_dim": 65536, "depth": 1024, "patch_size": 1024, "img_size": 8192, "in_chans": 64,
-          "num_classes": 1_000_000, "num_heads": 4096, "mlp_hidden": 1 << 20, "head_dim": 8192}
+          "num_classes": 1_000_000, "num_heads": 4096, "mlp_hidden": 1 << 20, "head_dim": 8192,
+          "rel_pos_clip": 1024}
+
+
+def check_model_fields(global_pool: Any, rel_pos: Any, rel_pos_clip: Any, norm_eps: Any) -> None:
+    """The model-variant fields shared by `Arch` and `SearchSpace` (see `MODEL_DEFAULTS`)."""
+    if global_pool not in GLOBAL_POOLS:
+        raise ArchError(f"global_pool: expected one of {', '.join(GLOBAL_POOLS)}, got {global_pool!r}")
+    if not isinstance(rel_pos, bool):
+        raise ArchError(f"rel_pos: expected true or false, got {rel_pos!r}")
+    clip = _positive_int("rel_pos_clip", rel_pos_clip)
+    if clip > LIMITS["rel_pos_clip"]:
+        raise ArchError(f"rel_pos_clip: {clip:,} is above vitnas's limit of {LIMITS['rel_pos_clip']:,}")
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not math.isfinite(norm_eps) \
+            or not 0 < norm_eps < 1:
+        raise ArchError(f"norm_eps: expected a number in (0, 1), got {norm_eps!r}")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -106,6 +125,14 @@ class Arch:
     qkv_ratio: tuple[float, ...] | None = field(default=None)
     kernel_size: tuple[int, ...] | None = field(default=None)
     local_expansion: tuple[float, ...] | None = field(default=None)
+    # The network around the widths (MODEL_DEFAULTS): pooling into the classifier ("token": the CLS
+    # token, "avg": mean of the patch tokens after the final norm, CLS excluded, as AutoFormer's
+    # `--gp`), AutoFormer's 2-D relative position in every attention (tables clipped at
+    # `rel_pos_clip`), and the LayerNorm eps.
+    global_pool: str = "token"
+    rel_pos: bool = False
+    rel_pos_clip: int = 14
+    norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "depth", "patch_size", "img_size", "in_chans", "num_classes"):
@@ -128,6 +155,15 @@ class Arch:
                 raise ArchError("keep_tokens: token pruning does not combine with GLiT local units (the local "
                                 "convolution runs over the whole token sequence)")
             _check_keep_tokens(tuple(self.keep_tokens), self.depth, self.num_patches)
+        check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps)
+        object.__setattr__(self, "norm_eps", float(self.norm_eps))
+        if not self.rel_pos:  # no tables: the clip is meaningless, and equal models must compare equal
+            object.__setattr__(self, "rel_pos_clip", MODEL_DEFAULTS["rel_pos_clip"])
+        if self.rel_pos and glit:
+            raise ArchError("rel_pos: relative position is AutoFormer's; GLiT blocks do not have it")
+        if self.rel_pos and self.keep_tokens is not None:
+            raise ArchError("keep_tokens: token pruning does not combine with relative position (rel_pos) yet; "
+                            "slim without tokens")
         if glit:
             _check_glit(self)
         else:
@@ -156,6 +192,10 @@ class Arch:
         qkv_ratio: float | Sequence[float] | None = None,
         kernel_size: int | Sequence[int] | None = None,
         local_expansion: float | Sequence[float] | None = None,
+        global_pool: str = "token",
+        rel_pos: bool = False,
+        rel_pos_clip: int = 14,
+        norm_eps: float = 1e-6,
     ) -> Arch:
         """Build an Arch from scalars or per-layer lists, checking every field.
 
@@ -195,7 +235,8 @@ class Arch:
         tokens = None if keep_tokens is None else _per_layer("keep_tokens", keep_tokens, depth, int)
         return cls(embed_dim=embed_dim, depth=depth, num_heads=heads, mlp_hidden=hidden,
                    head_dim=hdim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
-                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens, **glit)
+                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens, global_pool=global_pool,
+                   rel_pos=rel_pos, rel_pos_clip=rel_pos_clip, norm_eps=norm_eps, **glit)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Arch:
@@ -221,6 +262,7 @@ class Arch:
                  num_classes=self.num_classes)
         if self.keep_tokens is not None:
             d["keep_tokens"] = list(self.keep_tokens)
+        d.update(self.model_fields())
         if self.units is not None:
             d.update(units=self.units, local_units=list(self.local_units), qkv_ratio=list(self.qkv_ratio),
                      kernel_size=list(self.kernel_size), local_expansion=list(self.local_expansion))
@@ -311,12 +353,23 @@ class Arch:
         """Width of block `layer`'s local branch after the GLU (expansion x its channels)."""
         return int(self.local_expansion[layer] * self.local_dim(layer)) if self.units is not None else 0
 
+    def model_fields(self) -> dict[str, Any]:
+        """global_pool, rel_pos (+ rel_pos_clip with it) and norm_eps, as `to_dict` writes them."""
+        d: dict[str, Any] = {"global_pool": self.global_pool, "rel_pos": self.rel_pos}
+        if self.rel_pos:
+            d["rel_pos_clip"] = self.rel_pos_clip
+        d["norm_eps"] = self.norm_eps
+        return d
+
     def key(self) -> str:
         """A canonical string, equal for equal architectures (dedupe, caching, file names)."""
         fields = [self.embed_dim, self.depth, self.num_heads, self.mlp_hidden, self.head_dim,
                   self.patch_size, self.img_size, self.in_chans, self.num_classes, self.keep_tokens]
         if self.units is not None:
             fields += [self.units, self.local_units, self.qkv_ratio, self.kernel_size, self.local_expansion]
+        variant = {k: v for k, v in self.model_fields().items() if MODEL_DEFAULTS[k] != v}
+        if variant:  # keys of timm-default archs stay what they were before these fields existed
+            fields.append(variant)
         return json.dumps(fields)
 
     def __str__(self) -> str:
@@ -324,10 +377,21 @@ class Arch:
         if self.units is not None:
             return (f"Arch(GLiT embed={self.embed_dim}, depth={self.depth}, local={list(self.local_units)}/"
                     f"{self.units}, e_v={_short(self.qkv_ratio)}, k={list(self.kernel_size)}, "
-                    f"e_c={_short(self.local_expansion)}, mlp={_short(ratios)})")
+                    f"e_c={_short(self.local_expansion)}, mlp={_short(ratios)}{self._variant_str()})")
         return (f"Arch(embed={self.embed_dim}, depth={self.depth}, heads={list(self.num_heads)}, "
                 f"mlp={list(ratios)}, head_dim={self.to_dict()['head_dim']}"
-                + (f", tokens={list(self.keep_tokens)}" if self.keep_tokens is not None else "") + ")")
+                + (f", tokens={list(self.keep_tokens)}" if self.keep_tokens is not None else "")
+                + self._variant_str() + ")")
+
+    def _variant_str(self) -> str:
+        out = ""
+        if self.global_pool != "token":
+            out += f", pool={self.global_pool}"
+        if self.rel_pos:
+            out += f", rel_pos={self.rel_pos_clip}"
+        if self.norm_eps != MODEL_DEFAULTS["norm_eps"]:
+            out += f", eps={self.norm_eps:g}"
+        return out
 
     @staticmethod
     def published(name: str, **overrides: Any) -> Arch:

@@ -18,6 +18,30 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.space.arch import Arch
+from vitnas.space.relpos import RelPosTables, rel_pos_attention
+
+
+class RelPosAttention(Attention):
+    """timm's Attention plus AutoFormer's 2-D relative position (`rel_pos_k`, `rel_pos_v`; see
+    `vitnas.space.relpos`). Its token count is fixed: CLS + the `grid` x `grid` patches."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, *, grid: int, clip: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__(dim, num_heads=num_heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
+                         attn_drop=attn_drop, proj_drop=proj_drop)
+        self.grid = grid
+        self.rel_pos_k = RelPosTables(head_dim, clip)
+        self.rel_pos_v = RelPosTables(head_dim, clip)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        if is_causal:
+            raise ValueError("relative position attention is not causal")
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = rel_pos_attention(q, k, v, self.rel_pos_k, self.rel_pos_v, scale=self.scale, grid=self.grid,
+                              attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim)))
 
 
 def _init_residuals(block: nn.Module, dim: int, mlp_hidden: int, drop_path: float, proj_drop: float,
@@ -46,7 +70,8 @@ class Block(TimmBlock):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, *,
                  qkv_bias: bool = True, drop_path: float = 0.0, proj_drop: float = 0.0,
                  attn_drop: float = 0.0, norm_layer=nn.LayerNorm, act_layer=nn.GELU,
-                 tokens_in: int | None = None, tokens_out: int | None = None) -> None:
+                 tokens_in: int | None = None, tokens_out: int | None = None,
+                 rel_pos: tuple[int, int] | None = None) -> None:
         nn.Module.__init__(self)
         self.token_rows: torch.Tensor | None
         if tokens_out is not None and tokens_in is not None and tokens_out < tokens_in:
@@ -56,8 +81,12 @@ class Block(TimmBlock):
         else:
             self.token_rows = None
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads=num_heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
-                              attn_drop=attn_drop, proj_drop=proj_drop)
+        if rel_pos is not None:  # (patch grid side, clip distance)
+            self.attn = RelPosAttention(dim, num_heads, head_dim, grid=rel_pos[0], clip=rel_pos[1],
+                                        qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        else:
+            self.attn = Attention(dim, num_heads=num_heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
+                                  attn_drop=attn_drop, proj_drop=proj_drop)
         _init_residuals(self, dim, mlp_hidden, drop_path, proj_drop, norm_layer, act_layer)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -138,6 +167,8 @@ def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_lay
     if arch.keep_tokens is not None:
         tokens = {"tokens_in": arch.tokens_in(i - 1) - 1 if i else arch.num_patches,
                   "tokens_out": arch.keep_tokens[i]}
+    if arch.rel_pos:
+        tokens["rel_pos"] = (arch.img_size // arch.patch_size, arch.rel_pos_clip)
     return Block(dim, arch.num_heads[i], arch.head_dim[i], arch.mlp_hidden[i],
                  drop_path=drop_path, proj_drop=proj_drop, attn_drop=attn_drop,
                  norm_layer=norm_layer, act_layer=act_layer, **tokens)
@@ -145,11 +176,15 @@ def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_lay
 
 def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> VisionTransformer:
     """The standalone model of `arch`, randomly initialised with timm's ViT init (GLiT's depthwise
-    convs and BatchNorm keep torch's default init)."""
+    convs and BatchNorm keep torch's default init; relative-position tables AutoFormer's).
+
+    `arch.global_pool="avg"` is timm's `global_pool="avg", fc_norm=False`: the final norm over every
+    token, then the mean of the patch tokens (AutoFormer's `--gp`)."""
     return VisionTransformer(
         img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
         num_classes=arch.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
-        num_heads=max(1, arch.num_heads[0]), qkv_bias=True, class_token=True, global_pool="token",
+        num_heads=max(1, arch.num_heads[0]), qkv_bias=True, class_token=True, global_pool=arch.global_pool,
+        fc_norm=False, norm_layer=partial(nn.LayerNorm, eps=arch.norm_eps),
         drop_rate=drop_rate, drop_path_rate=drop_path_rate,
         block_fn=partial(_layer_block, arch),
     )

@@ -10,6 +10,13 @@ other `L * w` channels costs its two pointwise projections (the first to both GL
 outputs) and the depthwise conv (`e * k` per token). BatchNorm has 2 parameters per channel and,
 like LayerNorm, GLU and Swish, no multiply-adds here (GLiT's own counter also halves the GLU
 projection, see README).
+
+Relative position (`Arch.rel_pos`, AutoFormer's): every attention layer has a key and a value module,
+each with a vertical and a horizontal table of `2 * clip + 2` rows of head-dim entries, so
+`4 * (2 * clip + 2) * head_dim` parameters. Its multiply-adds are counted as the model defines them
+(AutoFormer's formulation): `q_i . r_k[i, j]` and `sum_j attn_ij r_v[i, j]` for every token pair,
+`2 * t * t * q` per layer. vitnas computes the same terms on the small tables with fewer
+multiply-adds (see `vitnas.space.relpos`), so `torch.utils.flop_counter` counts less on it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ def count_params(arch: Arch) -> int:
         if q:
             n += a * 3 * q + 3 * q  # qkv (with bias)
             n += q * a + a  # proj
+            if arch.rel_pos:
+                n += 4 * (2 * arch.rel_pos_clip + 2) * arch.head_dim[i]  # key/value x vertical/horizontal
         if arch.is_glit and arch.local_units[i]:
             cl, e, k = arch.local_dim(i), arch.local_hidden(i), arch.kernel_size[i]
             n += cl * 2 * e + 2 * e  # pointwise to both GLU halves
@@ -50,12 +59,14 @@ def count_flops(arch: Arch) -> int:
         a = arch.attn_dim(i)
         macs += t * a * 3 * q  # qkv
         macs += 2 * t * t * q  # q @ k^T and attn @ v
+        if arch.rel_pos:
+            macs += 2 * t * t * q  # q . r_k and attn . r_v for every token pair
         macs += t * q * a  # proj
         if arch.is_glit and arch.local_units[i]:
             cl, e, k = arch.local_dim(i), arch.local_hidden(i), arch.kernel_size[i]
             macs += t * (cl * 2 * e + e * k + e * cl)  # pointwise (both GLU halves), depthwise, pointwise
         macs += 2 * t * d * m  # fc1 + fc2
-    macs += d * arch.num_classes  # classifier on the CLS token
+    macs += d * arch.num_classes  # classifier on the pooled token (CLS or the patch-token mean)
     return macs
 
 

@@ -4,14 +4,20 @@ AutoFormer (Chen et al., ICCV 2021) and TF-TAS (Zhou et al., CVPR 2022) subnets 
 dim of 64; DeiT (Touvron et al., 2021) uses embed/heads. GLiT-Tiny (Chen et al., ICCV 2021) is
 the searched global-local arch, block by block from the paper and its public model definition.
 All at 224 px, patch 16, 1000 classes; per-layer lists are first layer first.
+
+AutoFormer and TF-TAS archs are AutoFormer's model as its scripts run it (`--gp
+--relative_position`, `nn.LayerNorm`): average pooling of the patch tokens after the final norm,
+2-D relative position clipped at 14, LayerNorm eps 1e-5, so `count_params` gives AutoFormer's own
+counts. DeiT and GLiT keep timm's ViT (CLS token, no relative position, eps 1e-6).
 """
 
 _IMAGENET = {"patch_size": 16, "img_size": 224, "in_chans": 3, "num_classes": 1000}
+AUTOFORMER_MODEL = {"global_pool": "avg", "rel_pos": True, "rel_pos_clip": 14, "norm_eps": 1e-5}
 
 
-def _vit(embed: int, depth: int, heads, mlp, head_dim: int = 64) -> dict:
+def _vit(embed: int, depth: int, heads, mlp, head_dim: int = 64, autoformer: bool = True) -> dict:
     return {"embed_dim": embed, "depth": depth, "num_heads": heads, "mlp_ratio": mlp,
-            "head_dim": head_dim, **_IMAGENET}
+            "head_dim": head_dim, **_IMAGENET, **(AUTOFORMER_MODEL if autoformer else {})}
 
 
 def _glit_tiny() -> dict:
@@ -40,8 +46,8 @@ PUBLISHED: dict[str, dict] = {
                      [4, 4, 4, 3, 4, 3, 3, 3.5, 4, 3.5, 3.5, 4, 3, 3.5]),
     "tf-tas-b": _vit(576, 15, [9, 10, 10, 10, 10, 10, 10, 9, 9, 10, 9, 9, 9, 9, 9],
                      [3, 3.5, 4, 4, 3, 4, 3, 3, 3.5, 3, 3, 3.5, 4, 3, 4]),
-    "deit-tiny": _vit(192, 12, 3, 4.0, head_dim=64),
-    "deit-small": _vit(384, 12, 6, 4.0, head_dim=64),
-    "deit-base": _vit(768, 12, 12, 4.0, head_dim=64),
+    "deit-tiny": _vit(192, 12, 3, 4.0, head_dim=64, autoformer=False),
+    "deit-small": _vit(384, 12, 6, 4.0, head_dim=64, autoformer=False),
+    "deit-base": _vit(768, 12, 12, 4.0, head_dim=64, autoformer=False),
     "glit-tiny": _glit_tiny(),
 }

@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from vitnas.space.arch import Arch, ArchError
+from vitnas.space.arch import MODEL_DEFAULTS, Arch, ArchError, check_model_fields
 from vitnas.space.cost import count_flops, count_params
+from vitnas.space.published import AUTOFORMER_MODEL
 
 GLIT_FIELDS = ("units", "local_units", "split", "qkv_ratio", "kernel_size", "local_expansion", "glit_grid")
 GLIT_GRIDS = ("paper", "full")
@@ -73,9 +74,20 @@ class SearchSpace:
     kernel_size: tuple[int, ...] | None = None
     local_expansion: tuple[float, ...] | None = None
     glit_grid: str = "paper"
+    # How every arch's network is built around its widths (`Arch`: pooling, relative position, eps).
+    global_pool: str = "token"
+    rel_pos: bool = False
+    rel_pos_clip: int = 14
+    norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         glit = self.units is not None
+        check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps)
+        object.__setattr__(self, "norm_eps", float(self.norm_eps))
+        if not self.rel_pos:
+            object.__setattr__(self, "rel_pos_clip", MODEL_DEFAULTS["rel_pos_clip"])
+        if glit and self.rel_pos:
+            raise ArchError("rel_pos: relative position is AutoFormer's; GLiT blocks do not have it")
         fields = [("embed_dim", int), ("depth", int), ("mlp_ratio", float)]
         if glit:
             self._init_glit()
@@ -147,6 +159,11 @@ class SearchSpace:
             raise ArchError(f"{unknown[0]}: unknown search space key")
         return cls(**dict(d))
 
+    def model_fields(self) -> dict[str, Any]:
+        """The fields every arch of the space shares besides its input/output shape."""
+        return {"global_pool": self.global_pool, "rel_pos": self.rel_pos, "rel_pos_clip": self.rel_pos_clip,
+                "norm_eps": self.norm_eps}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.units is None:  # plain spaces keep their original keys
@@ -189,7 +206,7 @@ class SearchSpace:
                            local_units=[la[0] for la in layers], qkv_ratio=[la[1] for la in layers],
                            kernel_size=[la[2] for la in layers], local_expansion=[la[3] for la in layers],
                            mlp_ratio=[la[4] for la in layers], patch_size=self.patch_size, img_size=self.img_size,
-                           in_chans=self.in_chans, num_classes=self.num_classes)
+                           in_chans=self.in_chans, num_classes=self.num_classes, **self.model_fields())
 
     def sample_layer(self, rng: random.Random, layer: int, local: int | None = None) -> Layer:
         """A random choice of block `layer` (of `local` local units when given): L uniformly, then
@@ -250,7 +267,7 @@ class SearchSpace:
         """Why GLiT `arch` is not in this space (the first reason), or None."""
         if arch.units != self.units:
             return f"units {arch.units} != the space's {self.units}"
-        for name in ("patch_size", "img_size", "in_chans", "num_classes"):
+        for name in ("patch_size", "img_size", "in_chans", "num_classes", *self.model_fields()):
             if getattr(arch, name) != getattr(self, name):
                 return f"{name} {getattr(arch, name)} != the space's {getattr(self, name)}"
         if arch.mlp_ratio is None:
@@ -277,7 +294,7 @@ class SearchSpace:
     def _arch(self, embed: int, depth: int, heads: Sequence[int], ratios: Sequence[float]) -> Arch:
         return Arch.create(embed_dim=embed, depth=depth, num_heads=list(heads), mlp_ratio=list(ratios),
                            head_dim=self.head_dim, patch_size=self.patch_size, img_size=self.img_size,
-                           in_chans=self.in_chans, num_classes=self.num_classes)
+                           in_chans=self.in_chans, num_classes=self.num_classes, **self.model_fields())
 
     def sample(self, seed: int | random.Random | None = None) -> Arch:
         """A uniformly random arch; the same seed gives the same arch on every machine."""
@@ -352,6 +369,7 @@ class SearchSpace:
             and all(d == self.head_dim for d in arch.head_dim)
             and (arch.patch_size, arch.img_size, arch.in_chans, arch.num_classes)
             == (self.patch_size, self.img_size, self.in_chans, self.num_classes)
+            and all(getattr(arch, k) == v for k, v in self.model_fields().items())
         )
 
     def __str__(self) -> str:
@@ -360,10 +378,13 @@ class SearchSpace:
             return (f"SearchSpace({self.name}: GLiT embed {list(self.embed_dim)}, depth {list(self.depth)}, "
                     f"{self.units} units, {split}, e_v {_short(self.qkv_ratio)}, kernel {list(self.kernel_size)}, "
                     f"e_c {_short(self.local_expansion)}, mlp {_short(self.mlp_ratio)}, {self.glit_grid} grid, "
-                    f"{self.img_size}px/{self.patch_size}, 10^{self.log10_size():.1f} archs)")
+                    f"{self.img_size}px/{self.patch_size}{self._variant_str()}, 10^{self.log10_size():.1f} archs)")
         return (f"SearchSpace({self.name}: embed {list(self.embed_dim)}, depth {list(self.depth)}, "
                 f"heads {list(self.num_heads)}, mlp {list(self.mlp_ratio)}, head_dim {self.head_dim}, "
-                f"{self.img_size}px/{self.patch_size}, 10^{self.log10_size():.1f} archs)")
+                f"{self.img_size}px/{self.patch_size}{self._variant_str()}, 10^{self.log10_size():.1f} archs)")
+
+    def _variant_str(self) -> str:
+        return self.largest()._variant_str()
 
 
 def _short(values: Sequence[float]) -> list:
@@ -415,13 +436,16 @@ def _layer_options(space: SearchSpace, local: int) -> tuple[tuple[float, int, fl
 _PRESETS: dict[str, SearchSpace] = {
     # AutoFormer's spaces (REFERENCES.md). mlp 3.0 is in the tiny space as well, because the
     # published AutoFormer-T subnet uses it although the paper's tiny table lists {3.5, 4}.
+    # Their model is AutoFormer's as its scripts run it (`--gp --relative_position`): avg pooling after
+    # the final norm, 2-D relative position clipped at 14, LayerNorm eps 1e-5.
     "autoformer-tiny": SearchSpace(embed_dim=(192, 216, 240), depth=(12, 13, 14), num_heads=(3, 4),
-                                   mlp_ratio=(3.0, 3.5, 4.0), name="autoformer-tiny"),
+                                   mlp_ratio=(3.0, 3.5, 4.0), name="autoformer-tiny", **AUTOFORMER_MODEL),
     "autoformer-small": SearchSpace(embed_dim=(320, 384, 448), depth=(12, 13, 14), num_heads=(5, 6, 7),
-                                    mlp_ratio=(3.0, 3.5, 4.0), name="autoformer-small"),
+                                    mlp_ratio=(3.0, 3.5, 4.0), name="autoformer-small", **AUTOFORMER_MODEL),
     "autoformer-base": SearchSpace(embed_dim=(528, 576, 624), depth=(14, 15, 16), num_heads=(8, 9, 10),
-                                   mlp_ratio=(3.0, 3.5, 4.0), name="autoformer-base"),
-    # CPU-sized space for the embedded digits dataset (8x8 digits upsampled to 16 px).
+                                   mlp_ratio=(3.0, 3.5, 4.0), name="autoformer-base", **AUTOFORMER_MODEL),
+    # CPU-sized space for the embedded digits dataset (8x8 digits upsampled to 16 px); timm's ViT
+    # (CLS token, no relative position): on a 4x4 patch grid relative position adds little.
     "demo": SearchSpace(embed_dim=(32, 48, 64), depth=(2, 3, 4), num_heads=(1, 2, 3, 4),
                         mlp_ratio=(2.0, 3.0, 4.0), head_dim=16, patch_size=4, img_size=16,
                         in_chans=1, num_classes=10, name="demo"),

@@ -79,12 +79,15 @@ class SlicedQKV(nn.Module):
     slice for `h` heads is `[:, :h*head_dim, :d]` on both: q, k and v each take their first `h`
     heads, weight rows and bias entries always agree. (AutoFormer slices the bias as a plain
     prefix of the flat [q;k;v] vector while the weight rows are interleaved, so every subnet
-    smaller than the largest adds k's bias to q, and so on.)
+    smaller than the largest adds k's bias to q, and so on.) `bias_layout="prefix"` reproduces
+    that, for checkpoints trained by AutoFormer's code: the subnet's bias is
+    `bias.flatten()[:3 * h * head_dim]`.
     """
 
-    def __init__(self, dim_max: int, heads_max: int, head_dim: int) -> None:
+    def __init__(self, dim_max: int, heads_max: int, head_dim: int, bias_layout: str = "grouped") -> None:
         super().__init__()
         self.dim_max, self.heads_max, self.head_dim = dim_max, heads_max, head_dim
+        self.bias_layout = bias_layout
         self.weight = nn.Parameter(torch.empty(3, heads_max * head_dim, dim_max))
         self.bias = nn.Parameter(torch.empty(3, heads_max * head_dim))
         self.reset_parameters()
@@ -102,10 +105,18 @@ class SlicedQKV(nn.Module):
         """
         q = heads * self.head_dim
         w = top_left(self.weight, 3, q, in_dim).reshape(3 * q, in_dim)
-        return F.linear(x, w, top_left(self.bias, 3, q).reshape(3 * q))
+        return F.linear(x, w, self.sliced_bias(heads))
+
+    def sliced_bias(self, heads: int) -> torch.Tensor:
+        """The flat `[3 * heads * head_dim]` bias a subnet with `heads` heads adds (q, k, v)."""
+        q = heads * self.head_dim
+        if self.bias_layout == "prefix":
+            return self.bias.reshape(-1)[:3 * q]
+        return top_left(self.bias, 3, q).reshape(3 * q)
 
     def extra_repr(self) -> str:
-        return f"dim_max={self.dim_max}, heads_max={self.heads_max}, head_dim={self.head_dim}"
+        extra = "" if self.bias_layout == "grouped" else f", bias_layout={self.bias_layout}"
+        return f"dim_max={self.dim_max}, heads_max={self.heads_max}, head_dim={self.head_dim}{extra}"
 
 
 class SlicedPatchEmbed(nn.Module):

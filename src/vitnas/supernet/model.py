@@ -1,8 +1,10 @@
 """The AutoFormer weight-entangled supernet: one set of largest weights runs every arch of a space.
 
 Every subnet uses the top-left slices of the shared weights (see `layers.py`); blocks beyond the
-arch's depth are skipped. The math is timm's ViT (pre-norm, LayerNorm eps 1e-6, exact GELU, CLS
-token + learned absolute position embedding, final norm, classifier on the CLS token), so
+arch's depth are skipped. The math is timm's ViT (pre-norm, exact GELU, CLS token + learned
+absolute position embedding, final norm, classifier) with the space's pooling (CLS token or mean of
+the patch tokens), LayerNorm eps and, when `space.rel_pos`, AutoFormer's relative position in every
+attention (per-layer tables of the space's head dim, shared by every head count). So
 `vitnas.extract(supernet, arch)` gives a `vitnas.build(arch)` model with the same outputs.
 """
 
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 
 from vitnas.space.arch import Arch, ArchError
+from vitnas.space.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.search_space import SearchSpace
 from vitnas.supernet.glit import GlitSuperBlock
 from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it used to live here)
@@ -33,6 +36,7 @@ from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it us
 )
 
 FORMAT = "vitnas-supernet/1"
+QKV_BIAS_LAYOUTS = ("grouped", "prefix")
 _PLAN_CACHE_SIZE = 4096
 
 
@@ -41,31 +45,42 @@ class SupernetFileError(ValueError):
 
 
 class SuperAttention(nn.Module):
-    """Multi-head self-attention with a fixed head dim and a per-call head count."""
+    """Multi-head self-attention with a fixed head dim and a per-call head count; with `rel_pos`
+    (grid side, clip) AutoFormer's relative position, its tables shared by every head count."""
 
-    def __init__(self, dim_max: int, heads_max: int, head_dim: int) -> None:
+    def __init__(self, dim_max: int, heads_max: int, head_dim: int, rel_pos: tuple[int, int] | None = None,
+                 qkv_bias_layout: str = "grouped") -> None:
         super().__init__()
         self.head_dim = head_dim
-        self.qkv = SlicedQKV(dim_max, heads_max, head_dim)
+        self.qkv = SlicedQKV(dim_max, heads_max, head_dim, bias_layout=qkv_bias_layout)
         self.proj = SlicedLinear(heads_max * head_dim, dim_max)
+        self.grid = None if rel_pos is None else rel_pos[0]
+        if rel_pos is not None:
+            self.rel_pos_k = RelPosTables(head_dim, rel_pos[1])
+            self.rel_pos_v = RelPosTables(head_dim, rel_pos[1])
 
     def forward(self, x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
         B, N, _ = x.shape
         q_dim = heads * self.head_dim
         qkv = self.qkv(x, heads, dim).reshape(B, N, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as timm
+        if self.grid is None:
+            x = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as timm
+        else:
+            x = rel_pos_attention(q, k, v, self.rel_pos_k, self.rel_pos_v, scale=self.head_dim ** -0.5,
+                                  grid=self.grid)
         return self.proj(x.transpose(1, 2).reshape(B, N, q_dim), dim, q_dim)
 
 
 class SuperBlock(nn.Module):
     """timm's pre-norm ViT block over sliced weights (same submodule names as timm's Block)."""
 
-    def __init__(self, dim_max: int, heads_max: int, head_dim: int, hidden_max: int) -> None:
+    def __init__(self, dim_max: int, heads_max: int, head_dim: int, hidden_max: int, *, eps: float = 1e-6,
+                 rel_pos: tuple[int, int] | None = None, qkv_bias_layout: str = "grouped") -> None:
         super().__init__()
-        self.norm1 = SlicedLayerNorm(dim_max)
-        self.attn = SuperAttention(dim_max, heads_max, head_dim)
-        self.norm2 = SlicedLayerNorm(dim_max)
+        self.norm1 = SlicedLayerNorm(dim_max, eps)
+        self.attn = SuperAttention(dim_max, heads_max, head_dim, rel_pos, qkv_bias_layout)
+        self.norm2 = SlicedLayerNorm(dim_max, eps)
         self.mlp = SuperMlp(dim_max, hidden_max)
 
     def forward(self, x: torch.Tensor, dim: int, heads: int, hidden: int, drop: float) -> torch.Tensor:
@@ -90,7 +105,7 @@ def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
         return None
     if arch.mlp_ratio is None:
         return "it is given by mlp_hidden, not by mlp_ratio choices"
-    for name in ("patch_size", "img_size", "in_chans", "num_classes"):
+    for name in ("patch_size", "img_size", "in_chans", "num_classes", *space.model_fields()):
         if getattr(arch, name) != getattr(space, name):
             return f"{name} {getattr(arch, name)} != the space's {getattr(space, name)}"
     if arch.embed_dim not in space.embed_dim:
@@ -125,15 +140,25 @@ class Supernet(nn.Module):
 
     `forward(x)` without an arch runs the one given to `set_arch` (the largest until then), so
     tools that call `model(x)` work.
+
+    `qkv_bias_layout="prefix"` is the compatibility layout of AutoFormer's released checkpoints
+    (`from_autoformer`): a subnet with `h` heads takes the first `3 * h * head_dim` entries of the
+    flat [q; k; v] bias, as AutoFormer's code does, although its weight rows are q, k and v's first
+    `h` heads ("grouped", vitnas's own, where bias and weight rows always agree).
     """
 
-    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0, *, qkv_bias_layout: str = "grouped") -> None:
         super().__init__()
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space: expected a vitnas.SearchSpace, got {type(space).__name__}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate: must be in [0, 1), got {drop_path_rate}")
+        if qkv_bias_layout not in QKV_BIAS_LAYOUTS:
+            raise ValueError(f"qkv_bias_layout: expected one of {', '.join(QKV_BIAS_LAYOUTS)}, got {qkv_bias_layout!r}")
+        if qkv_bias_layout != "grouped" and space.is_glit:
+            raise ValueError("qkv_bias_layout: GLiT supernets have only vitnas's own layout")
         self.space = space
+        self.qkv_bias_layout = qkv_bias_layout
         self.drop_path_rate = float(drop_path_rate)
         largest = space.largest()
         self.embed_dim = max(space.embed_dim)
@@ -151,10 +176,12 @@ class Supernet(nn.Module):
         else:
             self.num_heads = max(space.num_heads)
             self.head_dim = space.head_dim
+            rel = (space.img_size // space.patch_size, space.rel_pos_clip) if space.rel_pos else None
             self.blocks = nn.ModuleList(
-                SuperBlock(self.embed_dim, self.num_heads, self.head_dim, self.mlp_hidden)
+                SuperBlock(self.embed_dim, self.num_heads, self.head_dim, self.mlp_hidden, eps=space.norm_eps,
+                           rel_pos=rel, qkv_bias_layout=qkv_bias_layout)
                 for _ in range(self.depth))
-        self.norm = SlicedLayerNorm(self.embed_dim)
+        self.norm = SlicedLayerNorm(self.embed_dim, space.norm_eps)
         self.head = SlicedLinear(self.embed_dim, self.num_classes)
         # As timm's VisionTransformer.init_weights; the layers init themselves.
         trunc_normal_(self.pos_embed, std=0.02)
@@ -242,7 +269,8 @@ class Supernet(nn.Module):
         """Class logits of `arch` (or of the arch given to `set_arch`)."""
         x = self.forward_features(x, arch)
         dim = x.shape[-1]
-        return self.head(x[:, 0], self.num_classes, dim)
+        pooled = x[:, 1:].mean(dim=1) if self.space.global_pool == "avg" else x[:, 0]
+        return self.head(pooled, self.num_classes, dim)
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
@@ -256,6 +284,7 @@ class Supernet(nn.Module):
         payload = {
             "format": FORMAT,
             "space": self.space.to_dict(),
+            "qkv_bias_layout": self.qkv_bias_layout,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "meta": meta,
         }
@@ -293,9 +322,12 @@ class Supernet(nn.Module):
             space = SearchSpace.from_dict(payload["space"])
             state = payload["state_dict"]
             meta = dict(payload.get("meta") or {})
+            layout = payload.get("qkv_bias_layout", "grouped")
+            if layout not in QKV_BIAS_LAYOUTS:
+                raise ValueError(f"qkv_bias_layout {layout!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise SupernetFileError(f"{path}: malformed supernet file ({type(e).__name__}: {e})") from None
-        net = cls(space, drop_path_rate=drop_path_rate)
+        net = cls(space, drop_path_rate=drop_path_rate, qkv_bias_layout=layout)
         try:
             net.load_state_dict(state, strict=True)
         except (RuntimeError, TypeError, AttributeError) as e:

@@ -25,6 +25,8 @@ _BLOCK_KEYS = {
     "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
     "mlp.fc2.weight", "mlp.fc2.bias",
 }
+# A vitnas model with relative position has these too (a timm ViT does not: the supernet keeps its own).
+_REL_POS_KEYS = {f"attn.rel_pos_{k}.table_{a}" for k in "kv" for a in "vh"}
 _TOP_KEYS = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
              "norm.weight", "norm.bias", "head.weight", "head.bias"}
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(.+)")
@@ -104,8 +106,8 @@ def init_from_timm(supernet: Supernet, source, *, head_dim: int | None = None) -
     if supernet.space.is_glit:
         raise ValueError(f"supernet.pretrained: the {supernet.space.name} space has GLiT local units; starting its "
                          "supernet from plain timm ViT weights is not supported")
-    sd, found_hd, name = _resolve(source)
     space = supernet.space
+    sd, found_hd, name = _resolve(source)
     hd = head_dim or found_hd or space.head_dim
     if hd != space.head_dim:
         raise ValueError(f"{name}: head dim {hd} differs from the supernet's {space.head_dim}")
@@ -115,6 +117,8 @@ def init_from_timm(supernet: Supernet, source, *, head_dim: int | None = None) -
         m = _BLOCK_RE.fullmatch(key)
         if m and m.group(2) in _BLOCK_KEYS:
             blocks.setdefault(int(m.group(1)), set()).add(m.group(2))
+        elif m and m.group(2) in _REL_POS_KEYS and space.rel_pos:
+            continue
         elif key not in _TOP_KEYS:
             raise ValueError(f"{name}: unsupported timm ViT weight {key!r} (only plain timm ViTs "
                              "with a class token and absolute position embedding are supported)")
@@ -167,11 +171,13 @@ def init_from_timm(supernet: Supernet, source, *, head_dim: int | None = None) -
             if key in ("head.weight", "head.bias") and key not in sd:
                 continue
             t = sd.get(key)
+            if t is None and key.rsplit(".", 2)[-2].startswith("rel_pos_"):
+                continue  # a timm ViT has no relative position: the supernet's tables stay as they are
             if t is None:  # a ViT built with qkv_bias=False: zero bias is the same model
                 view.zero_()
                 continue
             shape = tuple(view.shape)
-            if "attn.qkv." in key:  # timm keeps q, k and v rows in one flat dim
+            if "attn.qkv." in key and view.dim() >= 2:  # timm keeps q, k and v rows in one flat dim
                 shape = (shape[0] * shape[1], *shape[2:])
             if tuple(t.shape) != shape:
                 raise ValueError(f"{name}: {key} has shape {tuple(t.shape)}, expected {shape} "
