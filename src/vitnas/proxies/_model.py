@@ -154,13 +154,16 @@ class Candidate:
 def _arch_of(model: nn.Module) -> Arch:
     try:
         pe = model.patch_embed
+        rel = getattr(model.blocks[0].attn, "rel_pos_k", None)
         return Arch.create(
             embed_dim=model.embed_dim, depth=len(model.blocks),
             num_heads=[b.attn.num_heads for b in model.blocks],
             head_dim=[b.attn.head_dim for b in model.blocks],
             mlp_hidden=[b.mlp.fc1.out_features for b in model.blocks],
             patch_size=pe.patch_size[0], img_size=pe.img_size[0], in_chans=pe.proj.in_channels,
-            num_classes=model.num_classes)
+            num_classes=model.num_classes, global_pool=getattr(model, "global_pool", "token"),
+            rel_pos=rel is not None, rel_pos_clip=rel.clip if rel is not None else 14,
+            norm_eps=getattr(model.norm, "eps", 1e-6))
     except (AttributeError, TypeError, IndexError, ArchError) as e:
         raise ProxyError(f"arch: cannot read the architecture off {type(model).__name__} ({e}); "
                          "pass arch=...") from None

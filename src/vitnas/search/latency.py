@@ -20,18 +20,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
 from vitnas.space import Arch, SearchSpace, build
+from vitnas.space.arch import MODEL_DEFAULTS
 from vitnas.space.build import Block
 
 FORMAT = "vitnas-latency/1"
-_SHAPE_KEYS = ("head_dim", "patch_size", "img_size", "in_chans", "num_classes")
+_SHAPE_KEYS = ("head_dim", "patch_size", "img_size", "in_chans", "num_classes", *MODEL_DEFAULTS)
 
 
 @dataclass
@@ -52,7 +55,7 @@ class LatencyTable:
         if arch.is_glit:
             return "it has GLiT local units; latency tables hold plain ViT blocks"
         for k in _SHAPE_KEYS:
-            want = self.space.get(k)
+            want = self.space.get(k, MODEL_DEFAULTS.get(k))  # tables from before the model fields
             have = arch.head_dim[0] if k == "head_dim" else getattr(arch, k)
             if k == "head_dim" and any(d != want for d in arch.head_dim):
                 return f"head_dim {list(arch.head_dim)} != the table's {want}"
@@ -94,8 +97,9 @@ class LatencyTable:
         if space.is_glit:
             return "latency tables hold plain ViT blocks; GLiT spaces (local units) are not supported yet"
         for k in _SHAPE_KEYS:
-            if self.space.get(k) != getattr(space, k):
-                return f"it was measured for {k} {self.space.get(k)}, the space has {getattr(space, k)}"
+            if self.space.get(k, MODEL_DEFAULTS.get(k)) != getattr(space, k):
+                return f"it was measured for {k} {self.space.get(k, MODEL_DEFAULTS.get(k))}, the space has " \
+                       f"{getattr(space, k)}"
         for e in space.embed_dim:
             if e not in self.fixed:
                 return f"it has no entry for embed_dim {e}"
@@ -204,7 +208,8 @@ def _shell(space: SearchSpace, embed: int) -> torch.nn.Module:
     """A timm ViT of width `embed` with no blocks: everything of a model but its blocks."""
     return VisionTransformer(img_size=space.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
                              num_classes=space.num_classes, embed_dim=embed, depth=0, num_heads=1,
-                             qkv_bias=True, class_token=True, global_pool="token")
+                             qkv_bias=True, class_token=True, global_pool=space.global_pool, fc_norm=False,
+                             norm_layer=partial(nn.LayerNorm, eps=space.norm_eps))
 
 
 def measure_table(space: SearchSpace, *, batch_size: int = 1, warmup: int = 10, repeats: int = 50,
@@ -226,6 +231,7 @@ def measure_table(space: SearchSpace, *, batch_size: int = 1, warmup: int = 10, 
     img = torch.randn(batch_size, space.in_chans, space.img_size, space.img_size, device=device)
     keys: list[tuple] = []
     fns: list[Callable[[], Any]] = []
+    rel = (space.img_size // space.patch_size, space.rel_pos_clip) if space.rel_pos else None
     for e in space.embed_dim:
         shell = _shell(space, e).to(device).eval()
         keys.append((e,))
@@ -233,7 +239,8 @@ def measure_table(space: SearchSpace, *, batch_size: int = 1, warmup: int = 10, 
         t = torch.randn(batch_size, tokens, e, device=device)
         for h in space.num_heads:
             for m in sorted({int(e * r) for r in space.mlp_ratio}):
-                block = Block(e, h, space.head_dim, m).to(device).eval()
+                block = Block(e, h, space.head_dim, m, norm_layer=partial(nn.LayerNorm, eps=space.norm_eps),
+                              rel_pos=rel).to(device).eval()
                 keys.append((e, h, m))
                 fns.append(lambda b=block, t=t: b(t))
     rng = random.Random(seed)

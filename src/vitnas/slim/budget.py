@@ -21,7 +21,9 @@ From kept entries to a physical architecture (`SlimPlan`), per layer:
   0.9 points more train accuracy with "max" than with "fit" (equal at 0.7, 0.8): shrinking
   the head dim of strong heads hurt more than cutting weak layers harder, so "max" is the
   default. Either way each kept head keeps its top-scoring dims and the
-  accounting uses the final physical arch.
+  accounting uses the final physical arch. With relative position (`arch.rel_pos`) a layer keeps
+  whole heads (d = its head dim): the position tables are shared by all heads of a layer, so a
+  head dim cut per head would need tables per head, which AutoFormer's model does not have.
 - tokens (optional): a global threshold on the nested (cumulative-min) token masks keeps a
   given fraction of all (layer, patch) slots as nested per-layer keep-sets (`token_plan`).
   They are fixed first; their counts become `arch.keep_tokens`, so every candidate's cost
@@ -163,6 +165,8 @@ class BudgetSolver:
     # ---- counts -> arch ---------------------------------------------------------------------
     def _head_dims(self, i: int) -> list[int]:
         d = self.arch.head_dim[i]
+        if self.arch.rel_pos:  # the relative-position tables are shared by every head: whole heads only
+            return [d]
         return sorted({min(d, r * self.round_to) for r in range(1, d // self.round_to + 2)})
 
     def _top_heads(self, i: int, n: int, d: int) -> list[int]:
@@ -207,7 +211,7 @@ class BudgetSolver:
             if not kept:  # every layer keeps at least its best head
                 kept = [self._best_head[i]]
             heads.append(kept)
-            hdims.append(_round_up(max(c[j] for j in kept), self.round_to, d))
+            hdims.append(d if a.rel_pos else _round_up(max(c[j] for j in kept), self.round_to, d))
         units = [_round_up(c, self.round_to, m)
                  for c, m in zip(self.mlp.counts(k_mlp), a.mlp_hidden, strict=True)]
         return heads, hdims, units

@@ -5,7 +5,10 @@
 fc2, final norm and head), inserting the masks:
 
 - attention: one mask per (head, head-dim) entry of every layer, shape [heads, head_dim],
-  multiplying q, k and v of that entry (ViT-Slim). Initialised to 1.
+  multiplying q, k and v of that entry (ViT-Slim). Initialised to 1. With relative position the
+  masked q meets the key tables and the v mask multiplies the attention output instead (the same
+  for v's term, and it also covers the value tables' term); such layers are pruned by whole heads,
+  see `slim.budget`.
 - MLP: one mask per hidden unit, multiplying the hidden activation after fc1 + GELU.
   Initialised to 1.
 - tokens (optional, `tokens=True`): one score per *patch* position per block, the mask being
@@ -33,6 +36,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.space.arch import Arch, ArchError
+from vitnas.space.build import RelPosAttention
+from vitnas.space.relpos import rel_pos_attention
 
 TOKEN_INIT = 3.0
 
@@ -46,8 +51,9 @@ def _check_model(model: nn.Module, arch: Arch) -> None:
         raise ArchError("model: GLiT local units cannot be slimmed yet (the masks cover attention and MLP only)")
     if len(model.blocks) != arch.depth:
         raise ValueError(f"model: has {len(model.blocks)} blocks, arch.depth is {arch.depth}")
-    if model.cls_token is None or getattr(model, "global_pool", "token") != "token" or model.num_reg_tokens:
-        raise ValueError("model: masks need a CLS-token ViT without register tokens (global_pool='token')")
+    if model.cls_token is None or getattr(model, "global_pool", "token") not in ("token", "avg") \
+            or model.num_reg_tokens:
+        raise ValueError("model: masks need a CLS-token ViT without register tokens (global_pool 'token' or 'avg')")
     for i, blk in enumerate(model.blocks):
         a = blk.attn
         want = (arch.num_heads[i], arch.head_dim[i], arch.mlp_hidden[i])
@@ -67,6 +73,9 @@ class MaskedViT(nn.Module):
                  token_init: float = TOKEN_INIT) -> None:
         super().__init__()
         _check_model(model, arch)
+        if tokens and arch.rel_pos:
+            raise ArchError("slim.tokens: token pruning does not combine with relative position (the arch's rel_pos) "
+                            "yet; set slim.tokens: false")
         self.model = model
         self.arch = arch
         self.tokens = bool(tokens)
@@ -171,8 +180,14 @@ class MaskedViT(nn.Module):
         mask = m.to(qkv.dtype)[None, :, None, :]  # [1, H, 1, D] over [B, H, N, D]
         q, k, v = qkv[0] * mask, qkv[1] * mask, qkv[2] * mask
         attn_mask = None if key_bias is None else key_bias.to(q.dtype)[None, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.scale,
-                                             dropout_p=a.attn_drop.p if self.training else 0.0)
+        drop = a.attn_drop.p if self.training else 0.0
+        if isinstance(a, RelPosAttention):
+            # the masked q meets the key tables; the mask on v moves to the output, so that it also
+            # covers the value tables' term (P @ (v * m) = (P @ v) * m, and a dropped entry gives 0)
+            out = rel_pos_attention(q, k, qkv[2], a.rel_pos_k, a.rel_pos_v, scale=a.scale, grid=a.grid,
+                                    attn_mask=attn_mask, dropout_p=drop) * mask
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.scale, dropout_p=drop)
         out = out.transpose(1, 2).reshape(b, n, a.num_heads * a.head_dim)
         return a.proj_drop(a.proj(out))
 

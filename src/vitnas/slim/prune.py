@@ -6,7 +6,9 @@ plan — dropped entries 0, kept entries at their soft values):
 - attention: the mask of entry (h, d) scales q, k and v of that entry, so it multiplies the
   q, k and v rows of that entry in `attn.qkv` (weight and bias). The pruned layer has a smaller
   head dim d', so timm scales logits by 1/sqrt(d') instead of 1/sqrt(d): the q rows also get
-  sqrt(d'/d). `attn.proj` keeps the columns of the kept entries.
+  sqrt(d'/d). `attn.proj` keeps the columns of the kept entries. Relative-position layers (whole
+  heads kept) carry the v mask on the attention output, so it scales `attn.proj`'s columns instead
+  of v's rows, and the tables are copied unchanged.
 - MLP: the mask sits after fc1 + GELU, so it multiplies the kept columns of `fc2`; `fc1` keeps
   the rows of the kept units unscaled (GELU is not linear, the mask cannot go before it).
 - tokens: the plan's nested kept positions become `arch.keep_tokens` (counts, for `build` and
@@ -49,11 +51,15 @@ def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
         mval = torch.stack([m[h, list(ds)] for h, ds in zip(heads, dims, strict=True)]).flatten()
         q_fix = math.sqrt(hd / D)
         rows = torch.cat([cols + s * H * D for s in range(3)])
-        scale = torch.cat([mval * q_fix, mval, mval]).to(src[p + "attn.qkv.weight"].dtype)
+        rel = p + "attn.rel_pos_k.table_v" in src  # mask on the attention output, not on v (see masks)
+        v_scale = torch.ones_like(mval) if rel else mval
+        scale = torch.cat([mval * q_fix, mval, v_scale]).to(src[p + "attn.qkv.weight"].dtype)
         out[p + "attn.qkv.weight"] = src[p + "attn.qkv.weight"][rows] * scale[:, None]
         if p + "attn.qkv.bias" in src:
             out[p + "attn.qkv.bias"] = src[p + "attn.qkv.bias"][rows] * scale
         out[p + "attn.proj.weight"] = src[p + "attn.proj.weight"][:, cols]
+        if rel:
+            out[p + "attn.proj.weight"] = out[p + "attn.proj.weight"] * mval.to(out[p + "attn.proj.weight"].dtype)
         out[p + "attn.proj.bias"] = src[p + "attn.proj.bias"]
         u = torch.tensor(units, dtype=torch.long)
         mm = masked.mlp_masks[i].detach()[u].to(src[p + "mlp.fc2.weight"].dtype)
@@ -63,6 +69,10 @@ def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
         out[p + "mlp.fc2.bias"] = src[p + "mlp.fc2.bias"]
         for k in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
             out[p + k] = src[p + k]
+        for k in (k for k in src if k.startswith(p + "attn.rel_pos_")):  # whole heads: tables unchanged
+            if hd != D:
+                raise ValueError(f"plan: layer {i} cuts the head dim of a relative-position layer")
+            out[k] = src[k]
     want = None if plan.tokens is None else tuple(len(t) for t in plan.tokens)
     if arch.keep_tokens != want:
         raise ValueError(f"plan: arch.keep_tokens {arch.keep_tokens} does not match its token keep-sets {want}")
