@@ -216,6 +216,46 @@ def spaces() -> None:
                    f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}{s._variant_str()}")
 
 
+@app.command("import-autoformer", rich_help_panel="Tools")
+def import_autoformer(
+        checkpoint: Path = typer.Argument(..., help="A supernet .pth trained by AutoFormer's code (e.g. the released "
+                                          "supernet-tiny.pth)."),
+        space: str = typer.Option(..., "--space", help="The space it was trained on: autoformer-tiny | "
+                                  "autoformer-small | autoformer-base, or a JSON file of a space (input size, "
+                                  "channels and classes are read from the checkpoint)."),
+        out: Path = typer.Option(Path("artifacts/imported/supernet.pt"), "--out", "-o",
+                                 help="The vitnas supernet file to write (for `vitnas search --supernet`)."),
+        force: bool = typer.Option(False, "--force", help="Replace OUT when it exists (never a directory).")) -> None:
+    """Convert an AutoFormer supernet checkpoint into a vitnas supernet, every subnet unchanged."""
+    from vitnas.errors import ArtifactError
+    from vitnas.space import SearchSpace
+    from vitnas.space.cost import count_params
+    from vitnas.supernet import Supernet
+    from vitnas.supernet.model import SupernetFileError
+
+    if out.is_symlink() or out.is_dir():
+        raise ArtifactError(f"{out}: is a {'symbolic link' if out.is_symlink() else 'directory'}; give a file path")
+    if out.exists() and not force:
+        raise ArtifactError(f"{out}: exists; choose another path, or pass --force to replace it")
+    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
+        raise ArtifactError(f"{out}: is the checkpoint being read")
+    if space.endswith(".json"):
+        try:
+            preset = SearchSpace.from_dict(json.loads(Path(space).read_text()))
+        except (ValueError, TypeError) as e:  # JSON errors are ValueErrors
+            raise ArtifactError(f"{space}: not a search space ({e})") from None
+    else:
+        preset = SearchSpace.preset(space)
+    try:
+        net = Supernet.from_autoformer(checkpoint, preset, adapt_shape=True)
+    except SupernetFileError as e:
+        raise ArtifactError(str(e)) from None
+    s = net.space
+    net.save(out, meta=net.meta)
+    typer.echo(f"wrote {out}: {s.name} space at {s.img_size}px/{s.patch_size}, {s.in_chans} channels, "
+               f"{s.num_classes} classes; largest subnet {count_params(s.largest()) / 1e6:.3f} M params")
+
+
 @app.command(rich_help_panel="Tools")
 def arch(name: str = typer.Argument(..., help="A published arch name (e.g. autoformer-t) or an arch.json."),
          img_size: int | None = typer.Option(None, help="Evaluate at another input size."),

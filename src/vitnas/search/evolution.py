@@ -78,9 +78,7 @@ class EvolutionConfig:
 
 # ---- operators ----------------------------------------------------------------------------------
 def _arch(space: SearchSpace, embed: int, heads: Sequence[int], ratios: Sequence[float]) -> Arch:
-    return Arch.create(embed_dim=embed, depth=len(heads), num_heads=list(heads), mlp_ratio=list(ratios),
-                       head_dim=space.head_dim, patch_size=space.patch_size, img_size=space.img_size,
-                       in_chans=space.in_chans, num_classes=space.num_classes)
+    return space._arch(embed, len(heads), heads, ratios)
 
 
 def mutate(arch: Arch, space: SearchSpace, rng: random.Random, mutation_prob: float = 0.2,

@@ -302,6 +302,15 @@ class Supernet(nn.Module):
         return path
 
     @classmethod
+    def from_autoformer(cls, path: str | Path, space: SearchSpace, *, map_location: str | torch.device = "cpu",
+                        adapt_shape: bool = False) -> Supernet:
+        """A supernet trained by AutoFormer's code (its released `.pth` files), mapped onto `space`;
+        see `vitnas.supernet.autoformer`."""
+        from vitnas.supernet.autoformer import from_autoformer
+
+        return from_autoformer(path, space, map_location=map_location, adapt_shape=adapt_shape)
+
+    @classmethod
     def load(cls, path: str | Path, *, map_location: str | torch.device = "cpu",
              drop_path_rate: float = 0.0) -> Supernet:
         """Read a file written by `save`; the caller's `meta` comes back as `supernet.meta`."""
