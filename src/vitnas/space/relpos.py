@@ -13,14 +13,15 @@ scatter into 30 table rows from N^2 places): 3.99x a static ViT's step on CPU. H
 is built or indexed. The distance index of a pair only depends on the two rows (or the two
 columns), so
 
-- key term: `G_v[i, y] = q_i . T_v[idx(y_i, y)]` (one small matmul per query row against the
-  table gathered to [grid, grid, head_dim]), likewise `G_h`; then `q_i . r_k[i, j] = G_v[i, y_j] +
-  G_h[i, x_j]`, which is a dot product of `[q_i, G_v[i], G_h[i], c_i]` with `[k_j, onehot(y_j),
-  onehot(x_j), [j is CLS]]` (`c_i = q_i . (T_v[0] + T_h[0])`, the CLS key's term). The CLS query's
-  row gets the same shift for every key (softmax ignores it), so its extras are 0.
+- key term: `q @ T^T` against the (stacked) tables gives every query's score for every table row;
+  `G_v[i, y] = q_i . T_v[idx(y_i, y)]` is a gather of those ([B, H, N, grid] entries), likewise
+  `G_h`; then `q_i . r_k[i, j] = G_v[i, y_j] + G_h[i, x_j]`, which is a dot product of `[q_i, G_v[i],
+  G_h[i], c_i]` with `[k_j, onehot(y_j), onehot(x_j), [j is CLS]]` (`c_i = q_i . (T_v[0] + T_h[0])`,
+  the CLS key's term). The CLS query takes row 0 for every key, a shift of its whole row.
 - value term: appending the same one-hot columns to v makes the attention output also carry, per
-  query, the attention mass on each key row, each key column and the CLS key; multiplying those
-  by the gathered tables gives `sum_j attn_ij r_v[i, j]`.
+  query, the attention mass on each key row, each key column and the CLS key; adding those into
+  their table rows (a scatter over [B, H, N, grid] entries) and multiplying by the tables gives
+  `sum_j attn_ij r_v[i, j]`.
 
 So one `scaled_dot_product_attention` call on head dim `head_dim + 2 * grid + 1` (zero-padded to a
 multiple of 16) does all of it
@@ -57,16 +58,33 @@ class RelPosTables(nn.Module):
 
 @functools.lru_cache(maxsize=64)
 def _grid_consts(grid: int, clip: int, device: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance-row index [grid, grid], key one-hots [1 + grid^2, width >= 2 * grid + 1]), per shape."""
-    r = torch.arange(grid, device=device)
-    idx = (r[None, :] - r[:, None]).clamp(-clip, clip) + clip + 1  # [own coord, other coord]
+    """(table-row index [1 + grid^2, width], key one-hots [1 + grid^2, width]) for CLS + a grid.
+
+    Columns: `grid` key rows, `grid` key columns, the CLS key, then zero padding. For query n and
+    column m the index is the row of the stacked table `[T_v; T_h; T_v[0] + T_h[0]; 0]` that pairs
+    them: `T_v[idx(y_n, m)]`, `T_h[idx(x_n, m)]`, the CLS row, and the zero row for padding. The CLS
+    query takes row 0 of `T_v` / `T_h` for every key, as AutoFormer."""
+    rows = 2 * clip + 2
+    r = torch.arange(grid)
+    dist = (r[None, :] - r[:, None]).clamp(-clip, clip) + clip + 1  # [own coord, other coord]
     n = grid * grid
-    onehot = torch.zeros(n + 1, width, device=device)
-    tok = torch.arange(n, device=device)
+    tok = torch.arange(n)
+    index = torch.full((n + 1, width), 2 * rows + 1, dtype=torch.long)  # padding: the zero row
+    index[1:, :grid] = dist[tok // grid]
+    index[1:, grid:2 * grid] = rows + dist[tok % grid]
+    index[0, :grid], index[0, grid:2 * grid] = 0, rows
+    index[:, 2 * grid] = 2 * rows
+    onehot = torch.zeros(n + 1, width)
     onehot[1 + tok, tok // grid] = 1.0  # key row
     onehot[1 + tok, grid + tok % grid] = 1.0  # key column
     onehot[0, 2 * grid] = 1.0  # the CLS key
-    return idx, onehot
+    return index.to(device), onehot.to(device)
+
+
+def _stacked(t: RelPosTables, d: int) -> torch.Tensor:
+    """`[T_v; T_h; T_v[0] + T_h[0]; 0]` of the first `d` head-dim entries: [2 * (2 * clip + 2) + 2, d]."""
+    tv, th = t.table_v[:, :d], t.table_h[:, :d]
+    return torch.cat((tv, th, (tv[0] + th[0]).unsqueeze(0), tv.new_zeros(1, d)))
 
 
 def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: RelPosTables,
@@ -79,31 +97,18 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: 
     if N != grid * grid + 1:
         raise ValueError(f"relative position: {N} tokens is not CLS + a {grid}x{grid} grid")
     d = D if head_dim is None else head_dim
-    s = grid
     # zero columns up to a multiple of 16 of the total head dim: the fused kernels' backward is
     # much slower on odd widths (measured 1.4x at 93 vs 96 on CPU)
-    width = 2 * s + 1 + (-(D + 2 * s + 1)) % 16
-    idx, onehot = _grid_consts(grid, rel_k.clip, str(q.device), width)
-    onehot = onehot.to(q.dtype)
-    tk_v, tk_h = rel_k.table_v[:, :d], rel_k.table_h[:, :d]
-    tv_v, tv_h = rel_v.table_v[:, :d], rel_v.table_h[:, :d]
-    qp = q[:, :, 1:].reshape(B, H, s, s, D)  # query (row, col)
-    g_v = torch.einsum("bhyxd,yzd->bhyxz", qp, tk_v[idx]).reshape(B, H, N - 1, s)
-    g_h = torch.einsum("bhyxd,xzd->bhyxz", qp, tk_h[idx]).reshape(B, H, N - 1, s)
-    c = (qp.reshape(B, H, N - 1, D) @ (tk_v[0] + tk_h[0])).unsqueeze(-1)
-    extra_q = torch.cat((g_v, g_h, c, c.new_zeros(B, H, N - 1, width - 2 * s - 1)), dim=-1)
-    extra_q = torch.cat((extra_q.new_zeros(B, H, 1, width), extra_q), dim=2)  # CLS query: no shift
-    keys = onehot.expand(B, H, N, width)
+    width = 2 * grid + 1 + (-(D + 2 * grid + 1)) % 16
+    index, onehot = _grid_consts(grid, rel_k.clip, str(q.device), width)
+    index = index.expand(B, H, N, width)
+    keys = onehot.to(q.dtype).expand(B, H, N, width)
+    # key term: each query's dot products with the stacked key tables, picked per key row/column/CLS
+    extra_q = (q @ _stacked(rel_k, d).T).gather(-1, index)
     out = F.scaled_dot_product_attention(
         torch.cat((q, extra_q), dim=-1), torch.cat((k, keys), dim=-1), torch.cat((v, keys), dim=-1),
         attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
-    mass = out[:, :, 1:, D:]  # patch queries: attention mass per key row, key column, CLS key
-    p_v = mass[..., :s].reshape(B, H, s, s, s)
-    p_h = mass[..., s:2 * s].reshape(B, H, s, s, s)
-    p_c = mass[..., 2 * s:2 * s + 1]
-    cls_row = tv_v[0] + tv_h[0]
-    rel = (torch.einsum("bhyxz,yzd->bhyxd", p_v, tv_v[idx]) + torch.einsum("bhyxz,xzd->bhyxd", p_h, tv_h[idx])
-           ).reshape(B, H, N - 1, D) + p_c * cls_row
-    first = out[:, :, :1, D:]  # the CLS query: every pair is row 0, so its total attention mass
-    rel = torch.cat(((first[..., :s].sum(-1, keepdim=True) + first[..., 2 * s:2 * s + 1]) * cls_row, rel), dim=2)
-    return out[..., :D] + rel
+    # value term: attention mass per key row / column / CLS, binned by table row, times the tables
+    tv = _stacked(rel_v, d)
+    bins = out.new_zeros(B, H, N, tv.shape[0]).scatter_add(-1, index, out[..., D:])
+    return out[..., :D] + bins @ tv
