@@ -145,6 +145,12 @@ def test_search_slim_and_retrain_run_from_an_imported_supernet(digits_dir, tmp_p
     assert slimmed.rel_pos and s["flops_ratio"] <= 0.62
     r = retrain.run(p, digits_dir, sfile, tmp_path / "slim", tmp_path / "retrain", progress=False)
     assert 0.0 <= r["test_acc"] <= 1.0
+    from vitnas.errors import ConfigError
+
+    tokens = p.model_copy(update={"slim": p.slim.model_copy(update={"token_keep_ratio": 0.7})})
+    with pytest.raises(ConfigError, match="slim.token_keep_ratio"):
+        slim.run(tokens, digits_dir, sfile, tmp_path / "search" / "best_arch.json", tmp_path / "slim2", progress=False)
+    assert not (tmp_path / "slim2").exists()
 
 
 def test_dss_equals_tftas_own_computation_on_the_same_weights():

@@ -37,7 +37,7 @@ REJECT_REASONS = ("duplicate", "params", "flops", "latency")
 
 @dataclass(frozen=True)
 class EvolutionConfig:
-    """AutoFormer's defaults (REFERENCES.md)."""
+    """AutoFormer's defaults (its evolution.py in microsoft/Cream)."""
 
     strategy: str = "evolution"  # evolution | random
     population: int = 50

@@ -395,7 +395,7 @@ class Arch:
 
     @staticmethod
     def published(name: str, **overrides: Any) -> Arch:
-        """A published architecture (REFERENCES.md), e.g. ``Arch.published("autoformer-t")``.
+        """A published architecture (`vitnas.space.published`), e.g. ``Arch.published("autoformer-t")``.
 
         Keyword overrides (``img_size=32, num_classes=10``) adapt it to another dataset.
         """

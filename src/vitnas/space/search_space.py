@@ -434,7 +434,7 @@ def _layer_options(space: SearchSpace, local: int) -> tuple[tuple[float, int, fl
 
 
 _PRESETS: dict[str, SearchSpace] = {
-    # AutoFormer's spaces (REFERENCES.md). mlp 3.0 is in the tiny space as well, because the
+    # AutoFormer's spaces (its experiments/supernet/*.yaml). mlp 3.0 is in the tiny space as well, because the
     # published AutoFormer-T subnet uses it although the paper's tiny table lists {3.5, 4}.
     # Their model is AutoFormer's as its scripts run it (`--gp --relative_position`): avg pooling after
     # the final norm, 2-D relative position clipped at 14, LayerNorm eps 1e-5.
@@ -449,7 +449,7 @@ _PRESETS: dict[str, SearchSpace] = {
     "demo": SearchSpace(embed_dim=(32, 48, 64), depth=(2, 3, 4), num_heads=(1, 2, 3, 4),
                         mlp_ratio=(2.0, 3.0, 4.0), head_dim=16, patch_size=4, img_size=16,
                         in_chans=1, num_classes=10, name="demo"),
-    # GLiT's space (REFERENCES.md): DeiT-Ti's shape, 3 units of 64 channels per block, G/L split per
+    # GLiT's space (the paper, Chen et al. ICCV 2021): DeiT-Ti's shape, 3 units of 64 channels per block, G/L split per
     # block, then e_v / FFN (global), kernel / e_c (local), e_c / FFN (mixed).
     "glit-tiny": SearchSpace(embed_dim=(192,), depth=(12,), mlp_ratio=(2.0, 4.0, 6.0), units=3,
                              local_units=(0, 1, 2, 3), qkv_ratio=(0.5, 1.0, 2.0), kernel_size=(17, 31, 45),

@@ -103,6 +103,9 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     # An impossible target fails here, before any training (the scores do not change the bounds;
     # with tokens, one token per layer bounds what any token plan can save).
     tokens = cfg.token_keep_ratio is not None
+    if tokens and arch.rel_pos:
+        raise ConfigError(f"slim.token_keep_ratio: {where} has relative position (rel_pos), which token pruning "
+                          "does not combine with yet; set it to null")
     probe = BudgetSolver(arch, [torch.ones(h, d) for h, d in zip(arch.num_heads, arch.head_dim, strict=True)],
                          [torch.ones(m) for m in arch.mlp_hidden], round_to=cfg.round_to, kind=kind,
                          tokens=[[0]] * arch.depth if tokens and kind == "flops" else None)
