@@ -177,3 +177,17 @@ def test_params_yaml_sets_the_variant_and_checks_it():
             parse_params({"space": bad})
     with pytest.raises(ConfigError, match="space.rel_pos"):
         parse_params({"space": {"preset": "glit-demo", "rel_pos": True}})
+
+
+def test_glit_spaces_honour_pooling_and_eps():
+    space = SearchSpace.preset("glit-demo", global_pool="avg", norm_eps=1e-5)
+    torch.manual_seed(0)
+    net = vitnas.Supernet(space).eval()
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        for seed in range(3):
+            arch = space.sample(seed)
+            assert arch.global_pool == "avg" and arch.norm_eps == 1e-5
+            model = vitnas.extract(net, arch).eval()
+            assert sum(p.numel() for p in model.parameters()) == count_params(arch)
+            torch.testing.assert_close(net(x, arch), model(x), rtol=0, atol=1e-5)

@@ -156,12 +156,12 @@ class GlitSuperBlock(nn.Module):
     never gives this block heads / local units)."""
 
     def __init__(self, dim_max: int, heads_max: int, head_dim_max: int, unit_max: int, local_max: int,
-                 local_hidden_max: int, kernel_max: int, hidden_max: int) -> None:
+                 local_hidden_max: int, kernel_max: int, hidden_max: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = SlicedLayerNorm(dim_max)
+        self.norm1 = SlicedLayerNorm(dim_max, eps)
         self.attn = GlitSuperAttention(heads_max * unit_max, heads_max, head_dim_max) if heads_max else None
         self.local = SuperLocalUnits(local_max * unit_max, local_hidden_max, kernel_max) if local_max else None
-        self.norm2 = SlicedLayerNorm(dim_max)
+        self.norm2 = SlicedLayerNorm(dim_max, eps)
         self.mlp = SuperMlp(dim_max, hidden_max)
 
     def forward(self, x: torch.Tensor, dim: int, hidden: int, attn_dim: int, heads: int, head_dim: int,

@@ -201,7 +201,7 @@ class Supernet(nn.Module):
             blocks.append(GlitSuperBlock(
                 self.embed_dim, heads, round(max(space.qkv_ratio) * w) if heads else 0, w, units,
                 int(max(space.local_expansion) * units * w) if units else 0,
-                max(space.kernel_size) if units else 0, self.mlp_hidden))
+                max(space.kernel_size) if units else 0, self.mlp_hidden, eps=space.norm_eps))
         return nn.ModuleList(blocks)
 
     # ---- archs ------------------------------------------------------------------------------
