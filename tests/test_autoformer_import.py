@@ -108,7 +108,7 @@ def test_cli_import_reads_the_shape_from_the_checkpoint_and_never_overwrites(tmp
     space_file.write_text(json.dumps(SPACE))  # no shape: 16 px, patch 4, 1 channel, 10 classes come from the file
     cmd = [sys.executable, "-m", "vitnas", "import-autoformer", str(CKPT), "--space", str(space_file),
            "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "16px/4, 1 channels, 10 classes" in r.stdout
     x, subnets = _reference()
@@ -117,8 +117,9 @@ def test_cli_import_reads_the_shape_from_the_checkpoint_and_never_overwrites(tmp
         assert max(_rel(net(x, a), logits) for a, logits, _ in subnets) < 1e-4
     before = out.read_bytes()
     # autoformer-tiny's choices (embed up to 240) do not fit the mini supernet (embed 128); OUT exists
-    for args in (["--space", "autoformer-tiny", "--out", str(tmp_path / "t.pt")], ["--space", str(space_file)]):
-        r = subprocess.run(cmd[:5] + args, capture_output=True, text=True)
+    for args in (["--space", "autoformer-tiny", "--out", str(tmp_path / "t.pt")],
+                 ["--space", str(space_file), "--out", str(out)]):
+        r = subprocess.run(cmd[:5] + args, capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == before and not (tmp_path / "t.pt").exists()
 

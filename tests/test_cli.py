@@ -40,7 +40,7 @@ def test_data_command_writes_output_and_bad_params_fail_in_one_line(tmp_path, re
 
 def test_arch_and_spaces_tools(tmp_path):
     r = run("arch", "autoformer-t")
-    assert r.returncode == 0 and "params 5.768 M" in r.stdout
+    assert r.returncode == 0 and "params 5.868 M" in r.stdout
     f = tmp_path / "a.json"
     f.write_text(json.dumps({"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "head_dim": 16,
                              "patch_size": 4, "img_size": 16, "in_chans": 1, "num_classes": 10}))
