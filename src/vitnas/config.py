@@ -73,7 +73,7 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    dataset: Literal["digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "imagefolder"] = "digits"
     root: str | None = None
     download: bool = False
     img_size: Annotated[int, Field(gt=0, le=4096)] = 16
@@ -332,13 +332,19 @@ def _space_from(p: Params, *, num_classes: int | None, in_chans: int | None) -> 
 
 # (num_classes, in_chans) of the datasets whose shape is known before reading them; the space is
 # checked at that shape (image folders: the preset's classes, 3 channels).
-_DATA_SHAPES = {"digits": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
+_DATA_SHAPES = {"digits": (10, 1), "mnist": (10, 1), "fashion-mnist": (10, 1), "kmnist": (10, 1),
+                "cifar10": (10, 3), "cifar100": (100, 3)}
 
 
 def _check(p: Params) -> None:
     d = p.data
-    if d.dataset in ("cifar10", "cifar100", "imagefolder") and not d.root:
-        raise ConfigError(f"data.root: required for dataset '{d.dataset}'")
+    from vitnas.data.mnist import DEBIAN_ROOT
+
+    if d.dataset in ("mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "imagefolder") and not d.root \
+            and not (d.dataset in DEBIAN_ROOT and Path(DEBIAN_ROOT[d.dataset]).is_dir()):
+        raise ConfigError(f"data.root: required for dataset '{d.dataset}'"
+                          + (f" (or apt-get install dataset-{d.dataset}, which installs it in {DEBIAN_ROOT[d.dataset]})"
+                             if d.dataset in DEBIAN_ROOT else ""))
     if d.val_fraction + d.test_fraction >= 1:
         raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
     if d.augment.scale[0] > d.augment.scale[1]:

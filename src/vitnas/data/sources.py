@@ -70,6 +70,29 @@ def load_cifar(name: str, root: str, download: bool = False) -> RawDataset:
                       test=RawPart(labels=c.test_labels, images=c.test_images))
 
 
+def load_mnist_format(name: str, root: str | None, download: bool = False) -> RawDataset:
+    """MNIST, Fashion-MNIST or KMNIST from the four idx files (`vitnas.data.mnist`); Fashion-MNIST
+    defaults to Debian's install location when `root` is not given."""
+    from vitnas.data import mnist
+
+    if not root:
+        root = mnist.DEBIAN_ROOT.get(name, "")
+    if download:
+        try:
+            mnist.download(name, root)
+        except Exception as e:  # network errors, a bad archive
+            raise DataError(f"data.download: could not download {name} into {root}: {type(e).__name__}: "
+                            f"{str(e)[:120]}") from None
+    folder = mnist.find_folder(name, root)
+    classes = mnist.CLASSES[name]
+    train_x, train_y = mnist.read_split(folder, "train", len(classes))
+    test_x, test_y = mnist.read_split(folder, "test", len(classes))
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(f"data.root: {folder}: train images are {train_x.shape[1:3]}, test {test_x.shape[1:3]}")
+    return RawDataset(name=name, classes=list(classes), in_chans=1, train=RawPart(labels=train_y, images=train_x),
+                      test=RawPart(labels=test_y, images=test_x))
+
+
 def load_imagefolder(root: str) -> RawDataset:
     """A class-per-folder tree; ``root/train`` (+ ``root/test``) when present, else ``root`` itself."""
     from torchvision.datasets import ImageFolder
@@ -103,4 +126,6 @@ def load_source(dataset: str, root: str | None = None, download: bool = False) -
         return load_cifar(dataset, root or "", download)
     if dataset == "imagefolder":
         return load_imagefolder(root or "")
+    if dataset in ("mnist", "fashion-mnist", "kmnist"):
+        return load_mnist_format(dataset, root, download)
     raise DataError(f"data.dataset: unknown dataset '{dataset}'")
