@@ -40,7 +40,7 @@ def test_params_yaml_documents_every_key(repo):
         ({"data": {"img_size": -16}}, "data.img_size:"),
         ({"data": {"imgsize": 16}}, "data.imgsize: unknown key"),
         ({"bogus": {}}, "bogus: unknown key"),
-        ({"data": {"dataset": "mnist"}}, "data.dataset:"),
+        ({"data": {"dataset": "emnist"}}, "data.dataset:"),
         ({"data": {"dataset": "cifar10"}}, "data.root: required"),
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction:"),
         ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "data.test_fraction:"),
