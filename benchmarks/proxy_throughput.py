@@ -33,9 +33,9 @@ import copy
 import gc
 import statistics
 import sys
-import time
 
 import torch
+from _timing import timed
 
 import vitnas
 from vitnas import proxies
@@ -46,17 +46,8 @@ MINUTES_TARGET = 20.0
 TOTAL = 8000
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def fwd_bwd(model, x) -> None:
@@ -152,15 +143,15 @@ def measure(space, device, args) -> tuple[float, float, float]:
         proxies.score("dss", supernet, arch)
         got: dict[str, list[float]] = {k: [] for k in methods}
         for _ in range(args.repeats):
-            got["fwd+bwd (standalone)"].append(_timed(lambda m=model: fwd_bwd(m, x), device))
-            got["supernet fwd+bwd (grads used)"].append(_timed(lambda a=arch: supernet_grads(supernet, a, x), device))
-            got["DSS via supernet"].append(_timed(lambda a=arch: proxies.score("dss", supernet, a), device))
+            got["fwd+bwd (standalone)"].append(timed(lambda m=model: fwd_bwd(m, x), device))
+            got["supernet fwd+bwd (grads used)"].append(timed(lambda a=arch: supernet_grads(supernet, a, x), device))
+            got["DSS via supernet"].append(timed(lambda a=arch: proxies.score("dss", supernet, a), device))
             fresh = vitnas.build(arch).to(device)  # new weights: nothing cached for them
-            got["DSS standalone"].append(_timed(lambda m=fresh: proxies.score("dss", m), device))
+            got["DSS standalone"].append(timed(lambda m=fresh: proxies.score("dss", m), device))
             got["build + DSS standalone"].append(
-                _timed(lambda a=arch: proxies.score("dss", vitnas.build(a).to(device)), device))
+                timed(lambda a=arch: proxies.score("dss", vitnas.build(a).to(device)), device))
         if not args.no_public:
-            got["public-code way"].append(_timed(lambda a=arch: public_code_way(supernet, a, x), device))
+            got["public-code way"].append(timed(lambda a=arch: public_code_way(supernet, a, x), device))
         for k, v in got.items():
             if v:
                 med_rows[k].append(statistics.median(v))

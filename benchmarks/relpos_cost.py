@@ -25,11 +25,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import train_step
 
 import vitnas
 from vitnas.space.build import RelPosAttention
@@ -55,26 +55,14 @@ class GatherAttention(RelPosAttention):
         return self.proj(out.transpose(1, 2).reshape(B, N, self.attn_dim))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _step(model, params, x, y, device, arch=None) -> float:
-    for p in params:
-        p.grad = None
-    _sync(device)
-    t0 = time.perf_counter()
-    out = model(x) if arch is None else model(x, arch)
-    F.cross_entropy(out, y).backward()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def _time(names, models, params, x, y, device, arch, warmup, repeats) -> dict[str, list[float]]:
     """Interleaved steps of every model (the order rotates each repeat); the supernet runs `arch`."""
     def run(n: str) -> float:
-        return _step(models[n], params[n], x, y, device, arch if n == "supernet" else None)
+        return train_step(models[n], params[n], x, y, device, arch if n == "supernet" else None)
 
     for _ in range(warmup):
         for n in names:

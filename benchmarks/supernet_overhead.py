@@ -14,31 +14,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
+from _timing import train_step
 
 import vitnas
 
 TARGET = 1.10
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _step(model, params, x, y, device, arch=None) -> float:
-    """Seconds for one forward + backward, grads cleared (set to None) first as in training."""
-    for p in params:
-        p.grad = None
-    _sync(device)
-    t0 = time.perf_counter()
-    out = model(x) if arch is None else model(x, arch)
-    F.cross_entropy(out, y).backward()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def _summary(arch: vitnas.Arch) -> str:
@@ -83,16 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         static = vitnas.build(arch).to(device).train()
         static_params = list(static.parameters())
         for _ in range(args.warmup):
-            _step(static, static_params, x, y, device)
-            _step(supernet, super_params, x, y, device, arch)
+            train_step(static, static_params, x, y, device)
+            train_step(supernet, super_params, x, y, device, arch)
         ts, tn = [], []
         for r in range(args.repeats):
             if r % 2 == 0:
-                ts.append(_step(static, static_params, x, y, device))
-                tn.append(_step(supernet, super_params, x, y, device, arch))
+                ts.append(train_step(static, static_params, x, y, device))
+                tn.append(train_step(supernet, super_params, x, y, device, arch))
             else:
-                tn.append(_step(supernet, super_params, x, y, device, arch))
-                ts.append(_step(static, static_params, x, y, device))
+                tn.append(train_step(supernet, super_params, x, y, device, arch))
+                ts.append(train_step(static, static_params, x, y, device))
         s_ms, n_ms = 1e3 * statistics.median(ts), 1e3 * statistics.median(tn)
         # Ratio of back-to-back pairs, then the median: load from other processes changes slowly,
         # so it mostly cancels within a pair while it can skew two separate medians.

@@ -205,6 +205,7 @@ def dvc_yaml(out: Path = typer.Option(Path("dvc.yaml"), "--out", "-o", help="Whe
 def spaces() -> None:
     """List the search space presets with their size and cost range."""
     from vitnas.space import SearchSpace
+    from vitnas.space.arch import model_summary
 
     typer.echo(f"{'preset':<18}{'archs':>10}{'params (M)':>18}{'MACs (G)':>18}  input")
     for name in SearchSpace.presets():
@@ -213,7 +214,8 @@ def spaces() -> None:
         kind = f", GLiT {s.units} units" if s.is_glit else ""
         typer.echo(f"{name:<18}{'1e' + format(s.log10_size(), '.1f'):>10}"
                    f"{p_lo / 1e6:>8.2f}-{p_hi / 1e6:<9.2f}{f_lo / 1e9:>8.3f}-{f_hi / 1e9:<9.3f}"
-                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}{s._variant_str()}")
+                   f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}"
+                   + model_summary(s.model_fields()))
 
 
 @app.command("import-autoformer", rich_help_panel="Tools")
@@ -233,6 +235,7 @@ def import_autoformer(
     from vitnas.supernet import Supernet
     from vitnas.supernet.model import SupernetFileError
 
+    # not `check_output_file`: that parses an existing file as JSON, and a supernet file is large and binary
     if out.is_symlink() or out.is_dir():
         raise ArtifactError(f"{out}: is a {'symbolic link' if out.is_symlink() else 'directory'}; give a file path")
     if out.exists() and not force:

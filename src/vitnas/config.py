@@ -338,10 +338,9 @@ _DATA_SHAPES = {"digits": (10, 1), "mnist": (10, 1), "fashion-mnist": (10, 1), "
 
 def _check(p: Params) -> None:
     d = p.data
-    from vitnas.data.mnist import DEBIAN_ROOT
+    from vitnas.data.mnist import DEBIAN_ROOT, default_root
 
-    if d.dataset in ("mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "imagefolder") and not d.root \
-            and not (d.dataset in DEBIAN_ROOT and Path(DEBIAN_ROOT[d.dataset]).is_dir()):
+    if d.dataset != "digits" and not d.root and default_root(d.dataset) is None:
         raise ConfigError(f"data.root: required for dataset '{d.dataset}'"
                           + (f" (or apt-get install dataset-{d.dataset}, which installs it in {DEBIAN_ROOT[d.dataset]})"
                              if d.dataset in DEBIAN_ROOT else ""))

@@ -19,6 +19,7 @@ from vitnas.errors import DataError
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+NAMES = tuple(TORCHVISION_FOLDER)  # the MNIST-format datasets
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -26,6 +27,12 @@ CLASSES = {
     "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
 }
 DEBIAN_ROOT = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}  # apt-get install dataset-fashion-mnist
+
+
+def default_root(name: str) -> str | None:
+    """Where `name` is when `data.root` is not given: Debian's install location, if it is there."""
+    root = DEBIAN_ROOT.get(name)
+    return root if root is not None and Path(root).is_dir() else None
 MAX_ITEMS = 10_000_000  # far above any MNIST-format set; a header asking for more is refused
 _MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned byte data, 1 or 3 dimensions
 
@@ -89,9 +96,9 @@ def read_split(folder: Path, split: str, num_classes: int) -> tuple[np.ndarray, 
 
 
 def download(name: str, root: str | Path) -> None:
-    """Fetch the four files into torchvision's layout under `root` (needs internet)."""
+    """Fetch the four files into torchvision's layout under `root` (needs internet). torchvision
+    downloads all four for either split; asking for the test split makes it read back only that one."""
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}[name]
-    for train in (True, False):
-        cls(str(root), train=train, download=True)
+    cls(str(root), train=False, download=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitnas.data.mnist import NAMES as MNIST_FORMAT
 from vitnas.errors import DataError
 
 
@@ -75,8 +76,7 @@ def load_mnist_format(name: str, root: str | None, download: bool = False) -> Ra
     defaults to Debian's install location when `root` is not given."""
     from vitnas.data import mnist
 
-    if not root:
-        root = mnist.DEBIAN_ROOT.get(name, "")
+    root = root or mnist.default_root(name) or ""
     if download:
         try:
             mnist.download(name, root)
@@ -126,6 +126,6 @@ def load_source(dataset: str, root: str | None = None, download: bool = False) -
         return load_cifar(dataset, root or "", download)
     if dataset == "imagefolder":
         return load_imagefolder(root or "")
-    if dataset in ("mnist", "fashion-mnist", "kmnist"):
+    if dataset in MNIST_FORMAT:
         return load_mnist_format(dataset, root, download)
     raise DataError(f"data.dataset: unknown dataset '{dataset}'")

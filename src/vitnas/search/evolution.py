@@ -77,10 +77,6 @@ class EvolutionConfig:
 
 
 # ---- operators ----------------------------------------------------------------------------------
-def _arch(space: SearchSpace, embed: int, heads: Sequence[int], ratios: Sequence[float]) -> Arch:
-    return space._arch(embed, len(heads), heads, ratios)
-
-
 def mutate(arch: Arch, space: SearchSpace, rng: random.Random, mutation_prob: float = 0.2,
            resample_prob: float = 0.4) -> Arch:
     """AutoFormer mutation: resample depth (new layers get random genes, removed ones are cut) and
@@ -106,7 +102,7 @@ def mutate(arch: Arch, space: SearchSpace, rng: random.Random, mutation_prob: fl
             heads[i] = rng.choice(space.num_heads)
         if rng.random() < mutation_prob:
             ratios[i] = rng.choice(space.mlp_ratio)
-    return _arch(space, embed, heads, ratios)
+    return space.make_arch(embed, heads, ratios)
 
 
 def crossover(a: Arch, b: Arch, space: SearchSpace, rng: random.Random) -> Arch:
@@ -130,7 +126,7 @@ def crossover(a: Arch, b: Arch, space: SearchSpace, rng: random.Random) -> Arch:
         have = [p for p in (a, b) if i < p.depth]
         heads.append(rng.choice(have).num_heads[i] if len(have) > 1 else have[0].num_heads[i])
         ratios.append(rng.choice(have).mlp_ratio[i] if len(have) > 1 else have[0].mlp_ratio[i])
-    return _arch(space, embed, heads, ratios)
+    return space.make_arch(embed, heads, ratios)
 
 
 def _mutate_glit(arch: Arch, space: SearchSpace, rng: random.Random, mutation_prob: float,

@@ -50,12 +50,16 @@ class LatencyTable:
     path: Path | None = None
 
     # ---- lookups ------------------------------------------------------------------------
+    def measured_for(self, key: str) -> Any:
+        """The space field the table was measured for (timm's model fields for tables from before them)."""
+        return self.space.get(key, MODEL_DEFAULTS.get(key))
+
     def missing(self, arch: Arch) -> str | None:
         """Why the table cannot predict `arch` (the first reason), or None."""
         if arch.is_glit:
             return "it has GLiT local units; latency tables hold plain ViT blocks"
         for k in _SHAPE_KEYS:
-            want = self.space.get(k, MODEL_DEFAULTS.get(k))  # tables from before the model fields
+            want = self.measured_for(k)
             have = arch.head_dim[0] if k == "head_dim" else getattr(arch, k)
             if k == "head_dim" and any(d != want for d in arch.head_dim):
                 return f"head_dim {list(arch.head_dim)} != the table's {want}"
@@ -97,9 +101,8 @@ class LatencyTable:
         if space.is_glit:
             return "latency tables hold plain ViT blocks; GLiT spaces (local units) are not supported yet"
         for k in _SHAPE_KEYS:
-            if self.space.get(k, MODEL_DEFAULTS.get(k)) != getattr(space, k):
-                return f"it was measured for {k} {self.space.get(k, MODEL_DEFAULTS.get(k))}, the space has " \
-                       f"{getattr(space, k)}"
+            if self.measured_for(k) != getattr(space, k):
+                return f"it was measured for {k} {self.measured_for(k)}, the space has {getattr(space, k)}"
         for e in space.embed_dim:
             if e not in self.fixed:
                 return f"it has no entry for embed_dim {e}"

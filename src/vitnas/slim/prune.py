@@ -25,7 +25,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.slim.budget import SlimPlan
 from vitnas.slim.masks import MaskedViT
-from vitnas.space.build import build
+from vitnas.space.build import REL_POS_KEYS, build
 from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE, load_model, load_weights, save_model  # noqa: F401 (re-exported)
 
 
@@ -51,7 +51,7 @@ def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
         mval = torch.stack([m[h, list(ds)] for h, ds in zip(heads, dims, strict=True)]).flatten()
         q_fix = math.sqrt(hd / D)
         rows = torch.cat([cols + s * H * D for s in range(3)])
-        rel = p + "attn.rel_pos_k.table_v" in src  # mask on the attention output, not on v (see masks)
+        rel = src_arch.rel_pos  # the v mask sits on the attention output (see masks)
         v_scale = torch.ones_like(mval) if rel else mval
         scale = torch.cat([mval * q_fix, mval, v_scale]).to(src[p + "attn.qkv.weight"].dtype)
         out[p + "attn.qkv.weight"] = src[p + "attn.qkv.weight"][rows] * scale[:, None]
@@ -69,10 +69,11 @@ def prune(masked: MaskedViT, plan: SlimPlan) -> VisionTransformer:
         out[p + "mlp.fc2.bias"] = src[p + "mlp.fc2.bias"]
         for k in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"):
             out[p + k] = src[p + k]
-        for k in (k for k in src if k.startswith(p + "attn.rel_pos_")):  # whole heads: tables unchanged
+        if rel:  # whole heads: the tables stay as they are
             if hd != D:
                 raise ValueError(f"plan: layer {i} cuts the head dim of a relative-position layer")
-            out[k] = src[k]
+            for k in REL_POS_KEYS:
+                out[p + k] = src[p + k]
     want = None if plan.tokens is None else tuple(len(t) for t in plan.tokens)
     if arch.keep_tokens != want:
         raise ValueError(f"plan: arch.keep_tokens {arch.keep_tokens} does not match its token keep-sets {want}")

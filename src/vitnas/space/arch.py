@@ -72,8 +72,11 @@ LIMITS = {"embed_dim": 65536, "depth": 1024, "patch_size": 1024, "img_size": 819
           "rel_pos_clip": 1024}
 
 
-def check_model_fields(global_pool: Any, rel_pos: Any, rel_pos_clip: Any, norm_eps: Any) -> None:
-    """The model-variant fields shared by `Arch` and `SearchSpace` (see `MODEL_DEFAULTS`)."""
+def check_model_fields(global_pool: Any, rel_pos: Any, rel_pos_clip: Any, norm_eps: Any, *,
+                       glit: bool = False) -> dict[str, Any]:
+    """Check the model-variant fields shared by `Arch` and `SearchSpace` (see `MODEL_DEFAULTS`) and
+    return their canonical values: eps a float, and the default clip without relative position (no
+    tables: the clip means nothing, and equal models must compare equal)."""
     if global_pool not in GLOBAL_POOLS:
         raise ArchError(f"global_pool: expected one of {', '.join(GLOBAL_POOLS)}, got {global_pool!r}")
     if not isinstance(rel_pos, bool):
@@ -84,6 +87,21 @@ def check_model_fields(global_pool: Any, rel_pos: Any, rel_pos_clip: Any, norm_e
     if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not math.isfinite(norm_eps) \
             or not 0 < norm_eps < 1:
         raise ArchError(f"norm_eps: expected a number in (0, 1), got {norm_eps!r}")
+    if rel_pos and glit:
+        raise ArchError("rel_pos: relative position is AutoFormer's; GLiT blocks do not have it")
+    return {"rel_pos_clip": clip if rel_pos else MODEL_DEFAULTS["rel_pos_clip"], "norm_eps": float(norm_eps)}
+
+
+def model_summary(fields: Mapping[str, Any]) -> str:
+    """", pool=avg, rel_pos=14, eps=1e-05" for the non-default model fields (empty for timm's ViT)."""
+    out = ""
+    if fields["global_pool"] != MODEL_DEFAULTS["global_pool"]:
+        out += f", pool={fields['global_pool']}"
+    if fields["rel_pos"]:
+        out += f", rel_pos={fields['rel_pos_clip']}"
+    if fields["norm_eps"] != MODEL_DEFAULTS["norm_eps"]:
+        out += f", eps={fields['norm_eps']:g}"
+    return out
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -155,12 +173,9 @@ class Arch:
                 raise ArchError("keep_tokens: token pruning does not combine with GLiT local units (the local "
                                 "convolution runs over the whole token sequence)")
             _check_keep_tokens(tuple(self.keep_tokens), self.depth, self.num_patches)
-        check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps)
-        object.__setattr__(self, "norm_eps", float(self.norm_eps))
-        if not self.rel_pos:  # no tables: the clip is meaningless, and equal models must compare equal
-            object.__setattr__(self, "rel_pos_clip", MODEL_DEFAULTS["rel_pos_clip"])
-        if self.rel_pos and glit:
-            raise ArchError("rel_pos: relative position is AutoFormer's; GLiT blocks do not have it")
+        for k, v in check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps,
+                                       glit=glit).items():
+            object.__setattr__(self, k, v)
         if self.rel_pos and self.keep_tokens is not None:
             raise ArchError("keep_tokens: token pruning does not combine with relative position (rel_pos) yet; "
                             "slim without tokens")
@@ -377,21 +392,11 @@ class Arch:
         if self.units is not None:
             return (f"Arch(GLiT embed={self.embed_dim}, depth={self.depth}, local={list(self.local_units)}/"
                     f"{self.units}, e_v={_short(self.qkv_ratio)}, k={list(self.kernel_size)}, "
-                    f"e_c={_short(self.local_expansion)}, mlp={_short(ratios)}{self._variant_str()})")
+                    f"e_c={_short(self.local_expansion)}, mlp={_short(ratios)}{model_summary(self.model_fields())})")
         return (f"Arch(embed={self.embed_dim}, depth={self.depth}, heads={list(self.num_heads)}, "
                 f"mlp={list(ratios)}, head_dim={self.to_dict()['head_dim']}"
                 + (f", tokens={list(self.keep_tokens)}" if self.keep_tokens is not None else "")
-                + self._variant_str() + ")")
-
-    def _variant_str(self) -> str:
-        out = ""
-        if self.global_pool != "token":
-            out += f", pool={self.global_pool}"
-        if self.rel_pos:
-            out += f", rel_pos={self.rel_pos_clip}"
-        if self.norm_eps != MODEL_DEFAULTS["norm_eps"]:
-            out += f", eps={self.norm_eps:g}"
-        return out
+                + model_summary(self.model_fields()) + ")")
 
     @staticmethod
     def published(name: str, **overrides: Any) -> Arch:

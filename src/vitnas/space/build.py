@@ -20,6 +20,9 @@ from timm.models.vision_transformer import VisionTransformer
 from vitnas.space.arch import Arch
 from vitnas.space.relpos import RelPosTables, rel_pos_attention
 
+# A relative-position block's table weights, relative to the block (the same in every layer).
+REL_POS_KEYS = tuple(f"attn.rel_pos_{k}.table_{a}" for k in "kv" for a in "vh")
+
 
 class RelPosAttention(Attention):
     """timm's Attention plus AutoFormer's 2-D relative position (`rel_pos_k`, `rel_pos_v`; see
@@ -163,15 +166,15 @@ def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_lay
         return GlitBlock(dim, arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i], arch.local_hidden(i),
                          arch.kernel_size[i], arch.mlp_hidden[i], drop_path=drop_path, proj_drop=proj_drop,
                          attn_drop=attn_drop, norm_layer=norm_layer, act_layer=act_layer)
-    tokens = {}
+    extra = {}
     if arch.keep_tokens is not None:
-        tokens = {"tokens_in": arch.tokens_in(i - 1) - 1 if i else arch.num_patches,
-                  "tokens_out": arch.keep_tokens[i]}
+        extra = {"tokens_in": arch.tokens_in(i - 1) - 1 if i else arch.num_patches,
+                 "tokens_out": arch.keep_tokens[i]}
     if arch.rel_pos:
-        tokens["rel_pos"] = (arch.img_size // arch.patch_size, arch.rel_pos_clip)
+        extra["rel_pos"] = (arch.img_size // arch.patch_size, arch.rel_pos_clip)
     return Block(dim, arch.num_heads[i], arch.head_dim[i], arch.mlp_hidden[i],
                  drop_path=drop_path, proj_drop=proj_drop, attn_drop=attn_drop,
-                 norm_layer=norm_layer, act_layer=act_layer, **tokens)
+                 norm_layer=norm_layer, act_layer=act_layer, **extra)
 
 
 def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> VisionTransformer:

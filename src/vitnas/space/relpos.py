@@ -81,22 +81,21 @@ def _grid_consts(grid: int, clip: int, device: str, width: int) -> tuple[torch.T
     return index.to(device), onehot.to(device)
 
 
-def _stacked(t: RelPosTables, d: int) -> torch.Tensor:
-    """`[T_v; T_h; T_v[0] + T_h[0]; 0]` of the first `d` head-dim entries: [2 * (2 * clip + 2) + 2, d]."""
-    tv, th = t.table_v[:, :d], t.table_h[:, :d]
-    return torch.cat((tv, th, (tv[0] + th[0]).unsqueeze(0), tv.new_zeros(1, d)))
+def _stacked(t: RelPosTables) -> torch.Tensor:
+    """`[T_v; T_h; T_v[0] + T_h[0]; 0]`: [2 * (2 * clip + 2) + 2, head_dim]."""
+    tv, th = t.table_v, t.table_h
+    return torch.cat((tv, th, (tv[0] + th[0]).unsqueeze(0), tv.new_zeros(1, tv.shape[1])))
 
 
 def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: RelPosTables,
-                      rel_v: RelPosTables, *, scale: float, grid: int, head_dim: int | None = None,
-                      attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    """Attention with AutoFormer's relative position: q, k, v `[B, H, 1 + grid^2, D]` (CLS first)
-    -> `[B, H, N, D]`. `head_dim` slices the tables' first D entries (AutoFormer's sampling; D by
-    default). `attn_mask` is an additive key bias, as `F.scaled_dot_product_attention` takes it."""
+                      rel_v: RelPosTables, *, scale: float, grid: int, attn_mask: torch.Tensor | None = None,
+                      dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention with AutoFormer's relative position: q, k, v `[B, H, 1 + grid^2, D]` (CLS first), tables
+    of head dim D -> `[B, H, N, D]`. `attn_mask` is an additive key bias, as
+    `F.scaled_dot_product_attention` takes it."""
     B, H, N, D = q.shape
     if N != grid * grid + 1:
         raise ValueError(f"relative position: {N} tokens is not CLS + a {grid}x{grid} grid")
-    d = D if head_dim is None else head_dim
     # zero columns up to a multiple of 16 of the total head dim: the fused kernels' backward is
     # much slower on odd widths (measured 1.4x at 93 vs 96 on CPU)
     width = 2 * grid + 1 + (-(D + 2 * grid + 1)) % 16
@@ -104,11 +103,11 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: 
     index = index.expand(B, H, N, width)
     keys = onehot.to(q.dtype).expand(B, H, N, width)
     # key term: each query's dot products with the stacked key tables, picked per key row/column/CLS
-    extra_q = (q @ _stacked(rel_k, d).T).gather(-1, index)
+    extra_q = (q @ _stacked(rel_k).T).gather(-1, index)
     out = F.scaled_dot_product_attention(
         torch.cat((q, extra_q), dim=-1), torch.cat((k, keys), dim=-1), torch.cat((v, keys), dim=-1),
         attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     # value term: attention mass per key row / column / CLS, binned by table row, times the tables
-    tv = _stacked(rel_v, d)
+    tv = _stacked(rel_v)
     bins = out.new_zeros(B, H, N, tv.shape[0]).scatter_add(-1, index, out[..., D:])
     return out[..., :D] + bins @ tv

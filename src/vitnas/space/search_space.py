@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from vitnas.space.arch import MODEL_DEFAULTS, Arch, ArchError, check_model_fields
+from vitnas.space.arch import Arch, ArchError, check_model_fields, model_summary
 from vitnas.space.cost import count_flops, count_params
 from vitnas.space.published import AUTOFORMER_MODEL
 
@@ -82,12 +82,9 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         glit = self.units is not None
-        check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps)
-        object.__setattr__(self, "norm_eps", float(self.norm_eps))
-        if not self.rel_pos:
-            object.__setattr__(self, "rel_pos_clip", MODEL_DEFAULTS["rel_pos_clip"])
-        if glit and self.rel_pos:
-            raise ArchError("rel_pos: relative position is AutoFormer's; GLiT blocks do not have it")
+        for k, v in check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps,
+                                       glit=glit).items():
+            object.__setattr__(self, k, v)
         fields = [("embed_dim", int), ("depth", int), ("mlp_ratio", float)]
         if glit:
             self._init_glit()
@@ -291,8 +288,9 @@ class SearchSpace:
                        img_size=self.img_size if img_size is None else img_size)
 
     # ---- sampling -----------------------------------------------------------------------
-    def _arch(self, embed: int, depth: int, heads: Sequence[int], ratios: Sequence[float]) -> Arch:
-        return Arch.create(embed_dim=embed, depth=depth, num_heads=list(heads), mlp_ratio=list(ratios),
+    def make_arch(self, embed: int, heads: Sequence[int], ratios: Sequence[float]) -> Arch:
+        """The plain arch of this space with embed width `embed` and per-layer heads / MLP ratios."""
+        return Arch.create(embed_dim=embed, depth=len(heads), num_heads=list(heads), mlp_ratio=list(ratios),
                            head_dim=self.head_dim, patch_size=self.patch_size, img_size=self.img_size,
                            in_chans=self.in_chans, num_classes=self.num_classes, **self.model_fields())
 
@@ -305,7 +303,7 @@ class SearchSpace:
             return self.glit_arch(embed, [self.sample_layer(rng, i) for i in range(depth)])
         heads = [rng.choice(self.num_heads) for _ in range(depth)]
         ratios = [rng.choice(self.mlp_ratio) for _ in range(depth)]
-        return self._arch(embed, depth, heads, ratios)
+        return self.make_arch(embed, heads, ratios)
 
     def smallest(self, by: str = "params") -> Arch:
         """The arch with the fewest params (every dimension at its smallest choice; for GLiT, each
@@ -313,7 +311,7 @@ class SearchSpace:
         if self.is_glit:
             return self._glit_extreme(min(self.embed_dim), min(self.depth), by, min)
         d = min(self.depth)
-        return self._arch(min(self.embed_dim), d, [min(self.num_heads)] * d, [min(self.mlp_ratio)] * d)
+        return self.make_arch(min(self.embed_dim), [min(self.num_heads)] * d, [min(self.mlp_ratio)] * d)
 
     def largest(self, by: str = "params") -> Arch:
         """The arch with the most params (for GLiT, each block's costliest choice by params, then FLOPs;
@@ -321,7 +319,7 @@ class SearchSpace:
         if self.is_glit:
             return self._glit_extreme(max(self.embed_dim), max(self.depth), by, max)
         d = max(self.depth)
-        return self._arch(max(self.embed_dim), d, [max(self.num_heads)] * d, [max(self.mlp_ratio)] * d)
+        return self.make_arch(max(self.embed_dim), [max(self.num_heads)] * d, [max(self.mlp_ratio)] * d)
 
     def _glit_extreme(self, embed: int, depth: int, by: str, pick) -> Arch:
         """Blocks are independent and costs add up, so the per-block extreme gives the arch's extreme."""
@@ -378,13 +376,12 @@ class SearchSpace:
             return (f"SearchSpace({self.name}: GLiT embed {list(self.embed_dim)}, depth {list(self.depth)}, "
                     f"{self.units} units, {split}, e_v {_short(self.qkv_ratio)}, kernel {list(self.kernel_size)}, "
                     f"e_c {_short(self.local_expansion)}, mlp {_short(self.mlp_ratio)}, {self.glit_grid} grid, "
-                    f"{self.img_size}px/{self.patch_size}{self._variant_str()}, 10^{self.log10_size():.1f} archs)")
+                    f"{self.img_size}px/{self.patch_size}{model_summary(self.model_fields())}, "
+                    f"10^{self.log10_size():.1f} archs)")
         return (f"SearchSpace({self.name}: embed {list(self.embed_dim)}, depth {list(self.depth)}, "
                 f"heads {list(self.num_heads)}, mlp {list(self.mlp_ratio)}, head_dim {self.head_dim}, "
-                f"{self.img_size}px/{self.patch_size}{self._variant_str()}, 10^{self.log10_size():.1f} archs)")
-
-    def _variant_str(self) -> str:
-        return self.largest()._variant_str()
+                f"{self.img_size}px/{self.patch_size}{model_summary(self.model_fields())}, "
+                    f"10^{self.log10_size():.1f} archs)")
 
 
 def _short(values: Sequence[float]) -> list:

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from vitnas.space.search_space import SearchSpace
-from vitnas.supernet.model import FORMAT, Supernet, SupernetFileError
+from vitnas.supernet.model import FORMAT, Supernet, SupernetFileError, read_torch_file
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _BLOCK_KEYS = {
@@ -58,11 +59,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     if size > limit:  # reading it takes at least its size (the released supernets are 0.1-0.6 GB)
         raise SupernetFileError(f"{path}: a {gib(size)} file, more than the {gib(limit)} of memory here "
                                 f"(set {LIMIT_ENV} to change the limit)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt or foreign files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise SupernetFileError(f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
+    ckpt = read_torch_file(path)
     if isinstance(ckpt, Mapping) and ckpt.get("format") == FORMAT:
         raise SupernetFileError(f"{path}: not an AutoFormer supernet: it is a vitnas supernet file already "
                                 "(give it to `vitnas search --supernet` as it is)")
@@ -98,6 +95,7 @@ def autoformer_state(sd: Mapping[str, torch.Tensor], net: Supernet,
         raise SupernetFileError(f"{name}: patch embedding {tuple(sd['patch_embed_super.proj.weight'].shape[1:])}, "
                                 f"the space needs {tuple(target['patch_embed.weight'].shape[1:])}")
     out: dict[str, torch.Tensor] = {}
+    keys = {**_BLOCK_KEYS, **(_REL_KEYS if space.rel_pos else {})}
 
     def put(dst: str, src: str, t: torch.Tensor) -> None:
         want = target[dst].shape
@@ -110,7 +108,6 @@ def autoformer_state(sd: Mapping[str, torch.Tensor], net: Supernet,
         put(dst, src, sd[src])
     for i in range(net.depth):
         p = f"blocks.{i}."
-        keys = {**_BLOCK_KEYS, **(_REL_KEYS if space.rel_pos else {})}
         for src, dst in keys.items():
             if p + src not in sd:
                 raise SupernetFileError(f"{name}: missing {p + src!r} (not an AutoFormer supernet with change_qkv)")
@@ -144,8 +141,6 @@ def checkpoint_space(sd: Mapping[str, torch.Tensor], space: SearchSpace, name: s
     if pw.dim() != 4 or pw.shape[-1] != pw.shape[-2] or grid * grid != pos.shape[1] - 1 or head.dim() != 2:
         raise SupernetFileError(f"{name}: patch embedding {tuple(pw.shape)} / pos_embed {tuple(pos.shape)} "
                                 "are not a square ViT's")
-    from dataclasses import replace
-
     return replace(space, patch_size=int(pw.shape[-1]), img_size=grid * int(pw.shape[-1]), in_chans=int(pw.shape[1]),
                    num_classes=int(head.shape[0]))
 

@@ -8,7 +8,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.space.arch import Arch
-from vitnas.space.build import build
+from vitnas.space.build import REL_POS_KEYS, build
 from vitnas.supernet.glit import recalibrate_bn
 from vitnas.supernet.model import Supernet
 
@@ -38,8 +38,7 @@ def timm_views(supernet: Supernet, embed_dim: int, num_heads: Sequence[int],
             p + "norm1.weight": blk.norm1.weight[:d],
             p + "norm1.bias": blk.norm1.bias[:d],
             p + "attn.qkv.weight": blk.attn.qkv.weight[:, :q, :d],
-            p + "attn.qkv.bias": (blk.attn.qkv.bias.view(-1)[:3 * q] if supernet.qkv_bias_layout == "prefix"
-                                  else blk.attn.qkv.bias[:, :q]),
+            p + "attn.qkv.bias": blk.attn.qkv.bias_view(heads),
             p + "attn.proj.weight": blk.attn.proj.weight[:d, :q],
             p + "attn.proj.bias": blk.attn.proj.bias[:d],
             p + "norm2.weight": blk.norm2.weight[:d],
@@ -49,11 +48,8 @@ def timm_views(supernet: Supernet, embed_dim: int, num_heads: Sequence[int],
             p + "mlp.fc2.weight": blk.mlp.fc2.weight[:d, :hidden],
             p + "mlp.fc2.bias": blk.mlp.fc2.bias[:d],
         })
-        if supernet.space.rel_pos:
-            for kind in ("k", "v"):
-                tables = getattr(blk.attn, f"rel_pos_{kind}")
-                v[p + f"attn.rel_pos_{kind}.table_v"] = tables.table_v
-                v[p + f"attn.rel_pos_{kind}.table_h"] = tables.table_h
+        if supernet.space.rel_pos:  # the same parameter names as the static RelPosAttention's
+            v.update({p + k: blk.get_parameter(k) for k in REL_POS_KEYS})
     v.update({
         "norm.weight": supernet.norm.weight[:d],
         "norm.bias": supernet.norm.bias[:d],

@@ -109,10 +109,15 @@ class SlicedQKV(nn.Module):
 
     def sliced_bias(self, heads: int) -> torch.Tensor:
         """The flat `[3 * heads * head_dim]` bias a subnet with `heads` heads adds (q, k, v)."""
+        return self.bias_view(heads).reshape(3 * heads * self.head_dim)
+
+    def bias_view(self, heads: int) -> torch.Tensor:
+        """The part of `bias` a subnet with `heads` heads uses, as a view: `[3, heads * head_dim]`
+        ("grouped"), or the flat prefix `[3 * heads * head_dim]` ("prefix")."""
         q = heads * self.head_dim
         if self.bias_layout == "prefix":
-            return self.bias.reshape(-1)[:3 * q]
-        return top_left(self.bias, 3, q).reshape(3 * q)
+            return self.bias.view(-1)[:3 * q]
+        return top_left(self.bias, 3, q)
 
     def extra_repr(self) -> str:
         extra = "" if self.bias_layout == "grouped" else f", bias_layout={self.bias_layout}"

@@ -44,6 +44,15 @@ class SupernetFileError(ValueError):
     """A supernet file that is missing, unreadable or not a vitnas supernet."""
 
 
+def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only, any failure one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or foreign files
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SupernetFileError(f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
+
+
 class SuperAttention(nn.Module):
     """Multi-head self-attention with a fixed head dim and a per-call head count; with `rel_pos`
     (grid side, clip) AutoFormer's relative position, its tables shared by every head count."""
@@ -317,12 +326,7 @@ class Supernet(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise SupernetFileError(f"{path}: supernet file not found")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # torch raises many types for corrupt or foreign files
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise SupernetFileError(
-                f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
+        payload = read_torch_file(path, map_location)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
             raise SupernetFileError(f"{path}: not a vitnas supernet file (format {found!r}, "

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
 
+from vitnas.space.build import REL_POS_KEYS
 from vitnas.supernet.extract import timm_views
 from vitnas.supernet.model import Supernet
 
@@ -25,8 +26,8 @@ _BLOCK_KEYS = {
     "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
     "mlp.fc2.weight", "mlp.fc2.bias",
 }
-# A vitnas model with relative position has these too (a timm ViT does not: the supernet keeps its own).
-_REL_POS_KEYS = {f"attn.rel_pos_{k}.table_{a}" for k in "kv" for a in "vh"}
+# A vitnas model with relative position has its tables too (a timm ViT does not: the supernet keeps its own).
+_REL_POS_KEYS = set(REL_POS_KEYS)
 _TOP_KEYS = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
              "norm.weight", "norm.bias", "head.weight", "head.bias"}
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(.+)")
@@ -171,7 +172,7 @@ def init_from_timm(supernet: Supernet, source, *, head_dim: int | None = None) -
             if key in ("head.weight", "head.bias") and key not in sd:
                 continue
             t = sd.get(key)
-            if t is None and key.rsplit(".", 2)[-2].startswith("rel_pos_"):
+            if t is None and key.split(".", 2)[-1] in _REL_POS_KEYS:
                 continue  # a timm ViT has no relative position: the supernet's tables stay as they are
             if t is None:  # a ViT built with qkv_bias=False: zero bias is the same model
                 view.zero_()
