@@ -37,6 +37,18 @@ def test_official_test_split_is_kept_and_val_carved_from_train():
     assert set(s) == {"train", "val"} and len(s["val"]) == 20
 
 
+def test_max_train_images_subsets_train_only_and_keeps_val_and_test():
+    labels = np.repeat(np.arange(10), 100)
+    full = split_indices(labels, val_fraction=0.1, test_fraction=0.2, seed=0)
+    cut = split_indices(labels, val_fraction=0.1, test_fraction=0.2, seed=0, max_train_images=300)
+    for k in ("val", "test"):  # selection and reporting splits do not depend on the limit
+        np.testing.assert_array_equal(full[k], cut[k])
+    assert len(cut["train"]) == 300 and set(cut["train"].tolist()) <= set(full["train"].tolist())
+    assert np.bincount(labels[cut["train"]]).tolist() == [30] * 10  # stratified
+    same = split_indices(labels, val_fraction=0.1, test_fraction=0.2, seed=0, max_train_images=10_000)
+    np.testing.assert_array_equal(same["train"], full["train"])  # a limit above the split keeps it all
+
+
 def test_digits_stage_writes_the_contract(digits_dir):
     meta = json.loads((digits_dir / "dataset.json").read_text())
     assert (meta["name"], meta["num_classes"], meta["img_size"], meta["in_chans"]) == ("digits", 10, 16, 1)

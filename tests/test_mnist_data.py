@@ -98,3 +98,29 @@ def test_params_need_a_root_unless_debian_installed_it():
         parse_params({"data": {"dataset": "fashion-mnist", "img_size": 28}})
     with pytest.raises(ConfigError, match="data.root: required for dataset 'kmnist'"):
         parse_params({"data": {"dataset": "kmnist", "img_size": 28}})
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def test_fashion_mnist_config_runs_on_real_format_files(tmp_path):
+    """configs/fashion-mnist.yaml passes validation, and its data stage and mnist28 supernet run on
+    small idx files (the real data is not needed in CI)."""
+    from vitnas.config import read_yaml
+    from vitnas.stages import data, supernet
+
+    cfg = read_yaml(Path(__file__).parents[1] / "configs" / "fashion-mnist.yaml")
+    assert parse_params(cfg).space.preset == "mnist28"
+    make(tmp_path / "fm", n_train=400, n_test=40)
+    p = parse_params(_merge(cfg, {"tracking": {"enabled": False},
+                                  "data": {"root": str(tmp_path / "fm"), "max_train_images": 128},
+                                  "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64,
+                                               "val_random_subnets": 1}}))
+    m = data.run(p, tmp_path / "data", track=False)
+    assert (m["train_count"], m["val_count"], m["test_count"]) == (128, 20, 40)
+    out = supernet.run(p, tmp_path / "data", tmp_path / "supernet", device="cpu", track=False, progress=False)
+    assert 0.0 <= out["val_acc_largest"] <= 1.0 and (tmp_path / "supernet" / "supernet.pt").exists()

@@ -79,6 +79,7 @@ class DataConfig(_Section):
     img_size: Annotated[int, Field(gt=0, le=4096)] = 16
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
+    max_train_images: PosInt | None = None  # at most this many train images (seeded, stratified subset); null: all
     seed: Seed = 0
     augment: AugmentConfig = AugmentConfig()
 

@@ -60,7 +60,8 @@ def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, fl
     cfg = params.data
     raw = load_source(cfg.dataset, cfg.root, cfg.download)
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction if raw.test is None else None, seed=cfg.seed)
+                           test_fraction=cfg.test_fraction if raw.test is None else None, seed=cfg.seed,
+                           max_train_images=cfg.max_train_images)
     enabled = params.tracking.enabled if track is None else track
     with tracking.stage_run("data", params=logged_params(params, "data"), pipeline_params=params.flat(),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
