@@ -12,7 +12,7 @@ evaluations per level:
 Each winner is retrained from scratch for `--retrain-epochs` with each of `--seeds` seeds; test top-1
 is used only for these final numbers. Raw results in benchmarks/results/fmnist_glit.json (resumable).
 
-    uv run python benchmarks/fmnist_glit.py                # about 20 min on 2 CPU cores
+    uv run python benchmarks/fmnist_glit.py                # about 10 min on 2 CPU cores
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Kendall tau and Spearman rho with 95% bootstrap intervals (archs resampled; they
 archs, not training noise). Also the wall time of each way to rank the archs. Raw results in
 benchmarks/results/fmnist_ranking.json (resumable).
 
-    uv run python benchmarks/fmnist_ranking.py             # about 20 min on 2 CPU cores
+    uv run python benchmarks/fmnist_ranking.py             # about 15 min on 2 CPU cores
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The hand design is DeiT's rule scaled to the budget: every layer the same, heads
 MLP ratio 4, the most FLOPs that fit (deeper first); retrained with each seed too.
 Raw results in benchmarks/results/fmnist_search.json (resumable).
 
-    uv run python benchmarks/fmnist_search.py              # about 25 min on 2 CPU cores
+    uv run python benchmarks/fmnist_search.py              # about 20 min on 2 CPU cores
 """
 
 from __future__ import annotations

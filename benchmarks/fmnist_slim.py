@@ -10,7 +10,7 @@ that give 60% of the FLOPs (exact counts), the model is pruned physically and fi
 the same FLOPs, trained from scratch for epochs + slim epochs + fine-tune epochs. Every choice uses
 val; test is reported. Raw results in benchmarks/results/fmnist_slim.json (resumable).
 
-    uv run python benchmarks/fmnist_slim.py                # about 15 min on 2 CPU cores
+    uv run python benchmarks/fmnist_slim.py                # about 12 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(ap)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4, help="training epochs of the full model")
     ap.add_argument("--slim-epochs", type=int, default=1, help="soft-mask search epochs")
     ap.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (lr / 4)")

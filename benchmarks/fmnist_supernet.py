@@ -17,7 +17,7 @@ and test top-1); the smallest, the largest and 3 of the random ones are also tra
 scratch for `--epochs` (equal epochs) and for the uniform supernet's wall time (equal time).
 Prints markdown tables; raw results in benchmarks/results/fmnist_supernet.json (resumable).
 
-    uv run python benchmarks/fmnist_supernet.py            # about 20 min on 2 CPU cores
+    uv run python benchmarks/fmnist_supernet.py            # about 25 min on 2 CPU cores
 """
 
 from __future__ import annotations
