@@ -13,6 +13,7 @@ mkdir -p "$R"
 [ -e "$R/data/dataset.json" ] || v data --params $P --out "$R/data"
 [ -e "$R/supernet/supernet.pt" ] || v supernet --params $P --data "$R/data" --out "$R/supernet" \
   --checkpoints "$R/checkpoints/supernet" --resume
+[ -e "$R/proxy/metrics.json" ] || v proxy --params $P --data "$R/data" --out "$R/proxy"
 [ -e "$R/search/best_arch.json" ] || v search --params $P --data "$R/data" --supernet "$R/supernet/supernet.pt" \
   --out "$R/search"
 [ -e "$R/slim/arch.json" ] || v slim --params $P --data "$R/data" --supernet "$R/supernet/supernet.pt" \
