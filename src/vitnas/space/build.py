@@ -7,7 +7,9 @@ Plain archs get `Block` (timm's block with free heads, head dim and MLP width); 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,6 +19,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 
+from vitnas.space import hub
 from vitnas.space.arch import Arch
 from vitnas.space.relpos import RelPosTables, rel_pos_attention
 
@@ -177,13 +180,18 @@ def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_lay
                  norm_layer=norm_layer, act_layer=act_layer, **extra)
 
 
-def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> VisionTransformer:
+def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
+          dataset: Mapping[str, Any] | None = None) -> VisionTransformer:
     """The standalone model of `arch`, randomly initialised with timm's ViT init (GLiT's depthwise
     convs and BatchNorm keep torch's default init; relative-position tables AutoFormer's).
 
+    The model carries timm's `pretrained_cfg` (`vitnas.space.hub.pretrained_cfg`): its input size
+    and channels, bilinear resize with no crop margin, and `dataset`'s mean/std and class names
+    (a `dataset.json` mapping) when given.
+
     `arch.global_pool="avg"` is timm's `global_pool="avg", fc_norm=False`: the final norm over every
     token, then the mean of the patch tokens (AutoFormer's `--gp`)."""
-    return VisionTransformer(
+    model = VisionTransformer(
         img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
         num_classes=arch.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
         num_heads=max(1, arch.num_heads[0]), qkv_bias=True, class_token=True, global_pool=arch.global_pool,
@@ -191,3 +199,5 @@ def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0) ->
         drop_rate=drop_rate, drop_path_rate=drop_path_rate,
         block_fn=partial(_layer_block, arch),
     )
+    hub.attach(model, hub.pretrained_cfg(arch, dataset))
+    return model

@@ -1,14 +1,19 @@
-"""A model directory: `arch.json` + `model.safetensors`, what every stage that writes a model
-writes and what `vitnas.build` models load from (beside `vitnas.build`, not inside slimming)."""
+"""A model directory: `config.json` + `model.safetensors` (timm's hub layout, see `vitnas.space.hub`)
+plus `arch.json`, what every stage that writes a model writes and what `vitnas.build` models load
+from (beside `vitnas.build`, not inside slimming)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
+from vitnas.space import hub
 from vitnas.space.arch import Arch, ArchError
 from vitnas.space.build import build
 
@@ -16,13 +21,19 @@ ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_model(model: torch.nn.Module, arch: Arch, directory: str | Path) -> None:
-    """Write `arch.json` + `model.safetensors` (the `vitnas.build(arch)` state dict) into `directory`."""
+def save_model(model: torch.nn.Module, arch: Arch, directory: str | Path,
+               dataset: Mapping[str, Any] | None = None) -> None:
+    """Write `arch.json`, `config.json` and `model.safetensors` (the `vitnas.build(arch)` state dict)
+    into `directory`. The preprocessing in `config.json` is `dataset`'s (a `dataset.json` mapping)
+    when given, else the model's own `pretrained_cfg`."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ARCH_FILE).write_text(arch.to_json() + "\n")
+    cfg = hub.pretrained_cfg(arch, dataset) if dataset is not None else \
+        getattr(model, "pretrained_cfg", None) or hub.pretrained_cfg(arch)
+    hub.write_config(directory, arch, cfg)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "vitnas-model/1"})
 
@@ -76,4 +87,19 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     except ArchError as e:
         raise ArtifactError(str(e)) from None
     model = load_weights(arch, directory / WEIGHTS_FILE, map_location=map_location, all_tokens=all_tokens)
+    cfg = _saved_pretrained_cfg(directory / hub.CONFIG_FILE)
+    if cfg is not None:  # the preprocessing the model was trained with (older directories have none)
+        hub.attach(model, cfg | {"input_size": tuple(cfg["input_size"])})
     return model, (arch.replace(keep_tokens=None) if all_tokens and arch.keep_tokens else arch)
+
+
+def _saved_pretrained_cfg(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text()).get("pretrained_cfg")
+    except (ValueError, OSError, AttributeError) as e:
+        raise ArtifactError(f"{path}: unreadable ({type(e).__name__})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("input_size"), list):
+        raise ArtifactError(f"{path}: no pretrained_cfg with an input_size")
+    return cfg

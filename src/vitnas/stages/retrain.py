@@ -234,7 +234,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             }
             metrics = flat_metrics(metrics)
             with atomic_dir(out, "retrain") as tmp:
-                save_model(final, arch, tmp)
+                save_model(final, arch, tmp, dataset=data.meta)
                 write_json(tmp / "metrics.json", metrics)
                 write_json(tmp / "history.json", history)
                 write_json(tmp / "confusion.json", {"classes": [str(c) for c in data.meta.get(

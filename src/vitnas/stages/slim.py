@@ -191,7 +191,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 "slim_seconds": round(time.time() - t0, 2),
             })
             with atomic_dir(out, "slim") as tmp:
-                save_model(pruned, after, tmp)
+                save_model(pruned, after, tmp, dataset=data.meta)
                 write_json(tmp / "metrics.json", metrics)
                 plot_widths(arch, after, tmp / "widths.png")
             run_.log_metrics(metrics)
