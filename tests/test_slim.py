@@ -282,7 +282,7 @@ def test_pruned_model_round_trips_through_arch_json_and_safetensors(tmp_path):
     masked.apply_plan(plan)
     pruned = prune(masked, plan).eval()
     save_model(pruned, plan.arch, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["arch.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["arch.json", "config.json", "model.safetensors"]
     arch = Arch.load(tmp_path / "m" / "arch.json")
     assert arch == plan.arch
     from safetensors.torch import load_file

@@ -97,7 +97,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "--arch artifacts/search/best_arch.json --out artifacts/slim",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",), "search": ("best_arch.json",)},
           params=("slim", "data.augment"),
-          outputs=("arch.json", "model.safetensors", "widths.png"),
+          outputs=("arch.json", "model.safetensors", "config.json", "widths.png"),
           code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/slim.py"),
           plots=(Plot("slimming widths", "widths.png"),)),
     Stage("retrain", "vitnas retrain --data artifacts/data --supernet artifacts/supernet/supernet.pt "
@@ -105,7 +105,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"data": (*_DATA_SPLITS, "test.npz"), "supernet": ("supernet.pt",),
                   "slim": ("arch.json", "model.safetensors")},
           params=("retrain", "data.augment"),
-          outputs=("arch.json", "model.safetensors", "history.json", "confusion.json", "curves.png"),
+          outputs=("arch.json", "model.safetensors", "config.json", "history.json", "confusion.json",
+                   "curves.png"),
           code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/retrain.py",
                 "src/vitnas/tracking.py"),
           plots=(Plot("retrain curves", "history.json", "epoch", ("val_acc",), "epoch", "val top-1"),
