@@ -278,6 +278,102 @@ def arch(name: str = typer.Argument(..., help="A published arch name (e.g. autof
         typer.echo(f"MACs by GLiT's own counter (GLU projection counted at half) {count_flops_glit(a) / 1e9:.4f} G")
 
 
+ModelDirArg = typer.Argument(..., help="A model directory (config.json/arch.json + model.safetensors), e.g. "
+                             "artifacts/retrain.")
+
+
+def _model_and_data(model_dir: Path, data_dir: Path):
+    """The model directory's model and the prepared data it must fit (input size, channels, classes)."""
+    from vitnas.data import PreparedData
+    from vitnas.space.model_dir import load_model
+    from vitnas.stages._inputs import check_fits_data
+
+    model, arch = load_model(model_dir)
+    data = PreparedData(data_dir)
+    check_fits_data(arch, data, model_dir / "arch.json")
+    return model, arch, data
+
+
+@app.command(rich_help_panel="Tools")
+def export(model_dir: Path = ModelDirArg,
+           fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (needs the onnx extra: pip install "
+                                   "'vitnas[onnx]') | pt2 (torch.export)."),
+           out: Path | None = typer.Option(None, "--out", "-o", help="File to write (default: MODEL_DIR.onnx or "
+                                           "MODEL_DIR.pt2 beside the directory)."),
+           dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: the "
+                                              "exported model takes exactly --batch-size images)."),
+           batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch of the exported model."),
+           data: Path = typer.Option(Path("artifacts/data"), "--data", help="Prepared data whose val split's "
+                                     "first images check the exported file against the eager model."),
+           tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Largest allowed |exported - eager| "
+                                           "over the logits."),
+           force: bool = typer.Option(False, "--force", help="Replace OUT when it exists (never a directory."
+                                      ")")) -> None:
+    """Export a model directory to ONNX or pt2 and check it against the eager model on real images."""
+    import torch
+
+    from vitnas.deploy.export import FORMATS, SUFFIX, ExportError, check_parity
+    from vitnas.deploy.export import export as write
+    from vitnas.errors import ArtifactError
+
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = out or model_dir.resolve().with_suffix(SUFFIX[fmt])
+    if out.is_dir() or out.is_symlink():
+        raise ArtifactError(f"{out}: is a {'directory' if out.is_dir() else 'symbolic link'}; give a file path")
+    if out.exists() and not force:
+        raise ArtifactError(f"{out}: exists; choose another --out, or pass --force to replace it")
+    model, arch, prepared = _model_and_data(model_dir, data)
+    sizes = [max(batch_size, 2), 1] if dynamic_batch else [batch_size]  # torch.export specialises a batch of 1
+    val = prepared.dataset("val")
+    if len(val) < max(sizes):
+        raise ArtifactError(f"{prepared.path / 'val.npz'}: {len(val)} images, the check needs {max(sizes)}")
+    x = torch.stack([val[i][0] for i in range(max(sizes))])
+    write(model, x[:sizes[0]], out, fmt, dynamic_batch=dynamic_batch)
+    try:
+        checks = [check_parity(model, out, fmt, x[:n]) for n in sizes]
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    worst = max(c.max_abs_diff for c in checks)
+    if not worst <= tolerance:
+        out.unlink(missing_ok=True)
+        raise ExportError(f"{out}: the exported model differs from the eager one by {worst:.3g} (> --tolerance "
+                          f"{tolerance:g}); file removed")
+    batch = "dynamic batch" if dynamic_batch else f"batch {batch_size}"
+    typer.echo(f"wrote {out} ({fmt}, {batch}, input {arch.in_chans}x{arch.img_size}x{arch.img_size}, "
+               f"{out.stat().st_size / 2**20:.2f} MiB)")
+    typer.echo(f"parity on {', '.join(str(c.batch) for c in checks)} val image(s) via {checks[0].runtime}: "
+               f"max |exported - eager| = {worst:.3g} (tolerance {tolerance:g})")
+
+
+@app.command(rich_help_panel="Tools")
+def validate(model_dir: Path = ModelDirArg,
+             data: Path = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output."),
+             split: str = typer.Option("val", "--split", help="val | test | train."),
+             batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
+             device: str = DeviceOpt,
+             as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object.")) -> None:
+    """Top-1/top-5 accuracy, loss and throughput of a model directory on a split (like timm's validate.py)."""
+    from vitnas.deploy.validate import validate as run
+    from vitnas.errors import ConfigError
+    from vitnas.stages._inputs import eval_batches
+    from vitnas.train.distributed import resolve_device
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split: expected val, test or train, got {split!r}")
+    model, arch, prepared = _model_and_data(model_dir, data)
+    dev = resolve_device(device)
+    r = run(model, eval_batches(prepared, split, batch_size)(), dev)
+    if as_json:
+        typer.echo(json.dumps({"model": str(model_dir), "split": split, "device": str(dev), **r}))
+        return
+    k = min(5, arch.num_classes)
+    typer.echo(f"{model_dir} on {prepared.name} {split} ({r['images']:,} images, {dev}): top-1 {r['top1']:.4f} "
+               f"({100 * r['top1']:.2f}%)  top-{k} {r['top5']:.4f}  loss {r['loss']:.4f}  "
+               f"{r['images_per_s']:,.0f} images/s (batch {batch_size})")
+
+
 _IMAGE_HELP = ("Image repository (or a full reference with tag or digest); default $VITNAS_IMAGE or "
                "ghcr.io/vitnas/vitnas.")
 ImageOpt = typer.Option(None, "--image", help=_IMAGE_HELP, rich_help_panel="Cluster")

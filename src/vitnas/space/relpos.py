@@ -56,8 +56,15 @@ class RelPosTables(nn.Module):
         return f"head_dim={self.head_dim}, clip={self.clip}"
 
 
-@functools.lru_cache(maxsize=64)
 def _grid_consts(grid: int, clip: int, device: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_make_grid_consts`, cached in eager mode. Never under torch.export or torch.compile: tensors
+    made while tracing are fake, and a cached one would poison later eager calls."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return _make_grid_consts(grid, clip, device, width)
+    return _cached_grid_consts(grid, clip, device, width)
+
+
+def _make_grid_consts(grid: int, clip: int, device: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(table-row index [1 + grid^2, width], key one-hots [1 + grid^2, width]) for CLS + a grid.
 
     Columns: `grid` key rows, `grid` key columns, the CLS key, then zero padding. For query n and
@@ -79,6 +86,9 @@ def _grid_consts(grid: int, clip: int, device: str, width: int) -> tuple[torch.T
     onehot[1 + tok, grid + tok % grid] = 1.0  # key column
     onehot[0, 2 * grid] = 1.0  # the CLS key
     return index.to(device), onehot.to(device)
+
+
+_cached_grid_consts = functools.lru_cache(maxsize=64)(_make_grid_consts)
 
 
 def _stacked(t: RelPosTables) -> torch.Tensor:

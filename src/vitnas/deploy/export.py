@@ -1,0 +1,132 @@
+"""Export a model directory to ONNX or a torch.export program (`.pt2`), and check that the file
+computes what the eager model computes on real input before anyone deploys it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitnas.errors import VitnasError
+
+FORMATS = ("onnx", "pt2")
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2"}
+ONNX_EXTRA = "pip install 'vitnas[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+class ExportError(VitnasError):
+    """The exporter failed, a package is missing, or the exported model disagrees with the eager one."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_diff: float
+    runtime: str  # what ran the exported file
+    batch: int
+
+
+def _dynamic(dynamic_batch: bool):
+    return {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+
+
+class _Input(torch.nn.Module):
+    """Names the model's input `x` (timm's forward calls it `x` too; explicit for the exporters)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' progress chatter and deprecation notices are not the user's business."""
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "torch.fx.experimental")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, fmt: str, *,
+           dynamic_batch: bool = False) -> None:
+    """Write `model` (eval mode, CPU) traced on `example` to `path` atomically (temp file + rename)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    wrapped = _Input(model.cpu()).eval()
+    try:
+        with torch.no_grad(), _quiet():
+            if fmt == "pt2":
+                program = torch.export.export(wrapped, (example,), dynamic_shapes=_dynamic(dynamic_batch))
+                torch.export.save(program, str(tmp))
+            else:
+                _need_onnx("onnx", "onnxscript")
+                onnx_program = torch.onnx.export(
+                    wrapped, (example,), dynamo=True, input_names=["x"], output_names=["logits"],
+                    dynamic_shapes=_dynamic(dynamic_batch), verbose=False, report=False)
+                onnx_program.save(str(tmp))
+        os.replace(tmp, path)
+    except ExportError:
+        raise
+    except Exception as e:  # the exporters raise many types
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{fmt} export failed ({type(e).__name__}: {msg})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _need_onnx(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"--format onnx needs {', '.join(missing)}: {ONNX_EXTRA}")
+
+
+def run_exported(path: str | Path, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The exported file's output on `x`, and what ran it (onnxruntime, or onnx's reference
+    evaluator when onnxruntime is not installed)."""
+    if fmt == "pt2":
+        with _quiet():
+            program = torch.export.load(str(path))
+        with torch.no_grad():
+            return program.module()(x), f"torch {torch.__version__.split('+')[0]}"
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), f"onnxruntime {ort.__version__}"
+    _need_onnx("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    return torch.from_numpy(ReferenceEvaluator(str(path)).run(None, {"x": x.numpy()})[0]), "onnx reference evaluator"
+
+
+def check_parity(model: torch.nn.Module, path: str | Path, fmt: str, x: torch.Tensor) -> Parity:
+    """Max |exported - eager| over the logits of `x`."""
+    with torch.no_grad():
+        want = model.eval().cpu()(x)
+    got, runtime = run_exported(path, fmt, x)
+    if got.shape != want.shape:
+        raise ExportError(f"{path}: output shape {list(got.shape)}, eager model gives {list(want.shape)}")
+    return Parity(float((got.float() - want.float()).abs().max()), runtime, len(x))
