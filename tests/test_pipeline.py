@@ -361,7 +361,10 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     # the KFP UI's views: an HTML report per stage with its figures, the test confusion matrix
     reports = {p.parent.name: p.read_text() for p in (tmp_path / "kfp").rglob("report")}
     assert {"supernet-op", "search-op", "slim-op", "retrain-op", "transfer-op"} <= set(reports)
-    assert "data:image/png;base64," in reports["search-op"] and "best_fitness" in reports["search-op"]
+    assert "data:image/png;base64," in reports["retrain-op"]
+    # search's own interactive report (inline SVG, every candidate) is its KFP view
+    assert reports["search-op"] == (Path(outputs["search"]) / "report.html").read_text()
+    assert "<svg" in reports["search-op"] and "best_fitness" in reports["search-op"]
     confusion = json.loads((Path(outputs["retrain"]) / "confusion.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 360 and len(confusion["classes"]) == 10
 

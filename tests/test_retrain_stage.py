@@ -179,6 +179,21 @@ def test_registers_the_model_and_moves_champion_only_on_improvement(digits_dir, 
     x, _ = PreparedData(digits_dir).eval_tensors("val")
     local, _ = load_model(tmp_path / "a")
     assert torch.allclose(served(x[:5]), local.eval()(x[:5]), atol=1e-5)
+    # ...and it is the model directory: timm builds the same network from the files inside it
+    import timm
+
+    source = client.get_model_version(name, "1").source  # models:/m-<id>: the LoggedModel
+    logged_model = mlflow.get_logged_model(source.removeprefix("models:/"))
+    files = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{logged_model.artifact_location}/extra_files"))
+    assert sorted(p.name for p in files.iterdir()) == ["arch.json", "config.json", "model.safetensors"]
+    timm_model = timm.create_model(f"local-dir:{files}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(served(x[:5]), timm_model(x[:5]), atol=1e-5)
+    info = mlflow.models.get_model_info(f"models:/{logged_model.model_id}")
+    assert info.metadata["pretrained_cfg"] == json.loads((tmp_path / "a/config.json").read_text())["pretrained_cfg"]
+    logged = logged_model.params
+    assert logged["data.mean"] == str(PreparedData(digits_dir).meta["mean"]) and logged["data.dataset"] == "digits"
+    assert logged["arch.params"] == str(first["params"]) and logged["arch.flops"] == str(first["flops"])
     again = stage.run(p, digits_dir, None, model_dir, tmp_path / "b", progress=False)  # a tie does not move it
     assert again["val_acc"] == first["val_acc"] and again["champion"] == 0
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"

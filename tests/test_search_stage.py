@@ -59,6 +59,12 @@ def test_stage_writes_the_contract_and_every_candidate_is_feasible(digits_dir, s
         metrics["rejected_duplicate"] + metrics["rejected_latency"] > 0
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "search-checkpoints" / "checkpoint.pt").exists()
+    # the report: self-contained, every candidate, the selected arch (best_arch.json) highlighted
+    report = (out / "report.html").read_text()
+    chosen = next(i for i, r in enumerate(hist) if r["arch"] == json.loads((out / "best_arch.json").read_text()))
+    assert report.count("<tr id='c") == len(hist) and f"<tr id='c{chosen}' class=sel>" in report
+    assert report.count("<svg") == 3 and "selected: #" in report  # params, FLOPs, progress; the star
+    assert "src=" not in report and "href" not in report  # nothing fetched from anywhere
 
 
 def test_resume_after_interruption_equals_uninterrupted(digits_dir, supernet_file, tmp_path, monkeypatch):
@@ -212,6 +218,7 @@ class Recorder:
     def __init__(self):
         self.metrics: list[tuple[dict, int | None]] = []
         self.artifacts: list[str] = []
+        self.tables: dict[str, dict] = {}
         self.stage = None
 
     def log_metrics(self, metrics, step=None):
@@ -220,6 +227,9 @@ class Recorder:
     def log_artifact(self, path, artifact_path=None):
         assert Path(path).exists()
         self.artifacts.append(Path(path).name)
+
+    def log_table(self, columns, name):
+        self.tables[name] = columns
 
     def __getattr__(self, name):
         return lambda *a, **k: None
@@ -246,7 +256,14 @@ def test_random_strategy_and_tracking(digits_dir, supernet_file, tmp_path, monke
     per_gen = [(mm, step) for mm, step in rec.metrics if step is not None]
     assert [step for _, step in per_gen] == [0, 1, 2, 3]
     assert all({"best_fitness", "population_mean_fitness"} <= set(mm) for mm, _ in per_gen)
-    assert {"pareto.png", "history.jsonl", "best_arch.json"} <= set(rec.artifacts)
+    assert {"pareto.png", "report.html", "history.jsonl", "best_arch.json"} <= set(rec.artifacts)
+    # every candidate as a sortable MLflow table, one row each, with its genes and costs
+    table = rec.tables["candidates.json"]
+    hist = _history(tmp_path / "r")
+    assert table["candidate"] == list(range(24)) and table["fitness"] == [r["fitness"] for r in hist]
+    assert table["params"] == [r["params"] for r in hist] and table["generation"] == [r["generation"] for r in hist]
+    assert {"origin", "flops", "embed_dim", "depth", "num_heads"} <= set(table)
+    assert all(len(v) == 24 for v in table.values())
 
 
 # ---- GLiT: hierarchical search ------------------------------------------------------------------------

@@ -118,6 +118,10 @@ class Recorder:
         assert Path(path).exists()
         self.artifacts.append(Path(path).name)
 
+    def log_model(self, model, **kwargs):
+        assert all(Path(f).is_file() for f in kwargs["files"])  # logged once the directory is in place
+        self.model = kwargs
+
 
 def test_stage_tracks_metrics_figure_and_arch(digits_dir, supernet_file, arch_file, tmp_path, monkeypatch):
     from vitnas import tracking
@@ -138,6 +142,11 @@ def test_stage_tracks_metrics_figure_and_arch(digits_dir, supernet_file, arch_fi
     assert all("mask_attn_mean" in mm and "val_acc_masked" in mm for mm, s in rec.metrics if s is not None)
     assert rec.metrics[-1] == (m, None)
     assert set(rec.artifacts) == {"arch.json", "widths.png"}
+    # the slimmed model is logged as the model directory it is: files, preprocessing, exact costs
+    assert sorted(Path(f).name for f in rec.model["files"]) == ["arch.json", "config.json", "model.safetensors"]
+    assert rec.model["params"]["arch.params"] == m["params_after"] and rec.model["params"]["data.dataset"] == "digits"
+    assert rec.model["metadata"]["pretrained_cfg"]["input_size"] == [1, 16, 16]
+    assert rec.model["registered_model"] is None
 
 
 def test_bad_inputs_fail_clearly_and_write_nothing(digits_dir, supernet_file, arch_file, tmp_path):

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,14 +108,21 @@ class StageRun:
         if self.active:
             _mlflow().log_figure(figure, name)
 
+    def log_table(self, columns: Mapping[str, Sequence[Any]], name: str) -> None:
+        """A table (column -> values) the MLflow UI can sort and filter (Evaluation / Artifacts tab)."""
+        if self.active:
+            _mlflow().log_table(data={k: list(v) for k, v in columns.items()}, artifact_file=name)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self.active:
             _mlflow().set_tags(dict(tags))
 
     def log_model(self, model, *, input_example, name: str = "model",
-                  registered_model: str | None = None, params: Mapping[str, Any] | None = None) -> str | None:
+                  registered_model: str | None = None, params: Mapping[str, Any] | None = None,
+                  files: Sequence[str | Path] = (), metadata: Mapping[str, Any] | None = None) -> str | None:
         """Log a torch model as a pt2 export (servable without vitnas installed, no pickle) and
         register it under `registered_model`; returns the new version, or None when not registered.
+        `files` travel inside the model (its `extra_files/`), `metadata` in its MLmodel file.
 
         `input_example` (a numpy batch) traces the graph and gives the signature; use a batch of 2 or
         more, since torch.export specialises a batch dim of 1 and the model would then take only 1.
@@ -132,6 +139,8 @@ class StageRun:
         logged = _param_values(params or {})
         info = mlflow.pytorch.log_model(cpu, name=name, input_example=input_example, params=logged or None,
                                         registered_model_name=registered_model, serialization_format="pt2",
+                                        extra_files=[str(f) for f in files] or None,
+                                        metadata=dict(metadata) if metadata else None,
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         return str(info.registered_model_version) if registered_model else None
 

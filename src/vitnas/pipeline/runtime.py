@@ -184,12 +184,17 @@ def checkpoint_dir(root: str, stage: str):
 
 
 def write_report(html, stage: str, out_dir: str, values: Mapping[str, float]) -> None:
-    """The KFP UI's view of a stage: its figures (the contract's image plots, inlined) and metrics."""
+    """The KFP UI's view of a stage: its own HTML report when the contract declares one, else its
+    figures (the contract's image plots, inlined) and metrics."""
     import base64
     import html as h
 
     from vitnas.stages.contract import STAGES
 
+    own = Path(out_dir) / STAGES[stage].report if STAGES[stage].report else None
+    if own is not None and own.is_file():
+        Path(html.path).write_text(own.read_text())
+        return
     parts = [f"<h2>vitnas {h.escape(stage)}</h2>"]
     for plot in STAGES[stage].plots:
         f = Path(out_dir) / plot.file

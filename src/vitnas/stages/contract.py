@@ -46,6 +46,7 @@ class Stage:
     checkpoints: bool = False  # per-epoch checkpoints under artifacts/checkpoints/<stage> (persisted)
     persist: tuple[str, ...] = ()  # outputs kept across runs (resumed in place)
     metrics: str = "metrics.json"
+    report: str | None = None  # a self-contained HTML page of the outputs: the Kubeflow HTML view when given
     extra_outputs: tuple[str, ...] = field(default=())  # written in some configurations only
 
     @property
@@ -85,12 +86,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "--out artifacts/search --checkpoints artifacts/checkpoints/search --resume",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",)},
           params=("search", "space", "data.img_size", "data.augment", "proxy.batch_size", "proxy.seed", "supernet"),
-          outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json"),
+          outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json", "report.html"),
           code=("src/vitnas/search", "src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/train",
                 "src/vitnas/stages/search.py"),
           plots=(Plot("search progress", "generations.json", "generation",
                       ("best_fitness", "population_mean_fitness"), "generation", "fitness (val top-1)"),
                  Plot("search pareto front", "pareto.png")),
+          report="report.html",
           checkpoints=True,
           extra_outputs=("level1_arch.json", "level1_pareto.png", "supernet_level2.pt")),
     Stage("slim", "vitnas slim --data artifacts/data --supernet artifacts/supernet/supernet.pt "

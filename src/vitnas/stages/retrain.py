@@ -30,6 +30,7 @@ from vitnas.space.model_dir import ARCH_FILE, load_model, save_model
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages._model_log import arch_params, log_model_dir, model_example
 from vitnas.stages.contract import STAGES, logged_params
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
@@ -243,10 +244,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             # registered and promoted only once the model is on disk: a kill before this line
             # leaves no registered version pointing at a missing model
             champion = False
-            x_example = data.eval_tensors("val")[0][:2] if data.meta["splits"]["val"] >= 2 else \
-                torch.zeros(2, arch.in_chans, arch.img_size, arch.img_size)
-            version = run_.log_model(final, input_example=x_example.numpy(), registered_model=cfg.registered_model,
-                                     params=arch_params(arch))
+            version = log_model_dir(run_, final, out, arch, model_example(data, arch),
+                                    registered_model=cfg.registered_model)
             if version is not None:
                 champion = tracking.promote_if_better(cfg.registered_model, version, val_acc, alias=CHAMPION)
                 run_.set_tags({"vitnas.registered_version": version, "vitnas.champion": str(champion).lower()})
@@ -259,13 +258,6 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                      if version is not None else ""), flush=True)
         dist.barrier()
     return metrics
-
-
-def arch_params(arch: Arch) -> dict[str, object]:
-    """The architecture's genes and exact costs as MLflow params (`arch.*`) of the run and its model."""
-    genes = {k: v for k, v in arch.to_dict().items() if v is not None}
-    return {f"arch.{k}": v for k, v in genes.items()} | {"arch.params": count_params(arch),
-                                                          "arch.flops": count_flops(arch)}
 
 
 def _curve(record: dict) -> dict[str, float]:

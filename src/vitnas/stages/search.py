@@ -30,6 +30,7 @@ from vitnas.errors import ArtifactError, ConfigError
 from vitnas.search import Constraints, EvolutionConfig, LatencyTable, ProxyFitness, Search, SupernetFitness
 from vitnas.search.evolution import pareto_front
 from vitnas.search.fitness import check_proxy
+from vitnas.search.report import candidate_rows, columns, html_report, plot_pareto
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import calibration_images, check_data, eval_batches
@@ -81,37 +82,11 @@ def proxy_batch(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, to
     return fixed_batch(data.dataset("train"), n, seed)
 
 
-def plot_pareto(history: list[dict[str, Any]], path: Path, fitness_label: str) -> None:
-    """Fitness vs params, FLOPs (and latency when known); Pareto fronts highlighted, best starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    axes_spec = [("params", "params"), ("flops", "FLOPs (multiply-adds)")]
-    if history and all("latency_ms" in r for r in history):
-        axes_spec.append(("latency_ms", "predicted latency (ms)"))
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5 * len(axes_spec) + 1, 4.2), squeeze=False,
-                             layout="constrained")
-    fit = [r["fitness"] for r in history]
-    best = max(range(len(history)), key=lambda i: (_finite(fit[i]), -i)) if history else None
-    gens = [r["generation"] for r in history]
-    for ax, (key, label) in zip(axes[0], axes_spec, strict=True):
-        cost = [r[key] for r in history]
-        sc = ax.scatter(cost, fit, c=gens, cmap="viridis", s=12, alpha=0.6, label="evaluated")
-        front = pareto_front(cost, fit)
-        ax.step([cost[i] for i in front], [fit[i] for i in front], where="post", color="tab:red", lw=1.5)
-        ax.scatter([cost[i] for i in front], [fit[i] for i in front], color="tab:red", s=28,
-                   label=f"Pareto front ({len(front)})", zorder=3)
-        if best is not None:
-            ax.scatter([cost[best]], [fit[best]], marker="*", s=200, color="gold", edgecolor="black",
-                       label="best", zorder=4)
-        ax.set(xlabel=label, ylabel=fitness_label)
-        ax.legend(fontsize=8, loc="best")
-    fig.colorbar(sc, ax=axes[0].tolist(), label="generation")
-    fig.suptitle(f"search: {len(history)} evaluated candidates")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def write_figures(directory: Path, history: list[dict[str, Any]], stats: list[dict[str, Any]], best: dict[str, Any],
+                  label: str, metrics: dict[str, Any], title: str) -> None:
+    """pareto.png and the self-contained report.html (also the Kubeflow HTML view) of a search."""
+    plot_pareto(history, directory / "pareto.png", label, best)
+    (directory / "report.html").write_text(html_report(history, stats, best, label, title=title, summary=metrics))
 
 
 def _finite(v: float) -> float:
@@ -232,10 +207,12 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 for rec in search.history:
                     f.write(json.dumps(rec) + "\n")
             write_json(tmp / "generations.json", search.stats)
-            plot_pareto(search.history, tmp / "pareto.png", label)
+            write_figures(tmp, search.history, search.stats, best, label, metrics,
+                          f"vitnas search: {cfg.strategy}, fitness {cfg.fitness}")
             write_json(tmp / "metrics.json", metrics)
         run_.log_metrics({k: v for k, v in metrics.items() if k != "generations"})
-        for name in ("pareto.png", "history.jsonl", "best_arch.json"):
+        run_.log_table(columns(candidate_rows(search.history)), "candidates.json")
+        for name in ("pareto.png", "report.html", "history.jsonl", "best_arch.json"):
             run_.log_artifact(out / name)
     print(f"search ({cfg.strategy}, fitness {cfg.fitness}): best {label} {best['fitness']:.4g} at "
           f"{best['params'] / 1e3:.1f}k params, {best['flops'] / 1e6:.2f}M FLOPs; {search.evaluations} evaluations, "
@@ -379,13 +356,16 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
             write_json(tmp / "generations.json", [st | {"level": 1} for st in search1.stats]
                        + [st | {"level": 2} for st in search2.stats])
             label = "val top-1 (inherited weights)"
-            plot_pareto(search2.history, tmp / "pareto.png", f"level 2 {label}")
-            plot_pareto(search1.history, tmp / "level1_pareto.png", f"level 1 {label}")
+            write_figures(tmp, search2.history, search2.stats, best, f"level 2 {label}", metrics,
+                          "vitnas search: hierarchical (GLiT), level 2")
+            plot_pareto(search1.history, tmp / "level1_pareto.png", f"level 1 {label}", search1.best())
             net2.save(tmp / LEVEL2_SUPERNET, meta={"level": 2, "epochs": epochs2, "history": history2,
                                                    "dataset": data.name, "split": list(best1.local_units)})
             write_json(tmp / "metrics.json", metrics)
         run_.log_metrics({k: v for k, v in metrics.items() if not k.endswith("generations")})
-        for name in ("pareto.png", "level1_pareto.png", "history.jsonl", "best_arch.json", "level1_arch.json"):
+        run_.log_table(columns(candidate_rows(history)), "candidates.json")
+        for name in ("pareto.png", "level1_pareto.png", "report.html", "history.jsonl", "best_arch.json",
+                     "level1_arch.json"):
             run_.log_artifact(out / name)
     print(f"search (hierarchical): best val top-1 {best['fitness']:.4g} at {best['params'] / 1e3:.1f}k params, "
           f"{best['flops'] / 1e6:.2f}M FLOPs (level 1 {search1.evaluations} + level 2 {search2.evaluations} "

@@ -32,6 +32,7 @@ from vitnas.space import Arch, count_flops, count_params
 from vitnas.space.model_dir import ARCH_FILE, save_model
 from vitnas.stages._inputs import check_fits_data, load_input_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages._model_log import log_model_dir, model_example
 from vitnas.stages.contract import STAGES, logged_params
 from vitnas.train import (
     batches,
@@ -195,6 +196,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 write_json(tmp / "metrics.json", metrics)
                 plot_widths(arch, after, tmp / "widths.png")
             run_.log_metrics(metrics)
+            log_model_dir(run_, pruned, out, after, model_example(data, after))
             run_.log_artifact(out / "arch.json")
             run_.log_artifact(out / "widths.png")
             print(f"slim: {kind} {fb if kind == 'flops' else pb:,} -> {fa if kind == 'flops' else pa:,} "
