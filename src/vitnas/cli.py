@@ -16,39 +16,62 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"vitnas {version('vitnas')}")
+        except PackageNotFoundError:  # run from a source tree without installing
+            typer.echo("vitnas (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(_: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit.")) -> None:
+    """Vision Transformer architecture search: one command per pipeline stage."""
+
+
 pipeline_app = typer.Typer(help="Compile, run locally or submit the Kubeflow pipeline.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 TrackOpt = typer.Option(None, "--track/--no-track",
                         help="Log to MLflow (default: params.yaml tracking.enabled).")
+SetOpt = typer.Option(None, "--set", "-S", metavar="KEY=VALUE",
+                      help="Override a params.yaml value for this run, e.g. -S supernet.epochs=3 (repeatable; like "
+                      "dvc exp run -S).")
 ForceOpt = typer.Option(False, "--force", help="Replace the output directory even when vitnas did not write it "
                         "(never a file, the working directory, the repository, or a directory holding an input).")
 
 
-def _params(params: Path, out: Path, stage: str, force: bool):
-    """params.yaml, validated, after checking that `stage` may write `out` (before any work)."""
+def _params(params: Path, out: Path, stage: str, force: bool, sets: list[str] | None = None):
+    """params.yaml (with --set overrides), validated, after checking that `stage` may write `out`
+    (before any work)."""
     from vitnas.config import load_params
     from vitnas.stages._io import check_output
 
-    p = load_params(params)
+    p = load_params(params, sets or ())
     check_output(out, stage, force=force, inputs=[params])
     return p
 
 
 @app.command(rich_help_panel="Stages")
-def data(params: Path = ParamsOpt,
+def data(params: Path = ParamsOpt, sets: list[str] | None = SetOpt,
          out: Path = typer.Option(Path("artifacts/data"), "--out", "-o", help="Output directory."),
          track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Prepare the dataset: seeded train/val/test splits + dataset.json."""
     from vitnas.stages import data as stage
 
-    metrics = stage.run(_params(params, out, "data", force), out, track=track, force=force)
+    metrics = stage.run(_params(params, out, "data", force, sets), out, track=track, force=force)
     typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 
 @app.command(rich_help_panel="Stages")
-def supernet(params: Path = ParamsOpt,
+def supernet(params: Path = ParamsOpt, sets: list[str] | None = SetOpt,
              data: Path = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output."),
              out: Path = typer.Option(Path("artifacts/supernet"), "--out", "-o", help="Output directory."),
              checkpoints: Path | None = typer.Option(
@@ -63,7 +86,7 @@ def supernet(params: Path = ParamsOpt,
     """
     from vitnas.stages import supernet as stage
 
-    _report(out, stage.run(_params(params, out, "supernet", force), data, out, checkpoint_dir=checkpoints,
+    _report(out, stage.run(_params(params, out, "supernet", force, sets), data, out, checkpoint_dir=checkpoints,
                            resume=resume, device=device, track=track, force=force))
 
 
@@ -74,11 +97,20 @@ DeviceOpt = typer.Option("auto", help="auto | cpu | cuda")
 
 def _report(out: Path, metrics: dict) -> None:
     if metrics:
-        typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        typer.echo(f"wrote {out}: " + ", ".join(f"{k}={_value(v)}" for k, v in metrics.items()))
+
+
+def _value(v) -> str:
+    """Counts as counts (40200, not 4.02e+04); other numbers to 4 significant digits."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int) or (v == v and abs(v) >= 1 and float(v).is_integer() and abs(v) < 1e15):
+        return str(int(v))
+    return f"{v:.4g}"
 
 
 @app.command(rich_help_panel="Stages")
-def proxy(params: Path = ParamsOpt, data: Path = DataOpt,
+def proxy(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
           out: Path = typer.Option(Path("artifacts/proxy"), "--out", "-o", help="Output directory."),
           supernet: Path | None = typer.Option(None, "--supernet",
                                                help="Score through this trained supernet instead of a "
@@ -87,12 +119,13 @@ def proxy(params: Path = ParamsOpt, data: Path = DataOpt,
     """Score sampled candidates with training-free proxies (TF-TAS DSS and baselines); resumable."""
     from vitnas.stages import proxy as stage
 
-    _report(out, stage.run(_params(params, out, "proxy", force), data, out, supernet_path=supernet, device=device,
+    _report(out, stage.run(_params(params, out, "proxy", force, sets), data, out, supernet_path=supernet, device=device,
                            track=track, force=force))
 
 
 @app.command(rich_help_panel="Stages")
-def search(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path = SupernetOpt,
+def search(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
+           supernet: Path = SupernetOpt,
            out: Path = typer.Option(Path("artifacts/search"), "--out", "-o", help="Output directory."),
            checkpoints: Path | None = typer.Option(
                None, help="Per-generation checkpoints (default: OUT-checkpoints beside the output)."),
@@ -101,7 +134,7 @@ def search(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path = Supe
     """Evolutionary (or random) search under params/FLOPs/latency constraints."""
     from vitnas.stages import search as stage
 
-    _report(out, stage.run(_params(params, out, "search", force), data, supernet, out, checkpoint_dir=checkpoints,
+    _report(out, stage.run(_params(params, out, "search", force, sets), data, supernet, out, checkpoint_dir=checkpoints,
                            resume=resume, device=device, track=track, force=force))
 
 
@@ -125,7 +158,8 @@ def latency_table(params: Path = ParamsOpt, data: Path = DataOpt,
 
 
 @app.command(rich_help_panel="Stages")
-def slim(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None = SupernetOpt,
+def slim(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
+         supernet: Path | None = SupernetOpt,
          arch: Path = typer.Option(Path("artifacts/search/best_arch.json"), "--arch",
                                    help="An arch.json (weights from --supernet) or a model directory "
                                         "(arch.json + model.safetensors)."),
@@ -134,12 +168,13 @@ def slim(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None =
     """ViT-Slim soft-mask search to a FLOPs/params budget, then physical pruning."""
     from vitnas.stages import slim as stage
 
-    _report(out, stage.run(_params(params, out, "slim", force), data, supernet, arch, out, device=device,
+    _report(out, stage.run(_params(params, out, "slim", force, sets), data, supernet, arch, out, device=device,
                            track=track, force=force))
 
 
 @app.command(rich_help_panel="Stages")
-def retrain(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | None = SupernetOpt,
+def retrain(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
+            supernet: Path | None = SupernetOpt,
             arch: Path = typer.Option(Path("artifacts/slim"), "--arch",
                                       help="A model directory (arch.json + model.safetensors) or an arch.json "
                                            "(inherited weights from --supernet)."),
@@ -155,12 +190,12 @@ def retrain(params: Path = ParamsOpt, data: Path = DataOpt, supernet: Path | Non
     """
     from vitnas.stages import retrain as stage
 
-    _report(out, stage.run(_params(params, out, "retrain", force), data, supernet, arch, out,
+    _report(out, stage.run(_params(params, out, "retrain", force, sets), data, supernet, arch, out,
                            checkpoint_dir=checkpoints, resume=resume, device=device, track=track, force=force))
 
 
 @app.command(rich_help_panel="Stages")
-def transfer(params: Path = ParamsOpt, data: Path = DataOpt,
+def transfer(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
              model: Path = typer.Option(Path("artifacts/retrain"), "--model",
                                         help="Model directory (arch.json + model.safetensors), e.g. retrain's."),
              out: Path = typer.Option(Path("artifacts/transfer"), "--out", "-o", help="Output directory."),
@@ -168,16 +203,16 @@ def transfer(params: Path = ParamsOpt, data: Path = DataOpt,
     """Fine-tune on the transfer targets: CIFAR-format top-1, COCO-format detection AP (ViTDet backbone)."""
     from vitnas.stages import transfer as stage
 
-    _report(out, stage.run(_params(params, out, "transfer", force), data, model, out, device=device, track=track,
+    _report(out, stage.run(_params(params, out, "transfer", force, sets), data, model, out, device=device, track=track,
                            force=force))
 
 
 @app.command("check-params", rich_help_panel="Tools")
-def check_params(params: Path = ParamsOpt) -> None:
+def check_params(params: Path = ParamsOpt, sets: list[str] | None = SetOpt) -> None:
     """Validate params.yaml and print the resolved search space."""
     from vitnas.config import load_params
 
-    p = load_params(params)
+    p = load_params(params, sets or ())
     typer.echo(f"{params}: ok")
     typer.echo(str(p.search_space()))
 

@@ -7,8 +7,10 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -597,10 +599,43 @@ def read_yaml(path: Path, what: str = "params file") -> Any:
         loader.dispose()
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; any problem raises `ConfigError` with one line."""
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
+    """Read and validate params.yaml, with `key=value` overrides (`--set`, like `dvc exp run -S`)
+    applied first; any problem raises `ConfigError` with one line."""
     path = Path(path)
     raw = read_yaml(path)
     if raw is None:
         raise ConfigError(f"{path}: empty params file (copy the shipped params.yaml and edit it)")
-    return parse_params(raw, str(path))
+    for item in overrides:
+        raw = apply_override(raw, item)
+    return parse_params(raw, str(path) + (" with --set " + " ".join(overrides) if overrides else ""))
+
+
+def apply_override(raw: Any, item: str) -> dict[str, Any]:
+    """`section.key=value` (the value read as YAML: 3, 1e-3, true, null, [1, 2]); a number in the path
+    indexes a list (`transfer.targets.0.epochs=2`). Unknown keys are left to validation to name."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set supernet.epochs=3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot read {text!r} as a value") from None
+    root = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    node: Any = root
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} has {len(node)} entries; no entry {part}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a value, not a section")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    return root

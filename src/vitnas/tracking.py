@@ -56,7 +56,26 @@ def store_lock() -> Iterator[None]:
         os.close(fd)
 
 
+# MLflow's own chatter in a stage's output (its pip probe, uv detection, system-metrics start/stop,
+# artifact download bars, a dataset-source ambiguity vitnas resolves itself) is not the user's business;
+# its real warnings and errors still show.
+_QUIET_LOGGERS = ("mlflow.utils.environment", "mlflow.utils.uv_utils", "mlflow.system_metrics",
+                  "mlflow.store.db.utils", "mlflow.tracking._model_registry", "mlflow.models.model", "alembic")
+
+
+def _quiet_mlflow() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+    warnings.filterwarnings("ignore", message=".*pip.*", module="mlflow")
+
+
 def _mlflow():
+    _quiet_mlflow()
     import mlflow
 
     uri = tracking_uri()

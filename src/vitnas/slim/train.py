@@ -15,8 +15,8 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from vitnas.progress import progress as progress_bar
 from vitnas.slim.masks import MaskedViT
 from vitnas.train import DistInfo, Precision, average_gradients
 from vitnas.train.loop import check_finite
@@ -86,8 +86,8 @@ class SlimTrainer:
         dev = self.dist.device
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(loader, desc=f"slim epoch {epoch + 1}", leave=False,
-                   disable=not (progress and self.dist.is_main))
+        bar = progress_bar(loader, desc=f"slim epoch {epoch + 1}", unit="steps", lines=False,
+                           enabled=progress and self.dist.is_main)
         for x, y in bar:
             s = self.step(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
             for k, v in s.items():

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
+from vitnas.progress import progress as progress_bar
 from vitnas.search.latency import FORMAT as LATENCY_FORMAT
 from vitnas.search.latency import measure_table
 from vitnas.space import SearchSpace
@@ -50,7 +50,7 @@ def run(params: Params, data_dir_or_space: str | Path | SearchSpace, out_json: s
     if threads is not None:
         torch.set_num_threads(threads)
     t0 = time.time()
-    bar = (lambda jobs: tqdm(jobs, desc="latency table", unit="timing", leave=False)) if progress else None
+    bar = (lambda jobs: progress_bar(jobs, desc="latency table", unit="timings", every_s=30)) if progress else None
     table = measure_table(space, batch_size=batch_size, warmup=warmup, repeats=repeats, rounds=rounds,
                           check_archs=check_archs, seed=params.search.seed, device=dev, progress=bar)
     out_json = table.save(out_json)

@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from vitnas import proxies, tracking
 from vitnas.config import ConfigError, Params, check_proxy_names
 from vitnas.data import PreparedData
 from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError
+from vitnas.progress import progress as progress_bar
 from vitnas.proxies.scorer import Scorer, fixed_batch, seeded_supernet
 from vitnas.space import Arch, ArchError, SearchSpace, count_flops, count_params
 from vitnas.stages._checkpoint import fingerprint as make_fingerprint
@@ -272,8 +272,8 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
         if todo:
             scorer = Scorer(names, model, seed=cfg.seed, inputs=inputs, targets=targets, device=dev)
             with open(log_path, "a") as f:
-                for key, arch in tqdm(todo, desc="proxy", unit="cand", total=len(candidates), initial=len(done),
-                                      disable=not progress, dynamic_ncols=True):
+                for key, arch in progress_bar(todo, desc="proxy", unit="candidates", total=len(candidates),
+                                              initial=len(done), enabled=progress, every_s=30):
                     t = time.perf_counter()
                     res = scorer(arch)
                     scored_seconds += time.perf_counter() - t

@@ -25,6 +25,7 @@ from vitnas import tracking
 from vitnas.config import Params, RetrainConfig
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError, ConfigError
+from vitnas.progress import eta
 from vitnas.space import Arch, ArchError, build, count_flops, count_params
 from vitnas.space.model_dir import ARCH_FILE, load_model, save_model
 from vitnas.stages import _checkpoint
@@ -188,6 +189,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                             experiment=params.tracking.experiment, enabled=enabled, tags=tags) as run_:
         for h in history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics(_curve(h), step=h["epoch"])
+        t_loop = time.time()
         for epoch in range(start, cfg.epochs):
             reseed(cfg.seed, epoch, dist.rank)
             loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=dist.rank,
@@ -214,7 +216,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 run_.log_metrics(_curve(record), step=epoch + 1)
                 if progress:
                     print(f"retrain epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                          f"val {v['acc']:.4f}", flush=True)
+                          f"val {v['acc']:.4f}  {eta(epoch + 1 - start, cfg.epochs - start, time.time() - t_loop)}",
+                          flush=True)
             dist.barrier()
 
         metrics: dict[str, float] = {}

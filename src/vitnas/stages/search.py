@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError, ConfigError
+from vitnas.progress import progress as progress_bar
 from vitnas.search import Constraints, EvolutionConfig, LatencyTable, ProxyFitness, Search, SupernetFitness
 from vitnas.search.evolution import pareto_front
 from vitnas.search.fitness import check_proxy
@@ -179,16 +179,16 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         for s in search.stats:  # a resumed run's MLflow run still shows every generation
             run_.log_metrics(_gen_metrics(s), step=int(s["generation"]))
-        bar = tqdm(total=search.total_generations, initial=search.next_generation, desc="search", unit="gen",
-                   disable=not progress or None)
+        bar = progress_bar(total=search.total_generations, initial=search.next_generation, desc="search",
+                           unit="generations", enabled=progress)
 
         def after_generation(s: Search, stats: dict[str, float]) -> None:
             _checkpoint.save(ckpt_dir, {"fingerprint": fp, "search": s.state_dict(),
                                         "seconds": elapsed + time.time() - t0})
             run_.log_metrics(_gen_metrics(stats), step=int(stats["generation"]))
+            bar.set_postfix(best=f"{stats['best_fitness']:.4g}", mean=f"{stats['population_mean_fitness']:.4g}",
+                            evaluations=int(stats["evaluations"]))
             bar.update(1)
-            bar.set_postfix(best=f"{stats['best_fitness']:.4g}", pop_mean=f"{stats['population_mean_fitness']:.4g}",
-                            rejected=int(stats["rejected"]))
 
         try:
             search.run(after_generation)
@@ -374,14 +374,15 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
 
 
 def _evolve(search: Search, desc: str, progress: bool, run_, prefix: str, checkpoint) -> None:
-    bar = tqdm(total=search.total_generations, initial=search.next_generation, desc=desc, unit="gen",
-               disable=not progress or None)
+    bar = progress_bar(total=search.total_generations, initial=search.next_generation, desc=desc,
+                       unit="generations", enabled=progress)
 
     def after_generation(s: Search, stats: dict[str, float]) -> None:
         checkpoint(s)
         run_.log_metrics(_gen_metrics(stats, prefix), step=int(stats["generation"]))
+        bar.set_postfix(best=f"{stats['best_fitness']:.4g}", mean=f"{stats['population_mean_fitness']:.4g}",
+                        evaluations=int(stats["evaluations"]))
         bar.update(1)
-        bar.set_postfix(best=f"{stats['best_fitness']:.4g}", rejected=int(stats["rejected"]))
 
     try:
         search.run(after_generation)

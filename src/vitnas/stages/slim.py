@@ -27,6 +27,7 @@ from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ConfigError
+from vitnas.progress import eta
 from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
 from vitnas.space import Arch, count_flops, count_params
 from vitnas.space.model_dir import ARCH_FILE, save_model
@@ -136,6 +137,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                             inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path},
                             system_metrics=True, experiment=params.tracking.experiment,
                             enabled=enabled, tags={"vitnas.slim.source": source}) as run_:
+        t_loop = time.time()
         for epoch in range(cfg.epochs):
             reseed(cfg.seed, epoch, dist.rank)
             loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
@@ -151,7 +153,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 if progress:
                     print(f"slim epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
                           f"masks attn {stats['mask_attn_mean']:.3f} mlp {stats['mask_mlp_mean']:.3f}  "
-                          f"val (soft masks) {stats['val_acc_masked']:.3f}", flush=True)
+                          f"val (soft masks) {stats['val_acc_masked']:.3f}  "
+                          f"{eta(epoch + 1, cfg.epochs, time.time() - t_loop)}", flush=True)
             dist.barrier()
 
         metrics: dict[str, float] = {}

@@ -19,6 +19,7 @@ from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
+from vitnas.progress import eta
 from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import calibration_images, check_data, eval_batches
@@ -117,6 +118,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         for h in history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+        t_loop = time.time()
         for epoch in range(start, cfg.epochs):
             reseed(cfg.seed, epoch, dist.rank)
             loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
@@ -144,7 +146,8 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
                 run_.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
                 print(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
                       f"val smallest {accs['smallest']:.3f}  largest {accs['largest']:.3f}"
-                      + (f"  random mean {record['val_acc_random_mean']:.3f}" if rand else ""), flush=True)
+                      + (f"  random mean {record['val_acc_random_mean']:.3f}" if rand else "")
+                      + f"  {eta(epoch + 1 - start, cfg.epochs - start, time.time() - t_loop)}", flush=True)
             dist.barrier()
 
         metrics: dict[str, float] = {}

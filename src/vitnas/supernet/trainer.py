@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
-from tqdm import tqdm
 
+from vitnas.progress import progress as progress_bar
 from vitnas.space import Arch, SearchSpace
 from vitnas.supernet.glit import batchnorms, recalibrate_bn
 from vitnas.supernet.model import Supernet
@@ -69,8 +69,8 @@ class SupernetTrainer:
     def train_epoch(self, loader: Iterable, epoch: int, progress: bool = True) -> dict[str, float]:
         self.model.train()
         total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"supernet epoch {epoch + 1}", leave=False, unit="step",
-                   disable=not (progress and self.dist.is_main) or None)
+        bar = progress_bar(loader, desc=f"supernet epoch {epoch + 1}", unit="steps", lines=False,
+                           enabled=progress and self.dist.is_main)
         for step, (x, y) in enumerate(bar):
             x = x.to(self.dist.device, non_blocking=True)
             y = y.to(self.dist.device, non_blocking=True)

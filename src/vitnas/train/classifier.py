@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
-from tqdm import tqdm
 
+from vitnas.progress import progress as progress_bar
 from vitnas.train.distributed import DistInfo
 from vitnas.train.loop import check_finite, evaluate
 from vitnas.train.recipe import Precision, apply_update, make_loss, make_mixup, make_optimizer, make_scheduler
@@ -95,8 +95,8 @@ class ClassifierTrainer:
             self.teacher.eval()  # a caller's .train() on a parent module must not wake its dropout
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(loader, desc=f"{self.name} epoch {epoch + 1}", leave=False, unit="step",
-                   disable=not (progress and self.dist.is_main) or None)
+        bar = progress_bar(loader, desc=f"{self.name} epoch {epoch + 1}", unit="steps", lines=False,
+                           enabled=progress and self.dist.is_main)
         for step, (x, y) in enumerate(bar):
             stats = self.step(x, y, f"epoch {epoch + 1} step {step + 1}")
             for k, v in stats.items():

@@ -175,7 +175,7 @@ def train_detector(model: nn.Module, data: CocoDetection, *, epochs: int, batch_
                    on_epoch=None) -> list[dict[str, float]]:
     """Fine-tune the whole detector (backbone included): AdamW, per-step warmup + cosine, the
     detector's own summed losses. Returns per-epoch {loss, seconds}."""
-    from tqdm import tqdm
+    from vitnas.progress import progress as progress_bar
 
     device = torch.device(device)
     model.to(device).train()
@@ -188,7 +188,8 @@ def train_detector(model: nn.Module, data: CocoDetection, *, epochs: int, batch_
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate)
         t0, total, n = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"detection epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+        bar = progress_bar(loader, desc=f"detection epoch {epoch + 1}/{epochs}", unit="steps", lines=False,
+                           enabled=progress)
         for images, targets in bar:
             images = [x.to(device) for x in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
