@@ -621,6 +621,8 @@ def apply_override(raw: Any, item: str) -> dict[str, Any]:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: cannot read {text!r} as a value") from None
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 as text; people mean the number
     root = copy.deepcopy(raw) if isinstance(raw, dict) else {}
     node: Any = root
     parts = key.strip().split(".")
