@@ -347,12 +347,11 @@ def export(model_dir: Path = ModelDirArg,
     """Export a model directory to ONNX or pt2 and check it against the eager model on real images."""
     import torch
 
-    from vitnas.deploy.export import FORMATS, SUFFIX, ExportError, check_parity
+    from vitnas.deploy.export import SUFFIX, ExportError, check_format, check_parity
     from vitnas.deploy.export import export as write
     from vitnas.errors import ArtifactError
 
-    if fmt not in FORMATS:
-        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_format(fmt)
     out = out or model_dir.resolve().with_suffix(SUFFIX[fmt])
     if out.is_dir() or out.is_symlink():
         raise ArtifactError(f"{out}: is a {'directory' if out.is_dir() else 'symbolic link'}; give a file path")

@@ -58,12 +58,6 @@ class _Lines:
             yield item
             self.update(1)
 
-    def __enter__(self) -> _Lines:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def set_postfix(self, **values: Any) -> None:
         self.postfix = "  ".join(f"{k} {v}" for k, v in values.items())
 

@@ -75,7 +75,8 @@ def _quiet_mlflow() -> None:
 
 
 def _mlflow():
-    _quiet_mlflow()
+    if not _READY:
+        _quiet_mlflow()  # once per process, before mlflow is imported
     import mlflow
 
     uri = tracking_uri()

@@ -32,6 +32,11 @@ class Parity:
     batch: int
 
 
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
 def _dynamic(dynamic_batch: bool):
     return {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
 
@@ -67,8 +72,7 @@ def _quiet():
 def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, fmt: str, *,
            dynamic_batch: bool = False) -> None:
     """Write `model` (eval mode, CPU) traced on `example` to `path` atomically (temp file + rename)."""
-    if fmt not in FORMATS:
-        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_format(fmt)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     wrapped = _Input(model.cpu()).eval()

@@ -11,24 +11,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vitnas.search.evolution import pareto_front
+from vitnas.search.evolution import _num, pareto_front
 
 COSTS = (("params", "params"), ("flops", "FLOPs (multiply-adds)"), ("latency_ms", "predicted latency (ms)"))
 _VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 
 
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
-
-
 def best_index(history: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None) -> int | None:
-    """The position of the selected candidate (the search's own choice, ties included) in `history`."""
-    if best is None:
-        return None
-    for i, r in enumerate(history):
-        if r is best:
-            return i
-    return next((i for i, r in enumerate(history) if r == best), None)
+    """The position of the selected candidate (the search's own choice, ties included) in `history`
+    (records are unique: the search never evaluates an arch twice)."""
+    return None if best is None else next((i for i, r in enumerate(history) if r == best), None)
 
 
 def _gene(v: Any) -> Any:

@@ -23,9 +23,8 @@ def arch_params(arch: Arch) -> dict[str, object]:
                                                           "arch.flops": count_flops(arch)}
 
 
-def preprocessing_params(model_dir: Path) -> dict[str, object]:
-    """What a user must feed the model (`data.*`), from the directory's pretrained_cfg."""
-    cfg = json.loads((model_dir / CONFIG_FILE).read_text())["pretrained_cfg"]
+def preprocessing_params(cfg: dict[str, object]) -> dict[str, object]:
+    """What a user must feed the model (`data.*`), from a pretrained_cfg."""
     keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "num_classes", "tag")
     return {f"data.{'dataset' if k == 'tag' else k}": cfg[k] for k in keys if cfg.get(k) is not None}
 
@@ -43,7 +42,7 @@ def log_model_dir(run_, model: torch.nn.Module, model_dir: Path, arch: Arch, exa
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     return run_.log_model(
         model, input_example=example.numpy(), registered_model=registered_model,
-        params=arch_params(arch) | preprocessing_params(model_dir),
+        params=arch_params(arch) | preprocessing_params(config["pretrained_cfg"]),
         files=[model_dir / f for f in MODEL_FILES],
         metadata={"pretrained_cfg": config["pretrained_cfg"], "architecture": config["architecture"],
                   "load_with_timm": "timm.create_model('local-dir:<extra_files>', pretrained=True) after "
