@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from vitnas.errors import VitnasError
+from vitnas.errors import ConfigError, VitnasError
 
 app = typer.Typer(
     help="Vision Transformer architecture search: one command per pipeline stage.\n\n"
@@ -115,12 +115,30 @@ def proxy(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path 
           supernet: Path | None = typer.Option(None, "--supernet",
                                                help="Score through this trained supernet instead of a "
                                                     "randomly initialised one (TF-TAS scores at init)."),
-          device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
-    """Score sampled candidates with training-free proxies (TF-TAS DSS and baselines); resumable."""
+          device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt,
+          shard: str | None = typer.Option(None, "--shard", metavar="K/N",
+                                           help="Score only candidates K, K+N, K+2N, ... (one of N parallel "
+                                                "pods); finish with --merge."),
+          merge: list[Path] | None = typer.Option(None, "--merge", metavar="DIR",
+                                                  help="Write the stage's outputs from these --shard outputs "
+                                                       "(repeat the option; nothing is scored again).")) -> None:
+    """Score sampled candidates with training-free proxies (TF-TAS DSS and baselines); resumable.
+
+    Scale out with `torchrun --nproc_per_node N -m vitnas proxy ...` (one merged scores.jsonl) or
+    with --shard K/N in N pods and one --merge step."""
     from vitnas.stages import proxy as stage
 
     _report(out, stage.run(_params(params, out, "proxy", force, sets), data, out, supernet_path=supernet, device=device,
-                           track=track, force=force))
+                           track=track, force=force, shard=_shard(shard), merge=merge or None))
+
+
+def _shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    k, sep, n = spec.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit()) or not 0 <= int(k) < int(n):
+        raise ConfigError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return int(k), int(n)
 
 
 @app.command(rich_help_panel="Stages")
@@ -131,7 +149,10 @@ def search(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path
                None, help="Per-generation checkpoints (default: OUT-checkpoints beside the output)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last generation checkpoint."),
            device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
-    """Evolutionary (or random) search under params/FLOPs/latency constraints."""
+    """Evolutionary (or random) search under params/FLOPs/latency constraints.
+
+    Data-parallel: `torchrun --nproc_per_node N -m vitnas search ...` evaluates each generation's
+    candidates on N processes, with the same result as one."""
     from vitnas.stages import search as stage
 
     _report(out, stage.run(_params(params, out, "search", force, sets), data, supernet, out, checkpoint_dir=checkpoints,
@@ -390,7 +411,6 @@ def validate(model_dir: Path = ModelDirArg,
              as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object.")) -> None:
     """Top-1/top-5 accuracy, loss and throughput of a model directory on a split (like timm's validate.py)."""
     from vitnas.deploy.validate import validate as run
-    from vitnas.errors import ConfigError
     from vitnas.stages._inputs import eval_batches
     from vitnas.train.distributed import resolve_device
 
@@ -447,7 +467,6 @@ CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
 def _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
                      shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2):
     """ClusterOptions from the shared compile/submit options; prints what the user should know."""
-    from vitnas.errors import ConfigError
     from vitnas.pipeline.dag import ClusterOptions, Toleration, image_reference
 
     ref, notes = image_reference(image, image_tag, Path.cwd())

@@ -26,6 +26,7 @@ import torch
 from vitnas.errors import ConfigError
 from vitnas.space import Arch, SearchSpace
 from vitnas.supernet import Supernet, batchnorms, recalibrate_bn
+from vitnas.train.distributed import DistInfo, gather_map
 from vitnas.train.loop import batches, evaluate
 
 
@@ -144,3 +145,21 @@ class CachedFitness:
             for a, v in zip(todo, self.fitness(todo), strict=True):
                 self.cache[a.key()] = float(v)
         return [self.cache[a.key()] for a in archs]
+
+
+class ShardedFitness:
+    """A fitness whose candidates are split across the ranks of a torchrun job (data-parallel search).
+
+    Every rank holds the same evaluator (same supernet, val images, proxy batch) and calls this with
+    the same candidates; each evaluates its share and all get every value, in order. A candidate's
+    value does not depend on which rank computed it or on what else was evaluated, so a search over
+    W processes makes the same choices as one process.
+    """
+
+    def __init__(self, fitness: Fitness, info: DistInfo) -> None:
+        self.fitness = fitness
+        self.info = info
+        self.kind = fitness.kind
+
+    def __call__(self, archs: Sequence[Arch]) -> list[float]:
+        return [float(v) for v in gather_map(self.fitness, list(archs), self.info)]

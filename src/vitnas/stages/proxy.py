@@ -34,6 +34,7 @@ import os
 import random
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from vitnas.stages._checkpoint import fingerprint as make_fingerprint
 from vitnas.stages._io import claim_output, flat_metrics, mark, write_json
 from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, SupernetFileError
-from vitnas.train.distributed import resolve_device
+from vitnas.train.distributed import DistInfo, broadcast, gather_map, init_distributed
 
 log = logging.getLogger("vitnas.proxy")
 
@@ -137,9 +138,10 @@ def sample_candidates(space: SearchSpace, num: int, seed: int,
 
 
 # ---- the resumable score log ----------------------------------------------------------------
-def _read_log(path: Path, wanted: set[str]) -> dict[str, dict]:
+def _read_log(path: Path, wanted: set[str], repair: bool = True) -> dict[str, dict]:
     """Records of scores.jsonl by arch key. A torn last line (an interrupted write: no newline) is
-    cut off; any other unreadable line is an `ArtifactError` naming its line number."""
+    cut off (`repair=False`: only skipped, the file is left as it is); any other unreadable line is
+    an `ArtifactError` naming its line number."""
     records: dict[str, dict] = {}
     if not path.exists():
         return records
@@ -158,7 +160,7 @@ def _read_log(path: Path, wanted: set[str]) -> dict[str, dict]:
             if key in wanted:
                 records[key] = rec
             good += len(raw)
-    if good != path.stat().st_size:
+    if repair and good != path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(good)
     return records
@@ -200,18 +202,52 @@ def _scoring_model(space: SearchSpace, seed: int, supernet_path: str | Path | No
 
 
 # ---- the stage ---------------------------------------------------------------------------------
+SHARD = "shard.json"  # in a shard's output: which candidates it scored
+
+
 def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path: str | Path | None = None,
-        device: str = "auto", track: bool | None = None, progress: bool = True,
-        force: bool = False) -> dict[str, float]:
+        device: str = "auto", track: bool | None = None, progress: bool = True, force: bool = False,
+        shard: tuple[int, int] | None = None, merge: list[str | Path] | None = None) -> dict[str, float]:
     """Score `proxy.num_candidates` legal candidates; writes `out/scores.jsonl`, `top_k.json`, `metrics.json`.
-    `force`: write into `out` even when vitnas did not write it (a directory only)."""
-    with claim_output(out, "proxy", force=force, inputs=[data_dir, supernet_path]):
+    `force`: write into `out` even when vitnas did not write it (a directory only).
+
+    Scaling out: under torchrun every rank scores its share of the candidates and rank 0 writes the
+    one log. `shard=(k, K)` scores only candidates k, k + K, ... into `out` (scores.jsonl and
+    shard.json, for a separate pod each); `merge=[shard outputs]` then checks that the shards were
+    made with these params and inputs and together hold every candidate, and writes the stage's
+    outputs from them, equal to one run's (nothing is scored again)."""
+    if shard is not None and merge is not None:
+        raise ConfigError("--shard and --merge: give one of them")
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"--shard {shard[0]}/{shard[1]}: expected K/N with 0 <= K < N")
+    with claim_output(out, "proxy", force=force, inputs=[data_dir, supernet_path, *(merge or [])]):
         return _run(params, data_dir, Path(out), supernet_path=supernet_path, device=device, track=track,
-                    progress=progress)
+                    progress=progress, shard=shard, merge=[Path(m) for m in merge] if merge is not None else None)
+
+
+def _merged(shards: list[Path], fp: str, keys: list[str]) -> dict[str, dict]:
+    """The records of the shard outputs, checked: same fingerprint, every candidate present."""
+    if not shards:
+        raise ConfigError("--merge: no shard outputs given")
+    done: dict[str, dict] = {}
+    wanted = set(keys)
+    for d in shards:
+        fp_file, spec_file = d / FINGERPRINT, d / SHARD
+        if not fp_file.is_file() or not spec_file.is_file():
+            raise ArtifactError(f"{d}: not a proxy shard output (no {FINGERPRINT} or {SHARD})")
+        if fp_file.read_text().strip() != fp:
+            raise ArtifactError(f"{fp_file}: the shard was scored with other params, inputs or space")
+        done |= _read_log(d / SCORES, wanted, repair=False)
+    missing = [k for k in keys if k not in done]
+    if missing:
+        raise ArtifactError(f"{shards[0].parent}: the shards hold {len(done)} of {len(keys)} candidates "
+                            f"(first missing: {missing[0]}); rerun the unfinished shard")
+    return done
 
 
 def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str | Path | None, device: str,
-         track: bool | None, progress: bool) -> dict[str, float]:
+         track: bool | None, progress: bool, shard: tuple[int, int] | None = None,
+         merge: list[Path] | None = None) -> dict[str, float]:
     cfg = params.proxy
     names = list(cfg.proxies)
     check_proxy_names(names)  # also here: a Kubeflow step's params skip the cross-checks
@@ -224,7 +260,9 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     candidates = sample_candidates(space, cfg.num_candidates, cfg.seed, windows)
 
     set_level = [n for n in names if proxies.is_set_level(n)]
-    dev = resolve_device(device)
+    info = init_distributed(device)  # under torchrun: every rank scores its share
+    dev = info.device
+    main = info.is_main
     use_data = any(proxies.needs_data(n) for n in names)
     inputs = targets = None
     if use_data:
@@ -236,56 +274,48 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     fp = make_fingerprint(cfg.model_dump(exclude={"top_k", "num_candidates"}), windows, space.to_dict(), weights,
                           dev.type, data_id)
 
-    model = _scoring_model(space, cfg.seed, supernet_path, dev)  # a bad supernet file fails before any write
-    out.mkdir(parents=True, exist_ok=True)
-    mark(out, "proxy")
-    log_path, fp_path = out / SCORES, out / FINGERPRINT
     keys = [a.key() for a in candidates]
-    done: dict[str, dict] = {}
-    old_fp = fp_path.read_text().strip() if fp_path.exists() else None
-    if old_fp == fp:
-        done = _read_log(log_path, set(keys))
+    if merge is not None:
+        merged = _merged(merge, fp, keys)  # checked before anything is written
+        model = None
     else:
-        if log_path.exists() and log_path.stat().st_size:
-            print(f"warning: {log_path} was made with other params or inputs; starting over", flush=True)
-        log_path.write_text("")
-        tmp = fp_path.with_name(f"{fp_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(fp + "\n")
-        os.replace(tmp, fp_path)
-    todo = [(k, a) for k, a in zip(keys, candidates, strict=True) if k not in done]
-    if todo or set_level or len(done) != len(keys):
-        # scores.jsonl is about to change: drop the summary of the previous run first, so the three
-        # outputs never describe different runs (a kill now leaves a partial log and no summary)
-        for name in ("top_k.json", "metrics.json"):
-            (out / name).unlink(missing_ok=True)
-    if done:
-        print(f"resuming: {len(done)} of {len(candidates)} candidates already scored in {log_path}", flush=True)
+        model = _scoring_model(space, cfg.seed, supernet_path, dev)  # a bad supernet file fails before any write
+    mine = range(len(keys)) if shard is None else range(shard[0], len(keys), shard[1])
+    log_path = out / SCORES
+    done: dict[str, dict] = {}
+    if main:
+        done = _open_log(out, fp, {keys[i] for i in mine}, clear_summary=True)
+        if merge is not None:
+            done = merged
+    todo = broadcast([i for i in mine if keys[i] not in done], info)  # the same work list on every rank
+    if main and shard is not None:
+        write_json(out / SHARD, {"shard": shard[0], "num_shards": shard[1], "candidates": len(mine)})
+    if done and main and merge is None:
+        print(f"resuming: {len(done)} of {len(mine)} candidates already scored in {log_path}", flush=True)
 
-    enabled = params.tracking.enabled if track is None else track
+    enabled = (params.tracking.enabled if track is None else track) and main and shard is None
     section = logged_params(params, "proxy")
     t0 = time.time()
     with tracking.stage_run("proxy", params=section | {"proxy.weights": "random" if supernet_path is None
                                                          else "trained"},
                             pipeline_params=params.flat(), inputs={"data": data_dir, "supernet": supernet_path},
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
-        scored_seconds = 0.0
+        t_score = time.perf_counter()
         if todo:
-            scorer = Scorer(names, model, seed=cfg.seed, inputs=inputs, targets=targets, device=dev)
-            with open(log_path, "a") as f:
-                for key, arch in progress_bar(todo, desc="proxy", unit="candidates", total=len(candidates),
-                                              initial=len(done), enabled=progress, every_s=30):
-                    t = time.perf_counter()
-                    res = scorer(arch)
-                    scored_seconds += time.perf_counter() - t
-                    rec: dict[str, Any] = {"arch": arch.to_dict(), "params": count_params(arch),
-                                           "flops": count_flops(arch),
-                                           "scores": {k: _finite(v) for k, v in res.scores.items()}}
-                    if res.terms is not None:
-                        rec["terms"] = res.terms
-                    f.write(json.dumps(rec) + "\n")
-                    f.flush()
-                    done[key] = rec
-                os.fsync(f.fileno())
+            _score(Scorer(names, model, seed=cfg.seed, inputs=inputs, targets=targets, device=dev),
+                   [(keys[i], candidates[i]) for i in todo], done, log_path if main else None, info,
+                   bar=dict(total=len(mine), initial=len(mine) - len(todo), enabled=progress and main))
+        scored_seconds = time.perf_counter() - t_score
+        if not main:
+            info.barrier()
+            return {}
+        if shard is not None:  # a shard's log is complete and in order; the merge step finishes the stage
+            metrics = flat_metrics({"num_candidates": len(mine), "candidates_scored": len(todo),
+                                    "seconds": round(time.time() - t0, 3), "shard": shard[0],
+                                    "num_shards": shard[1], "world_size": info.world_size})
+            write_json(out / "metrics.json", metrics)
+            info.barrier()
+            return metrics
         records = [done[k] for k in keys]
         for name in set_level:
             values = proxies.combine_set(name, [r["terms"] for r in records])
@@ -297,13 +327,76 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
             _rewrite(log_path, records)
 
         metrics = _metrics(records, names, len(todo), time.time() - t0, scored_seconds)
+        metrics |= {"world_size": info.world_size}
+        if merge is not None:
+            metrics["num_shards"] = len(merge)
         top = _top_k(records, names[0], cfg.top_k)
         write_json(out / "top_k.json", top)
         write_json(out / "metrics.json", metrics)
         run_.log_metrics(metrics)
         run_.log_artifact(log_path)
         run_.log_artifact(out / "top_k.json")
+    info.barrier()
     return metrics
+
+
+def _open_log(out: Path, fp: str, wanted: set[str], clear_summary: bool) -> dict[str, dict]:
+    """Prepare `out` for appending scores: the records already there when they were made by this
+    run (`fp`), else an empty log. The previous summary is dropped before the log changes, so the
+    outputs never describe different runs (a kill then leaves a partial log and no summary)."""
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "proxy")
+    log_path, fp_path = out / SCORES, out / FINGERPRINT
+    old_fp = fp_path.read_text().strip() if fp_path.exists() else None
+    if old_fp == fp:
+        done = _read_log(log_path, wanted)
+    else:
+        done = {}
+        if log_path.exists() and log_path.stat().st_size:
+            print(f"warning: {log_path} was made with other params or inputs; starting over", flush=True)
+        log_path.write_text("")
+        tmp = fp_path.with_name(f"{fp_path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(fp + "\n")
+        os.replace(tmp, fp_path)
+    if clear_summary:
+        for name in ("top_k.json", "metrics.json", SHARD):
+            (out / name).unlink(missing_ok=True)
+    return done
+
+
+def _score(scorer: Scorer, todo: list[tuple[str, Arch]], done: dict[str, dict], log_path: Path | None,
+           info: DistInfo, bar: dict[str, Any]) -> None:
+    """Score `todo` into `done` and append each record to `log_path` (rank 0) as soon as it is known.
+    Under torchrun, rounds of 4 candidates per rank are scored side by side and gathered in order."""
+
+    def score(items: list[tuple[str, Arch]]) -> list[dict[str, Any]]:
+        recs = []
+        for _, arch in items:
+            res = scorer(arch)
+            rec: dict[str, Any] = {"arch": arch.to_dict(), "params": count_params(arch), "flops": count_flops(arch),
+                                   "scores": {k: _finite(v) for k, v in res.scores.items()}}
+            if res.terms is not None:
+                rec["terms"] = res.terms
+            recs.append(rec)
+        return recs
+
+    size = 1 if not info.enabled else 4 * info.world_size
+    pbar = progress_bar(desc="proxy", unit="candidates", every_s=30, **bar)
+    with open(log_path, "a") if log_path is not None else nullcontext() as f:
+        try:
+            for start in range(0, len(todo), size):
+                part = todo[start:start + size]
+                for (key, _), rec in zip(part, gather_map(score, part, info), strict=True):
+                    if f is not None:
+                        f.write(json.dumps(rec) + "\n")
+                    done[key] = rec
+                if f is not None:
+                    f.flush()
+                pbar.update(len(part))
+            if f is not None:
+                os.fsync(f.fileno())
+        finally:
+            pbar.close()
 
 
 def _finite(v: float) -> float | None:

@@ -27,7 +27,15 @@ from vitnas.data import PreparedData
 from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError, ConfigError
 from vitnas.progress import progress as progress_bar
-from vitnas.search import Constraints, EvolutionConfig, LatencyTable, ProxyFitness, Search, SupernetFitness
+from vitnas.search import (
+    Constraints,
+    EvolutionConfig,
+    LatencyTable,
+    ProxyFitness,
+    Search,
+    ShardedFitness,
+    SupernetFitness,
+)
 from vitnas.search.evolution import pareto_front
 from vitnas.search.fitness import check_proxy
 from vitnas.search.report import candidate_rows, columns, html_report, plot_pareto
@@ -39,7 +47,7 @@ from vitnas.stages.contract import STAGES, logged_params
 from vitnas.supernet import Supernet, SupernetFileError
 from vitnas.supernet.trainer import trainer_from_config, validation_archs
 from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed, steps_per_epoch
-from vitnas.train.distributed import resolve_device
+from vitnas.train.distributed import broadcast, init_distributed, resolve_device
 
 OUTPUTS = (*STAGES["search"].outputs, STAGES["search"].metrics)  # always written (the contract)
 LEVEL2_SUPERNET = "supernet_level2.pt"  # hierarchical: the level-2 supernet (inherit weights from this one)
@@ -124,13 +132,17 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
 def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, out: Path, ckpt_dir: Path, *,
          resume: bool, track: bool | None, progress: bool, device: str) -> dict[str, float]:
     cfg = params.search
-    dev = resolve_device(device)
+    info = init_distributed(device)  # under torchrun every rank evaluates its share of each generation
+    dev = info.device
 
     # ---- inputs and config, all checked before any evaluation ----
     data = PreparedData(data_dir)
     check_data(params, data)
     space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
     if cfg.strategy == "hierarchical":
+        if info.enabled:
+            raise ConfigError("search.strategy: hierarchical runs in one process (its level-2 supernet trains "
+                              "in-process); launch it without torchrun")
         return run_hierarchical(params, data, space, supernet_path, out, ckpt_dir=ckpt_dir, resume=resume,
                                 track=track, progress=progress, device=dev)
     table = load_latency_table(params, space)
@@ -160,19 +172,24 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         proxy = ProxyFitness(cfg.proxy, space, seed=params.proxy.seed, inputs=inputs, targets=targets, device=dev)
     if cfg.fitness == "proxy":
         fitness, proxy = proxy, None
+    if info.enabled:  # same candidates on every rank, each evaluates its share: the same search as one process
+        fitness = ShardedFitness(fitness, info)
+        proxy = ShardedFitness(proxy, info) if proxy is not None else None
     search = Search(space, EvolutionConfig.from_config(cfg), fitness, constraints=constraints, proxy=proxy)
 
     # ---- resume ----
     fp = _fingerprint(params, space, data, Path(supernet_path) if supernet_path is not None else None, table)
     elapsed = 0.0
-    state = _checkpoint.resume(ckpt_dir, fp) if resume else None
+    state = _checkpoint.resume(ckpt_dir, fp) if resume and info.is_main else None
+    state = broadcast(state, info)  # every rank continues from rank 0's checkpoint
     if state is not None:
         search.load_state_dict(state["search"])
         elapsed = float(state.get("seconds", 0.0))
 
     label = {"supernet": "val top-1 (inherited weights)", "hybrid": "val top-1 (inherited weights)",
              "proxy": f"proxy {cfg.proxy}"}[cfg.fitness]
-    enabled = params.tracking.enabled if track is None else track
+    enabled = (params.tracking.enabled if track is None else track) and info.is_main
+    main = info.is_main
     t0 = time.time()
     with tracking.stage_run("search", params=logged_params(params, "search"), pipeline_params=params.flat(),
                             inputs={"data": data.path, "supernet": supernet_path},
@@ -180,9 +197,11 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         for s in search.stats:  # a resumed run's MLflow run still shows every generation
             run_.log_metrics(_gen_metrics(s), step=int(s["generation"]))
         bar = progress_bar(total=search.total_generations, initial=search.next_generation, desc="search",
-                           unit="generations", enabled=progress)
+                           unit="generations", enabled=progress and main)
 
         def after_generation(s: Search, stats: dict[str, float]) -> None:
+            if not main:
+                return
             _checkpoint.save(ckpt_dir, {"fingerprint": fp, "search": s.state_dict(),
                                         "seconds": elapsed + time.time() - t0})
             run_.log_metrics(_gen_metrics(stats), step=int(stats["generation"]))
@@ -196,10 +215,14 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             bar.close()
 
         best = search.best()
-        values = search_values(search) | {"seconds": round(elapsed + time.time() - t0, 2)}
+        values = search_values(search) | {"seconds": round(elapsed + time.time() - t0, 2),
+                                          "world_size": info.world_size}
         if proxy is not None or cfg.fitness == "proxy":
             values["proxy_evaluations"] = search.proxy_evaluations if proxy is not None else search.evaluations
         metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
+        if not main:  # rank 0 writes, logs and reports
+            info.barrier()
+            return {}
 
         with atomic_dir(out, "search") as tmp:
             write_json(tmp / "best_arch.json", best["arch"])
@@ -214,6 +237,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         run_.log_table(columns(candidate_rows(search.history)), "candidates.json")
         for name in ("pareto.png", "report.html", "history.jsonl", "best_arch.json"):
             run_.log_artifact(out / name)
+    info.barrier()
     print(f"search ({cfg.strategy}, fitness {cfg.fitness}): best {label} {best['fitness']:.4g} at "
           f"{best['params'] / 1e3:.1f}k params, {best['flops'] / 1e6:.2f}M FLOPs; {search.evaluations} evaluations, "
           f"{metrics['rejected']} rejected before evaluation", flush=True)

@@ -7,6 +7,8 @@ coalesced all-reduce: exact, and cheap.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from dataclasses import dataclass
 
@@ -93,3 +95,60 @@ def replicas_in_sync(model: torch.nn.Module, world_size: int) -> bool:
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     return bool(torch.isclose(lo, hi, rtol=1e-9, atol=1e-9).item())
+
+
+
+# ---- exchanging Python values between ranks, without pickle --------------------------------------
+def _all_gather_bytes(data: bytes, info: DistInfo) -> list[bytes]:
+    size = torch.tensor([len(data)], dtype=torch.int64, device=info.device)
+    sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(int(s.item()) for s in sizes)
+    buf = torch.zeros(longest, dtype=torch.uint8, device=info.device)
+    if data:
+        buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(info.device)
+    parts = [torch.empty_like(buf) for _ in range(info.world_size)]
+    dist.all_gather(parts, buf)
+    return [bytes(p[:int(s.item())].cpu().numpy()) for p, s in zip(parts, sizes, strict=True)]
+
+
+def _broadcast_bytes(data: bytes, info: DistInfo) -> bytes:
+    size = torch.tensor([len(data)], dtype=torch.int64, device=info.device)
+    dist.broadcast(size, src=0)
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=info.device)
+    if info.is_main and data:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(buf, src=0)
+    return bytes(buf.cpu().numpy())
+
+
+def gather_map(fn, items: list, info: DistInfo) -> list:
+    """`fn(items)` (a batched map: one JSON value per item, in order) with the items split across ranks.
+
+    Rank r evaluates items r, r + W, r + 2W, ... (strided, so costly and cheap candidates spread
+    evenly); the values travel as JSON and every rank returns the whole list in the original
+    order, the list one process returns. Ranks call this together, with equal `items`.
+    """
+    if not info.enabled:
+        return list(fn(items))
+    mine = items[info.rank::info.world_size]
+    local = list(fn(mine)) if mine else []
+    if len(local) != len(mine):
+        raise RuntimeError(f"rank {info.rank}: {len(local)} values for {len(mine)} items")
+    parts = [json.loads(b) for b in _all_gather_bytes(json.dumps(local).encode(), info)]
+    out: list = [None] * len(items)
+    for rank, values in enumerate(parts):
+        out[rank::info.world_size] = values
+    return out
+
+
+def broadcast(value, info: DistInfo):
+    """Rank 0's `value` on every rank. It travels through `torch.save` and is read back with
+    `weights_only=True` (plain containers, numbers, strings and tensors), as a checkpoint is."""
+    if not info.enabled:
+        return value
+    buf = io.BytesIO()
+    if info.is_main:
+        torch.save(value, buf)
+    data = _broadcast_bytes(buf.getvalue(), info)
+    return value if info.is_main else torch.load(io.BytesIO(data), weights_only=True)
