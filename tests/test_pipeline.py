@@ -123,7 +123,7 @@ def test_compiled_pipeline_carries_cluster_settings(tmp_path):
     gpus = {n.removeprefix("exec-").removesuffix("-op"): ex["container"].get("resources", {}).get("accelerator")
             for n, ex in executors.items()}
     assert {s: int(a["resourceCount"]) for s, a in gpus.items() if a} == {
-        "supernet": 4, "slim": 4, "retrain": 4, "proxy": 1, "search": 1, "transfer": 1}
+        "supernet": 4, "slim": 4, "retrain": 4, "proxy": 4, "search": 4, "transfer": 1}
     assert all(a["resourceType"] == "nvidia.com/gpu" for a in gpus.values() if a)
     for stage in ("supernet", "retrain", "transfer"):
         ex = k8s[f"exec-{stage}-op"]
@@ -137,7 +137,7 @@ def test_compiled_pipeline_carries_cluster_settings(tmp_path):
     assert executors["exec-data-op"]["container"]["resources"]["resourceMemoryRequest"] == "16Gi"
     # torchrun width = the accelerator limit
     tasks = spec["root"]["dag"]["tasks"]
-    for stage in ("supernet", "slim", "retrain"):
+    for stage in ("supernet", "proxy", "search", "slim", "retrain"):
         assert tasks[f"{stage}-op"]["inputs"]["parameters"]["nproc_per_node"]["runtimeValue"]["constant"] == 4
     caching = {t: v["cachingOptions"].get("enableCache", False) for t, v in tasks.items()}
     assert caching == {"init-op": False, "supernet-op": False, **{f"{s}-op": True for s in STAGES
@@ -145,6 +145,31 @@ def test_compiled_pipeline_carries_cluster_settings(tmp_path):
     assert tasks["init-op"]["taskInfo"]["name"] == "init"
     assert sorted(tasks["transfer-op"]["dependentTasks"]) == ["data-op", "init-op", "retrain-op"]
     assert sorted(tasks["search-op"]["dependentTasks"]) == ["data-op", "init-op", "proxy-op", "supernet-op"]
+
+
+def test_proxy_shards_compile_to_a_parallel_for_and_a_cpu_merge(tmp_path):
+    """--proxy-shards 3: a ParallelFor over 3 GPU pods (each under torchrun on its GPUs), collected
+    into a merge step that needs no GPU; search waits for the merge."""
+    spec, platform = _cluster(tmp_path, proxy_shards=3)
+    tasks, k8s = spec["root"]["dag"]["tasks"], _k8s(platform)
+    assert "proxy-op" not in tasks and "proxy-merge-op" in tasks
+    ((loop_name, loop),) = [(name, t) for name, t in tasks.items() if name.startswith("for-loop")]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--proxy-plan-op-Output"
+    assert tasks["proxy-plan-op"]["inputs"]["parameters"]["num_shards"]["runtimeValue"]["constant"] == 3
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["proxy-shard-op"]
+    assert inner["inputs"]["parameters"]["nproc_per_node"]["runtimeValue"]["constant"] == 4
+    merge = tasks["proxy-merge-op"]
+    assert merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"] == {  # dsl.Collected: every shard's output
+        "producerTask": loop_name, "outputArtifactKey": "pipelinechannel--proxy-shard-op-proxy_shard"}
+    executors = _executors(spec)
+    assert executors["exec-proxy-shard-op"]["container"]["resources"]["accelerator"]["resourceCount"] == "4"
+    assert "accelerator" not in executors["exec-proxy-merge-op"]["container"].get("resources", {})
+    assert "tolerations" in k8s["exec-proxy-shard-op"] and "tolerations" not in k8s["exec-proxy-merge-op"]
+    assert "proxy-merge-op" in tasks["search-op"]["dependentTasks"]
+    from vitnas.pipeline.dag import ClusterOptions, compile_pipeline
+
+    with pytest.raises(ConfigError, match="--proxy-shards 0"):
+        compile_pipeline(parse_params({}), tmp_path / "q.yaml", ClusterOptions(proxy_shards=0))
 
 
 def test_compiled_pipeline_holds_no_secret_values(tmp_path, monkeypatch):
@@ -331,7 +356,7 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
                            "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "warmup_epochs": 0,
                                                      "batch_size": 128}]}})
     t0 = time.time()
-    outputs = run_local(params, tmp_path / "kfp")
+    outputs = run_local(params, tmp_path / "kfp", proxy_shards=2)  # proxy: a ParallelFor of 2 pods, merged
     print(f"kfp.local pipeline: {time.time() - t0:.0f} s")
     assert set(outputs) == set(STAGES)
     meta = json.loads((Path(outputs["data"]) / "dataset.json").read_text())
@@ -351,6 +376,13 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     assert 0 <= stages["supernet"].data.metrics["supernet/val_acc_largest"] <= 1
     assert (Path(outputs["supernet"]) / "supernet.pt").exists()
     assert len((Path(outputs["proxy"]) / "scores.jsonl").read_text().splitlines()) == 3
+    shards = sorted((tmp_path / "kfp").rglob("shard.json"))
+    assert [json.loads(f.read_text())["candidates"] for f in shards] in ([2, 1], [1, 2])
+    from vitnas.stages import proxy as proxy_stage
+
+    proxy_stage.run(params, outputs["data"], tmp_path / "proxy-one", track=False, progress=False)
+    for name in ("scores.jsonl", "top_k.json"):  # the merged shards are the one-pod stage's output
+        assert (Path(outputs["proxy"]) / name).read_text() == (tmp_path / "proxy-one" / name).read_text()
     best = json.loads((Path(outputs["search"]) / "best_arch.json").read_text())
     slimmed = json.loads((Path(outputs["slim"]) / "arch.json").read_text())
     assert slimmed["depth"] == best["depth"] and (Path(outputs["slim"]) / "model.safetensors").exists()

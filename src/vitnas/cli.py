@@ -434,8 +434,8 @@ ImageOpt = typer.Option(None, "--image", help=_IMAGE_HELP, rich_help_panel="Clus
 ImageTagOpt = typer.Option(None, "--image-tag", help="Image tag (default: this checkout's short git commit; "
                            "'latest' outside a git checkout, which turns KFP caching off).",
                            rich_help_panel="Cluster")
-GpusOpt = typer.Option(1, "--gpus", min=0, help="GPUs of each data-parallel training stage (supernet, slim, "
-                       "retrain; torchrun nproc_per_node); other GPU stages get 1. 0: CPU only.",
+GpusOpt = typer.Option(1, "--gpus", min=0, help="GPUs of each data-parallel stage (supernet, proxy, search, slim, "
+                       "retrain; torchrun nproc_per_node); transfer gets 1. 0: CPU only.",
                        rich_help_panel="Cluster")
 AcceleratorOpt = typer.Option("nvidia.com/gpu", "--accelerator", help="Accelerator resource name.",
                               rich_help_panel="Cluster")
@@ -459,13 +459,15 @@ CheckpointPvcOpt = typer.Option(None, "--checkpoint-pvc", help="PersistentVolume
                                 "resumes (default: pod-local, lost with the pod).", rich_help_panel="Cluster")
 RetriesOpt = typer.Option(2, "--retries", min=0, help="Retries of a failed or preempted stage pod.",
                           rich_help_panel="Cluster")
+ProxyShardsOpt = typer.Option(1, "--proxy-shards", min=1, help="Fan proxy scoring out to K pods (ParallelFor), "
+                              "merged by a CPU step into the one stage's outputs.", rich_help_panel="Cluster")
 CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
                                 help="Let KFP reuse a supernet trained with the same params and image.",
                                 rich_help_panel="Cluster")
 
 
 def _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                     shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2):
+                     shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2, proxy_shards=1):
     """ClusterOptions from the shared compile/submit options; prints what the user should know."""
     from vitnas.pipeline.dag import ClusterOptions, Toleration, image_reference
 
@@ -489,7 +491,7 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
         tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
         shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
         memory=None if memory in none else memory, cache_supernet=cache_supernet, checkpoint_pvc=checkpoint_pvc,
-        retries=retries,
+        retries=retries, proxy_shards=proxy_shards,
         code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
 
 
@@ -500,13 +502,14 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
                      node_selector: list[str] | None = NodeSelectorOpt, toleration: list[str] | None = TolerationOpt,
                      secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
                      cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
-                     checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt) -> None:
+                     checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
+                     proxy_shards: int = ProxyShardsOpt) -> None:
     """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
     from vitnas.config import load_params
     from vitnas.pipeline.dag import compile_pipeline
 
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards)
     compile_pipeline(load_params(params), out, opts)
     typer.echo(f"wrote {out} (image {opts.image})")
 
@@ -514,12 +517,13 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
 @pipeline_app.command("run-local")
 def pipeline_run_local(params: Path = ParamsOpt,
                        pipeline_root: Path = typer.Option(Path("local_outputs"),
-                                                          help="Where kfp.local writes task outputs.")) -> None:
+                                                          help="Where kfp.local writes task outputs."),
+                       proxy_shards: int = ProxyShardsOpt) -> None:
     """Run the whole pipeline on this machine through kfp.local (SubprocessRunner)."""
     from vitnas.config import load_params
     from vitnas.pipeline.dag import run_local
 
-    outputs = run_local(load_params(params), pipeline_root)
+    outputs = run_local(load_params(params), pipeline_root, proxy_shards=proxy_shards)
     for name, path in outputs.items():
         typer.echo(f"{name}: {path}")
 
@@ -539,7 +543,8 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
                     node_selector: list[str] | None = NodeSelectorOpt, toleration: list[str] | None = TolerationOpt,
                     secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
                     cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
-                    checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt) -> None:
+                    checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
+                    proxy_shards: int = ProxyShardsOpt) -> None:
     """Compile the pipeline and start a run of it on a Kubeflow Pipelines cluster."""
     import tempfile
     import time
@@ -549,7 +554,7 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
 
     p = load_params(params)
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards)
     run_name = run_name or time.strftime("vitnas-%Y%m%d-%H%M%S", time.gmtime())
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(p, Path(tmp) / "vitnas_pipeline.yaml", opts)

@@ -2,6 +2,7 @@
 
     init -> data -> supernet -----> search -> slim -> retrain -> transfer
                  \\-> proxy -----/
+                    (or ParallelFor k < K: proxy shard k -> proxy merge, with `proxy_shards` K)
 
 Parameters: every non-nullable scalar key of params.yaml is a typed pipeline parameter
 (`supernet_epochs: int`), the rest travels as JSON in `params_json` (KFP parameters cannot hold
@@ -27,7 +28,18 @@ from kfp import compiler, dsl
 
 from vitnas.config import Params
 from vitnas.errors import ConfigError
-from vitnas.pipeline.components import data_op, proxy_op, retrain_op, search_op, slim_op, supernet_op, transfer_op
+from vitnas.pipeline.components import (
+    data_op,
+    proxy_merge_op,
+    proxy_op,
+    proxy_plan_op,
+    proxy_shard_op,
+    retrain_op,
+    search_op,
+    slim_op,
+    supernet_op,
+    transfer_op,
+)
 from vitnas.pipeline.components.image import DEFAULT_REPOSITORY
 from vitnas.pipeline.components.init import init_op
 from vitnas.pipeline.runtime import PIPELINE_RUN_ENV, split_params, typed_params
@@ -36,7 +48,9 @@ from vitnas.tracking import CODE_VERSION_ENV
 PIPELINE_NAME = "vitnas"
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
 GPU_STAGES = ("supernet", "proxy", "search", "slim", "retrain", "transfer")
-TORCHRUN_STAGES = ("supernet", "slim", "retrain")  # data-parallel: all of `gpus` GPUs under torchrun
+# data-parallel: all of `gpus` GPUs under torchrun (training: gradients averaged; search and proxy:
+# candidates shared out, the same result as one process)
+TORCHRUN_STAGES = ("supernet", "proxy", "search", "slim", "retrain")
 CHECKPOINT_STAGES = ("supernet", "search", "retrain")  # resumable: checkpoints on the PVC when one is given
 CHECKPOINT_MOUNT = "/vitnas-checkpoints"
 # Keys of the cluster secret handed to every pod as environment variables; all optional but
@@ -96,6 +110,7 @@ class ClusterOptions:
     code_version: str | None = None  # VITNAS_CODE_VERSION of every pod (an MLflow tag of each run)
     checkpoint_pvc: str | None = None  # PersistentVolumeClaim for the training stages' checkpoints
     retries: int = 2  # retries of a failed or preempted stage pod (it resumes from its checkpoints)
+    proxy_shards: int = 1  # > 1: proxy scoring fanned out to this many pods (ParallelFor) and merged
 
 
 def _param_docs() -> str:
@@ -106,11 +121,14 @@ def _param_docs() -> str:
     return "\n".join(lines)
 
 
-def build(default_params: Params, options: ClusterOptions | None = None):
+def build(default_params: Params, options: ClusterOptions | None = None, *, proxy_shards: int | None = None):
     """The pipeline with `default_params` as its parameter defaults; `options=None` builds it for
-    kfp.local (no Kubernetes settings, stages in-process)."""
+    kfp.local (no Kubernetes settings, stages in-process). `proxy_shards` overrides the options'."""
     local = options is None
     opts = options or ClusterOptions(gpus=0)
+    shards = opts.proxy_shards if proxy_shards is None else proxy_shards
+    if shards < 1:
+        raise ConfigError(f"--proxy-shards {shards}: must be >= 1")
     caching = opts.caching and not opts.image.endswith(":latest")
     typed_defaults, rest_json = split_params(default_params)
     names = ["params_json"] + [p.name for p in typed_params()]
@@ -121,8 +139,8 @@ def build(default_params: Params, options: ClusterOptions | None = None):
                              annotation=p.type) for p in typed_params()],
         return_annotation=Outputs)
 
-    def configure(task, stage: str):
-        task.set_display_name(stage)
+    def configure(task, stage: str, name: str | None = None):
+        task.set_display_name(name or stage)
         if stage == "init":
             task.set_caching_options(False)
         elif stage == "supernet":
@@ -145,9 +163,19 @@ def build(default_params: Params, options: ClusterOptions | None = None):
         data = configure(data_op(params=params["data"]), "data")
         supernet = configure(supernet_op(params=params["supernet"], nproc_per_node=nproc, checkpoint_root=ckpt,
                                          data=data.outputs["data"]), "supernet")
-        proxy = configure(proxy_op(params=params["proxy"], data=data.outputs["data"]), "proxy")
-        search = configure(search_op(params=params["search"], checkpoint_root=ckpt, data=data.outputs["data"],
-                                     supernet=supernet.outputs["supernet"]), "search")
+        if shards > 1:  # K pods score every K-th candidate; a small CPU step checks and merges them
+            plan = configure(proxy_plan_op(params=params["proxy"], num_shards=shards), "proxy-plan")
+            with dsl.ParallelFor(plan.output, name="proxy-shards") as spec:
+                part = configure(proxy_shard_op(spec=spec, nproc_per_node=nproc, data=data.outputs["data"]),
+                                 "proxy", "proxy-shard")
+            proxy = configure(proxy_merge_op(params=params["proxy"], data=data.outputs["data"],
+                                             shards=dsl.Collected(part.outputs["proxy_shard"])),
+                              "proxy-merge")
+        else:
+            proxy = configure(proxy_op(params=params["proxy"], nproc_per_node=nproc, data=data.outputs["data"]),
+                              "proxy")
+        search = configure(search_op(params=params["search"], nproc_per_node=nproc, checkpoint_root=ckpt,
+                                     data=data.outputs["data"], supernet=supernet.outputs["supernet"]), "search")
         search.after(proxy)  # the pipeline's stage order; proxy scores are reviewed beside the search
         slim = configure(slim_op(params=params["slim"], nproc_per_node=nproc, data=data.outputs["data"],
                                  supernet=supernet.outputs["supernet"], search=search.outputs["search"]), "slim")
@@ -219,7 +247,7 @@ def pipeline_arguments(params: Params) -> dict:
     return {"params_json": rest, **typed}
 
 
-def run_local(params: Params, pipeline_root: str | Path = "local_outputs") -> dict[str, str]:
+def run_local(params: Params, pipeline_root: str | Path = "local_outputs", *, proxy_shards: int = 1) -> dict[str, str]:
     """Run every stage in subprocesses of this Python environment; returns output artifact paths.
 
     The stages' MLflow runs land under one parent run, for `VITNAS_PIPELINE_RUN_ID` when set, else
@@ -234,7 +262,7 @@ def run_local(params: Params, pipeline_root: str | Path = "local_outputs") -> di
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     with _environ(env), warnings.catch_warnings():  # the task subprocesses inherit os.environ
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        run = build(params)(**pipeline_arguments(params))
+        run = build(params, proxy_shards=proxy_shards)(**pipeline_arguments(params))
     return {name: a.path for name, a in run.outputs.items()}
 
 

@@ -150,7 +150,10 @@ def _call(stage: str, params_json: str, args: list, kwargs: dict) -> dict[str, f
 
 def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict[str, float]:
     """`vitnas.stages.<stage>.run(params, *args, **kwargs)`: here when nproc <= 1, else in
-    `nproc` data-parallel processes under torchrun (rank 0's metrics are returned)."""
+    `nproc` data-parallel processes under torchrun (rank 0's metrics are returned). GLiT's
+    hierarchical search trains its level-2 supernet in-process, so it always runs in one."""
+    if stage == "search" and json.loads(params_json).get("search", {}).get("strategy") == "hierarchical":
+        nproc = 1
     if nproc <= 1:
         return _call(stage, params_json, list(args), kwargs)
     with tempfile.TemporaryDirectory(prefix="vitnas-torchrun-") as tmp:
@@ -164,6 +167,13 @@ def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict
         if code != 0:
             raise RuntimeError(f"{stage}: torchrun with {nproc} processes exited with status {code}")
         return json.loads(result.read_text())
+
+
+def shard_specs(params_json: str, num_shards: int) -> list[str]:
+    """The proxy fan-out's loop items: each shard's params and index as one JSON string. (The stage
+    params travel inside the items, not as a loop input: kfp.local replaces a task output that
+    enters a ParallelFor with the loop item.)"""
+    return [json.dumps({"params": params_json, "shard": k, "num_shards": num_shards}) for k in range(num_shards)]
 
 
 def log_metrics(metrics, values: Mapping[str, float]) -> None:

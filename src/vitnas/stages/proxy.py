@@ -216,6 +216,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path:
     shard.json, for a separate pod each); `merge=[shard outputs]` then checks that the shards were
     made with these params and inputs and together hold every candidate, and writes the stage's
     outputs from them, equal to one run's (nothing is scored again)."""
+    shard = (int(shard[0]), int(shard[1])) if shard is not None else None  # a JSON list from a pipeline step
     if shard is not None and merge is not None:
         raise ConfigError("--shard and --merge: give one of them")
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):

@@ -10,8 +10,9 @@ The components are imported lazily: inside a running component, kfp is only its 
 
 import importlib
 
-_MODULES = {"data_op": "data", "init_op": "init", "proxy_op": "proxy", "retrain_op": "retrain",
-            "search_op": "search", "slim_op": "slim", "supernet_op": "supernet", "transfer_op": "transfer"}
+_MODULES = {"data_op": "data", "init_op": "init", "proxy_op": "proxy", "proxy_plan_op": "proxy",
+            "proxy_shard_op": "proxy", "proxy_merge_op": "proxy", "retrain_op": "retrain", "search_op": "search",
+            "slim_op": "slim", "supernet_op": "supernet", "transfer_op": "transfer"}
 __all__ = sorted(_MODULES)
 
 
