@@ -461,13 +461,17 @@ RetriesOpt = typer.Option(2, "--retries", min=0, help="Retries of a failed or pr
                           rich_help_panel="Cluster")
 ProxyShardsOpt = typer.Option(1, "--proxy-shards", min=1, help="Fan proxy scoring out to K pods (ParallelFor), "
                               "merged by a CPU step into the one stage's outputs.", rich_help_panel="Cluster")
+NodesOpt = typer.Option(1, "--nodes", min=1, help="Run supernet and retrain as Kubeflow Trainer TrainJobs of this "
+                        "many nodes x --gpus (needs --checkpoint-pvc, a ReadWriteMany volume).",
+                        rich_help_panel="Cluster")
 CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
                                 help="Let KFP reuse a supernet trained with the same params and image.",
                                 rich_help_panel="Cluster")
 
 
 def _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                     shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2, proxy_shards=1):
+                     shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2, proxy_shards=1,
+                     nodes=1):
     """ClusterOptions from the shared compile/submit options; prints what the user should know."""
     from vitnas.pipeline.dag import ClusterOptions, Toleration, image_reference
 
@@ -491,7 +495,7 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
         tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
         shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
         memory=None if memory in none else memory, cache_supernet=cache_supernet, checkpoint_pvc=checkpoint_pvc,
-        retries=retries, proxy_shards=proxy_shards,
+        retries=retries, proxy_shards=proxy_shards, nodes=nodes,
         code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
 
 
@@ -503,13 +507,13 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
                      secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
                      cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
                      checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
-                     proxy_shards: int = ProxyShardsOpt) -> None:
+                     proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt) -> None:
     """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
     from vitnas.config import load_params
     from vitnas.pipeline.dag import compile_pipeline
 
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes)
     compile_pipeline(load_params(params), out, opts)
     typer.echo(f"wrote {out} (image {opts.image})")
 
@@ -544,7 +548,7 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
                     secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
                     cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
                     checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
-                    proxy_shards: int = ProxyShardsOpt) -> None:
+                    proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt) -> None:
     """Compile the pipeline and start a run of it on a Kubeflow Pipelines cluster."""
     import tempfile
     import time
@@ -554,7 +558,7 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
 
     p = load_params(params)
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes)
     run_name = run_name or time.strftime("vitnas-%Y%m%d-%H%M%S", time.gmtime())
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(p, Path(tmp) / "vitnas_pipeline.yaml", opts)

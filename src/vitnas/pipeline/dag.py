@@ -43,6 +43,7 @@ from vitnas.pipeline.components import (
 from vitnas.pipeline.components.image import DEFAULT_REPOSITORY
 from vitnas.pipeline.components.init import init_op
 from vitnas.pipeline.runtime import PIPELINE_RUN_ENV, split_params, typed_params
+from vitnas.pipeline.trainjob import TrainJobSpec
 from vitnas.tracking import CODE_VERSION_ENV
 
 PIPELINE_NAME = "vitnas"
@@ -52,6 +53,7 @@ GPU_STAGES = ("supernet", "proxy", "search", "slim", "retrain", "transfer")
 # candidates shared out, the same result as one process)
 TORCHRUN_STAGES = ("supernet", "proxy", "search", "slim", "retrain")
 CHECKPOINT_STAGES = ("supernet", "search", "retrain")  # resumable: checkpoints on the PVC when one is given
+MULTINODE_STAGES = ("supernet", "retrain")  # with --nodes M: a Kubeflow Trainer TrainJob of M nodes
 CHECKPOINT_MOUNT = "/vitnas-checkpoints"
 # Keys of the cluster secret handed to every pod as environment variables; all optional but
 # MLFLOW_TRACKING_URI (unless given with --mlflow-uri), so a wrong secret name fails at pod start.
@@ -111,6 +113,7 @@ class ClusterOptions:
     checkpoint_pvc: str | None = None  # PersistentVolumeClaim for the training stages' checkpoints
     retries: int = 2  # retries of a failed or preempted stage pod (it resumes from its checkpoints)
     proxy_shards: int = 1  # > 1: proxy scoring fanned out to this many pods (ParallelFor) and merged
+    nodes: int = 1  # > 1: supernet and retrain run as TrainJobs of this many nodes x `gpus` (needs checkpoint_pvc)
 
 
 def _param_docs() -> str:
@@ -129,6 +132,12 @@ def build(default_params: Params, options: ClusterOptions | None = None, *, prox
     shards = opts.proxy_shards if proxy_shards is None else proxy_shards
     if shards < 1:
         raise ConfigError(f"--proxy-shards {shards}: must be >= 1")
+    if opts.nodes < 1:
+        raise ConfigError(f"--nodes {opts.nodes}: must be >= 1")
+    if opts.nodes > 1 and not local and not opts.checkpoint_pvc:
+        raise ConfigError(f"--nodes {opts.nodes}: needs --checkpoint-pvc, a ReadWriteMany volume the TrainJob's "
+                          "nodes share with the pipeline step (inputs, output and checkpoints travel through it)")
+    trainjob = trainjob_spec(opts).to_json() if opts.nodes > 1 and not local else ""
     caching = opts.caching and not opts.image.endswith(":latest")
     typed_defaults, rest_json = split_params(default_params)
     names = ["params_json"] + [p.name for p in typed_params()]
@@ -162,7 +171,7 @@ def build(default_params: Params, options: ClusterOptions | None = None, *, prox
         ckpt = CHECKPOINT_MOUNT if opts.checkpoint_pvc and not local else ""
         data = configure(data_op(params=params["data"]), "data")
         supernet = configure(supernet_op(params=params["supernet"], nproc_per_node=nproc, checkpoint_root=ckpt,
-                                         data=data.outputs["data"]), "supernet")
+                                         trainjob=trainjob, data=data.outputs["data"]), "supernet")
         if shards > 1:  # K pods score every K-th candidate; a small CPU step checks and merges them
             plan = configure(proxy_plan_op(params=params["proxy"], num_shards=shards), "proxy-plan")
             with dsl.ParallelFor(plan.output, name="proxy-shards") as spec:
@@ -180,7 +189,7 @@ def build(default_params: Params, options: ClusterOptions | None = None, *, prox
         slim = configure(slim_op(params=params["slim"], nproc_per_node=nproc, data=data.outputs["data"],
                                  supernet=supernet.outputs["supernet"], search=search.outputs["search"]), "slim")
         retrain = configure(retrain_op(params=params["retrain"], nproc_per_node=nproc, checkpoint_root=ckpt,
-                                       data=data.outputs["data"],
+                                       trainjob=trainjob, data=data.outputs["data"],
                                        supernet=supernet.outputs["supernet"], slim=slim.outputs["slim"]), "retrain")
         transfer = configure(transfer_op(params=params["transfer"], data=data.outputs["data"],
                                          retrain=retrain.outputs["retrain"]), "transfer")
@@ -193,6 +202,18 @@ def build(default_params: Params, options: ClusterOptions | None = None, *, prox
     return dsl.pipeline(name=PIPELINE_NAME,
                         description="ViT architecture search: data -> supernet -> proxy -> search -> slim -> "
                                     f"retrain -> transfer. Image: {opts.image}")(vitnas_pipeline)
+
+
+def trainjob_spec(opts: ClusterOptions) -> TrainJobSpec:
+    """The TrainJob a multi-node training step creates: the pipeline's image, GPUs, node selector,
+    tolerations, secret and /dev/shm on every node, and the shared volume."""
+    tolerations = [{k: v for k, v in (("key", t.key), ("operator", "Equal" if t.value else "Exists"),
+                                      ("value", t.value), ("effect", t.effect)) if v} for t in opts.tolerations]
+    return TrainJobSpec(nodes=opts.nodes, nproc_per_node=max(opts.gpus, 1), image=opts.image,
+                        pvc=opts.checkpoint_pvc or "", mount=CHECKPOINT_MOUNT, accelerator=opts.accelerator,
+                        gpus=opts.gpus, cpu=opts.cpu, memory=opts.memory, node_selector=dict(opts.node_selector),
+                        tolerations=tolerations, secret=opts.secret, secret_keys=list(SECRET_KEYS),
+                        shm_size=opts.shm_size)
 
 
 def _kubernetes(task, stage: str, opts: ClusterOptions) -> None:
@@ -219,7 +240,7 @@ def _kubernetes(task, stage: str, opts: ClusterOptions) -> None:
         task.set_memory_request(opts.memory)
     if opts.checkpoint_pvc and stage in CHECKPOINT_STAGES:
         kubernetes.mount_pvc(task, pvc_name=opts.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
-    if stage not in GPU_STAGES:
+    if stage not in GPU_STAGES or (opts.nodes > 1 and stage in MULTINODE_STAGES):  # a TrainJob does the work
         return
     if opts.shm_size:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",

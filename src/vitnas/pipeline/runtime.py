@@ -148,10 +148,15 @@ def _call(stage: str, params_json: str, args: list, kwargs: dict) -> dict[str, f
     return module.run(parse_params(json.loads(params_json), stage, cross_checks=False), *args, **kwargs)
 
 
-def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict[str, float]:
+def run_stage(stage: str, params_json: str, nproc: int, *args, trainjob: str = "", **kwargs) -> dict[str, float]:
     """`vitnas.stages.<stage>.run(params, *args, **kwargs)`: here when nproc <= 1, else in
     `nproc` data-parallel processes under torchrun (rank 0's metrics are returned). GLiT's
-    hierarchical search trains its level-2 supernet in-process, so it always runs in one."""
+    hierarchical search trains its level-2 supernet in-process, so it always runs in one.
+
+    `trainjob` (a `vitnas.pipeline.trainjob.TrainJobSpec` as JSON): run it as a multi-node Kubeflow
+    Trainer TrainJob instead (positional args: inputs..., output)."""
+    if trainjob:
+        return _run_trainjob(stage, params_json, trainjob, [str(a) for a in args], kwargs)
     if stage == "search" and json.loads(params_json).get("search", {}).get("strategy") == "hierarchical":
         nproc = 1
     if nproc <= 1:
@@ -167,6 +172,19 @@ def run_stage(stage: str, params_json: str, nproc: int, *args, **kwargs) -> dict
         if code != 0:
             raise RuntimeError(f"{stage}: torchrun with {nproc} processes exited with status {code}")
         return json.loads(result.read_text())
+
+
+def _run_trainjob(stage: str, params_json: str, spec_json: str, args: list[str], kwargs: dict) -> dict[str, float]:
+    import shutil
+
+    from vitnas.pipeline import trainjob
+
+    spec = trainjob.TrainJobSpec.from_json(spec_json)
+    workdir = Path(spec.mount) / (os.environ.get(PIPELINE_RUN_ENV) or "local") / f"{stage}-trainjob"
+    call, out = trainjob.stage_call(stage, params_json, args, kwargs, workdir)
+    trainjob.run(stage, call, spec, workdir=workdir)
+    shutil.copytree(out, args[-1], dirs_exist_ok=True)  # the step's KFP output artifact
+    return json.loads(Path(call["result"]).read_text())
 
 
 def shard_specs(params_json: str, num_shards: int) -> list[str]:
