@@ -52,3 +52,26 @@ def one_thread():
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """The `vitnas` command in this process (torch is imported once per session, not once per
+    call): run(*args) -> CompletedProcess(args, exit code, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    from vitnas.cli import main
+
+    def run(*args, cwd=None):
+        monkeypatch.setattr(sys, "argv", ["vitnas", *map(str, args)])
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run

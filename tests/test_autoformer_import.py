@@ -7,8 +7,6 @@ README says how): the reference logits of 13 subnets are data, not code run here
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -102,13 +100,12 @@ def test_mismatched_spaces_and_foreign_files_are_refused(tmp_path):
         Supernet.from_autoformer(planted, _space())
 
 
-def test_cli_import_reads_the_shape_from_the_checkpoint_and_never_overwrites(tmp_path):
+def test_cli_import_reads_the_shape_from_the_checkpoint_and_never_overwrites(tmp_path, cli):
     out = tmp_path / "imported" / "supernet.pt"
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps(SPACE))  # no shape: 16 px, patch 4, 1 channel, 10 classes come from the file
-    cmd = [sys.executable, "-m", "vitnas", "import-autoformer", str(CKPT), "--space", str(space_file),
-           "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    cmd = ["import-autoformer", str(CKPT), "--space", str(space_file), "--out", str(out)]
+    r = cli(*cmd, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "16px/4, 1 channels, 10 classes" in r.stdout
     x, subnets = _reference()
@@ -119,7 +116,7 @@ def test_cli_import_reads_the_shape_from_the_checkpoint_and_never_overwrites(tmp
     # autoformer-tiny's choices (embed up to 240) do not fit the mini supernet (embed 128); OUT exists
     for args in (["--space", "autoformer-tiny", "--out", str(tmp_path / "t.pt")],
                  ["--space", str(space_file), "--out", str(out)]):
-        r = subprocess.run(cmd[:5] + args, capture_output=True, text=True, cwd=tmp_path)
+        r = cli(*cmd[:2], *args, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == before and not (tmp_path / "t.pt").exists()
 

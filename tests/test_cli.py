@@ -24,27 +24,27 @@ def test_help_lists_the_stages():
     assert "--out" in run("data", "--help").stdout
 
 
-def test_data_command_writes_output_and_bad_params_fail_in_one_line(tmp_path, repo):
+def test_data_command_writes_output_and_bad_params_fail_in_one_line(tmp_path, repo, cli):
     out = tmp_path / "d"
-    r = run("data", "--params", str(repo / "params.yaml"), "--out", str(out), "--no-track")
+    r = cli("data", "--params", str(repo / "params.yaml"), "--out", str(out), "--no-track")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "dataset.json").read_text())["num_classes"] == 10
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"search": {"params_min": "5M", "params_max": "1M"}}))
-    r = run("data", "--params", str(bad), "--out", str(tmp_path / "never"))
+    r = cli("data", "--params", str(bad), "--out", str(tmp_path / "never"))
     assert r.returncode == 2
     assert r.stderr.strip() == "error: search.params_max: must be > search.params_min"
     assert not (tmp_path / "never").exists()
 
 
-def test_arch_and_spaces_tools(tmp_path):
-    r = run("arch", "autoformer-t")
+def test_arch_and_spaces_tools(tmp_path, cli):
+    r = cli("arch", "autoformer-t")
     assert r.returncode == 0 and "params 5.868 M" in r.stdout
     f = tmp_path / "a.json"
     f.write_text(json.dumps({"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "head_dim": 16,
                              "patch_size": 4, "img_size": 16, "in_chans": 1, "num_classes": 10}))
-    assert "params" in run("arch", str(f)).stdout
-    r = run("arch", str(tmp_path / "missing.json"))
+    assert "params" in cli("arch", str(f)).stdout
+    r = cli("arch", str(tmp_path / "missing.json"))
     assert r.returncode == 2 and "not found" in r.stderr
-    assert "autoformer-tiny" in run("spaces").stdout
+    assert "autoformer-tiny" in cli("spaces").stdout

@@ -215,13 +215,12 @@ def test_image_tag_defaults_to_the_git_commit(repo, tmp_path):
         image_reference("reg.example/vitnas:v1", "v2", tmp_path)
 
 
-def test_compile_command_options(tmp_path, repo):
+def test_compile_command_options(tmp_path, repo, cli):
     out = tmp_path / "p.yaml"
-    r = subprocess.run([VITNAS, "pipeline", "compile", "--out", str(out), "--params", str(repo / "params.yaml"),
-                        "--image", "reg.example/vitnas", "--image-tag", "latest", "--gpus", "2",
-                        "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
-                        "--secret", "creds", "--shm-size", "2Gi", "--cache-supernet"],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = cli("pipeline", "compile", "--out", str(out), "--params", str(repo / "params.yaml"),
+            "--image", "reg.example/vitnas", "--image-tag", "latest", "--gpus", "2",
+            "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
+            "--secret", "creds", "--shm-size", "2Gi", "--cache-supernet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"wrote {out} (image reg.example/vitnas:latest)"
     assert "KFP caching is turned off" in r.stderr
@@ -290,17 +289,16 @@ class _FakeKfp(BaseHTTPRequestHandler):
         pass
 
 
-def test_submit_creates_a_run_on_the_kfp_api(tmp_path, repo):
+def test_submit_creates_a_run_on_the_kfp_api(tmp_path, repo, cli):
     _FakeKfp.requests = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKfp)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"supernet": {"epochs": 3, "warmup_epochs": 1}, "search": {"params_max": "1M"}}))
     try:
-        r = subprocess.run([VITNAS, "pipeline", "submit", "--host", f"http://127.0.0.1:{server.server_port}",
-                            "--experiment", "nas-study", "--run-name", "try-1", "--params", str(params),
-                            "--image", "reg.example/vitnas", "--image-tag", "abc1234", "--secret", "creds", "--wait"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        r = cli("pipeline", "submit", "--host", f"http://127.0.0.1:{server.server_port}",
+                "--experiment", "nas-study", "--run-name", "try-1", "--params", str(params),
+                "--image", "reg.example/vitnas", "--image-tag", "abc1234", "--secret", "creds", "--wait", cwd=tmp_path)
     finally:
         server.shutdown()
     assert r.returncode == 0, r.stderr

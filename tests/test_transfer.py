@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -360,7 +358,7 @@ def test_stage_without_targets_writes_a_note(model_dir, tmp_path, capsys):
 
 
 def test_stage_bad_inputs_are_one_line_errors_with_no_output(transfer_data, digits_dir, model_dir, tmp_path,
-                                                           monkeypatch):
+                                                           monkeypatch, cli):
     out = tmp_path / "out"
     p = parse_params(targets_params({"name": "digits-cifar", **QUICK}))
     with pytest.raises(ArtifactError, match="arch.json: not found"):
@@ -393,8 +391,8 @@ def test_stage_bad_inputs_are_one_line_errors_with_no_output(transfer_data, digi
     # the CLI: one line on stderr, exit code 2
     params_file = tmp_path / "params.yaml"
     params_file.write_text(json.dumps(targets_params({"name": "digits-cifar"})))
-    r = subprocess.run([sys.executable, "-m", "vitnas", "transfer", "--params", str(params_file), "--data",
-                        str(digits_dir), "--model", str(model_dir), "--out", str(out)], capture_output=True, text=True)
+    r = cli("transfer", "--params", str(params_file), "--data", str(digits_dir), "--model", str(model_dir),
+            "--out", str(out))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "digits-cifar: not found" in r.stderr
 
 
