@@ -59,12 +59,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = resolve_device(device).type == "cuda"
-    if use_cuda:
+    asked = resolve_device(device)
+    use_cuda = asked.type == "cuda"
+    if use_cuda and world > 1:  # one GPU per local rank
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
+    elif use_cuda:  # one process: the GPU asked for (cuda:1 stays cuda:1; plain cuda is the current one)
+        dev = asked if asked.index is not None else torch.device("cuda", torch.cuda.current_device())
     else:
-        dev = torch.device("cpu")
+        dev = asked
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
