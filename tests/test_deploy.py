@@ -69,8 +69,8 @@ def test_validate_rejects_a_bad_split_and_a_missing_data_dir(retrained, digits_d
     assert r.returncode == 2 and "nothing" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("fmt", ["pt2", pytest.param("onnx", marks=pytest.mark.skipif(
-    not HAS_ONNX, reason="the onnx extra is not installed"))])
+@pytest.mark.parametrize("fmt", ["pt2", pytest.param("onnx", marks=[pytest.mark.slow, pytest.mark.skipif(
+    not HAS_ONNX, reason="the onnx extra is not installed")])])
 def test_export_writes_a_file_that_agrees_with_the_eager_model(retrained, digits_dir, tmp_path, fmt, cli):
     model_dir, _ = retrained
     out = tmp_path / f"model.{fmt}"

@@ -314,6 +314,7 @@ def test_submit_creates_a_run_on_the_kfp_api(tmp_path, repo, cli):
     assert args["supernet_epochs"] == 3 and json.loads(args["params_json"])["search"]["params_max"] == 1e6
 
 
+@pytest.mark.slow
 def test_submit_to_an_unreachable_host_fails_in_one_line(tmp_path, repo):
     r = subprocess.run([VITNAS, "pipeline", "submit", "--host", "http://127.0.0.1:9", "--params",
                         str(repo / "params.yaml"), "--image-tag", "x", "--mlflow-uri", "http://m:5000"],
@@ -323,6 +324,7 @@ def test_submit_to_an_unreachable_host_fails_in_one_line(tmp_path, repo):
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach Kubeflow Pipelines at http://127.0.0.1:9:")
 
 
+@pytest.mark.slow
 def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
     """nproc_per_node > 1: the stage runs in torchrun worker processes; rank 0's metrics come back."""
     from vitnas.pipeline.runtime import run_stage
@@ -337,6 +339,7 @@ def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
     assert values["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     """All seven stages with a tiny config, as the cluster runs them (one subprocess each)."""
     from vitnas.pipeline.dag import run_local
@@ -408,6 +411,7 @@ def _copy_project(repo: Path, dest: Path) -> None:
             shutil.copy2(repo / f, dest / f)
 
 
+@pytest.mark.slow
 def test_dvc_repro_of_the_data_stage_in_a_temp_copy(tmp_path, repo):
     _copy_project(repo, tmp_path)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

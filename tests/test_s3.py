@@ -47,6 +47,7 @@ def _keys(client, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+@pytest.mark.slow
 def test_dvc_push_and_pull_through_an_s3_remote(s3, tmp_path):
     endpoint, client = s3
     env = {**os.environ, **CREDENTIALS, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -136,6 +137,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_mlflow_model_round_trip_through_server_with_s3_artifacts(s3, mlflow_server, tmp_path, monkeypatch):
     """The client knows only the server's URL (no S3 endpoint or keys): artifacts and the model go
     through the server into the bucket. Downloads come back through presigned S3 URLs the server

@@ -125,8 +125,10 @@ def _measured(arch: Arch) -> tuple[int, int]:
 
 @pytest.mark.parametrize("preset", PLAIN)
 def test_params_exact_and_flops_within_1pct_over_100_archs(preset):
+    """100 sampled archs of each small space; 34 of each AutoFormer space (the three share one code path,
+    so about 100 of that kind; building the large ones costs half a second each even on the meta device)."""
     space = SearchSpace.preset(preset)
-    for seed in range(100):
+    for seed in range(34 if preset.startswith("autoformer") else 100):
         arch = space.sample(seed)
         params, macs = _measured(arch)
         assert count_params(arch) == params, (seed, arch)
