@@ -10,7 +10,8 @@ out. Three ways to spend the same cores, side by side:
 - `N processes x 1 thread` (torchrun, gloo on CPU / NCCL on GPU): each evaluates its share.
 
 Search: fitness = supernet accuracy with inherited weights (an untrained supernet: the cost is the
-same) on the val split (digits at 32 px, 30% of the images as val: 539), `--population` + `--generations` x `--per-generation` evaluations. Proxy:
+same) on the val split (digits at 32 px, 30% of the images as val: 539), `--population` +
+`--generations` x `--per-generation` evaluations. Proxy:
 `--candidates` candidates scored by DSS. On a GPU machine pass `--device cuda` (N = GPUs). Writes
 benchmarks/results/scale_out.json.
 
