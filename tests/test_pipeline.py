@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shutil
@@ -357,7 +358,9 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
                            "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "warmup_epochs": 0,
                                                      "batch_size": 128}]}})
     t0 = time.time()
+    real_print = builtins.print
     outputs = run_local(params, tmp_path / "kfp", proxy_shards=2)  # proxy: a ParallelFor of 2 pods, merged
+    assert builtins.print is real_print  # kfp.local's per-task log indentation (racy in ParallelFor) is undone
     print(f"kfp.local pipeline: {time.time() - t0:.0f} s")
     assert set(outputs) == set(STAGES)
     meta = json.loads((Path(outputs["data"]) / "dataset.json").read_text())

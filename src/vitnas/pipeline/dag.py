@@ -14,6 +14,7 @@ time by `ClusterOptions`. (No `from __future__ import annotations` here: kfp rea
 annotation objects.)
 """
 
+import builtins
 import inspect
 import os
 import subprocess
@@ -281,9 +282,15 @@ def run_local(params: Params, pipeline_root: str | Path = "local_outputs", *, pr
     if version and CODE_VERSION_ENV not in os.environ:
         env[CODE_VERSION_ENV] = version[0] + ("-dirty" if version[1] else "")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    with _environ(env), warnings.catch_warnings():  # the task subprocesses inherit os.environ
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        run = build(params, proxy_shards=proxy_shards)(**pipeline_arguments(params))
+    # kfp.local indents task logs by swapping builtins.print per task; the tasks of a ParallelFor
+    # run in threads and can leave the swapped one behind: put the real one back afterwards.
+    real_print = builtins.print
+    try:
+        with _environ(env), warnings.catch_warnings():  # the task subprocesses inherit os.environ
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            run = build(params, proxy_shards=proxy_shards)(**pipeline_arguments(params))
+    finally:
+        builtins.print = real_print
     return {name: a.path for name, a in run.outputs.items()}
 
 
