@@ -92,6 +92,15 @@ class Toleration:
             raise ConfigError(f"--toleration {spec}: expected key[=value][:Effect]")
         return cls(key, value or None, effect or None)
 
+    @property
+    def operator(self) -> str:
+        return "Equal" if self.value else "Exists"
+
+    def to_k8s(self) -> dict[str, str]:
+        """The Kubernetes Toleration object (unset fields left out)."""
+        return {k: v for k, v in (("key", self.key), ("operator", self.operator), ("value", self.value),
+                                  ("effect", self.effect)) if v}
+
 
 @dataclass(frozen=True)
 class ClusterOptions:
@@ -208,12 +217,11 @@ def build(default_params: Params, options: ClusterOptions | None = None, *, prox
 def trainjob_spec(opts: ClusterOptions) -> TrainJobSpec:
     """The TrainJob a multi-node training step creates: the pipeline's image, GPUs, node selector,
     tolerations, secret and /dev/shm on every node, and the shared volume."""
-    tolerations = [{k: v for k, v in (("key", t.key), ("operator", "Equal" if t.value else "Exists"),
-                                      ("value", t.value), ("effect", t.effect)) if v} for t in opts.tolerations]
     return TrainJobSpec(nodes=opts.nodes, nproc_per_node=max(opts.gpus, 1), image=opts.image,
                         pvc=opts.checkpoint_pvc or "", mount=CHECKPOINT_MOUNT, accelerator=opts.accelerator,
                         gpus=opts.gpus, cpu=opts.cpu, memory=opts.memory, node_selector=dict(opts.node_selector),
-                        tolerations=tolerations, secret=opts.secret, secret_keys=list(SECRET_KEYS),
+                        tolerations=[t.to_k8s() for t in opts.tolerations],
+                        secret=opts.secret, secret_keys=list(SECRET_KEYS),
                         shm_size=opts.shm_size)
 
 
@@ -252,7 +260,7 @@ def _kubernetes(task, stage: str, opts: ClusterOptions) -> None:
         for key, value in opts.node_selector.items():
             kubernetes.add_node_selector(task, key, value)
         for t in opts.tolerations:
-            kubernetes.add_toleration(task, key=t.key, operator="Equal" if t.value else "Exists", value=t.value,
+            kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value,
                                       effect=t.effect)
 
 

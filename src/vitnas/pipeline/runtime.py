@@ -150,15 +150,12 @@ def _call(stage: str, params_json: str, args: list, kwargs: dict) -> dict[str, f
 
 def run_stage(stage: str, params_json: str, nproc: int, *args, trainjob: str = "", **kwargs) -> dict[str, float]:
     """`vitnas.stages.<stage>.run(params, *args, **kwargs)`: here when nproc <= 1, else in
-    `nproc` data-parallel processes under torchrun (rank 0's metrics are returned). GLiT's
-    hierarchical search trains its level-2 supernet in-process, so it always runs in one.
+    `nproc` data-parallel processes under torchrun (rank 0's metrics are returned).
 
     `trainjob` (a `vitnas.pipeline.trainjob.TrainJobSpec` as JSON): run it as a multi-node Kubeflow
     Trainer TrainJob instead (positional args: inputs..., output)."""
     if trainjob:
         return _run_trainjob(stage, params_json, trainjob, [str(a) for a in args], kwargs)
-    if stage == "search" and json.loads(params_json).get("search", {}).get("strategy") == "hierarchical":
-        nproc = 1
     if nproc <= 1:
         return _call(stage, params_json, list(args), kwargs)
     with tempfile.TemporaryDirectory(prefix="vitnas-torchrun-") as tmp:

@@ -285,7 +285,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     log_path = out / SCORES
     done: dict[str, dict] = {}
     if main:
-        done = _open_log(out, fp, {keys[i] for i in mine}, clear_summary=True)
+        done = _open_log(out, fp, {keys[i] for i in mine})
         if merge is not None:
             done = merged
     todo = broadcast([i for i in mine if keys[i] not in done], info)  # the same work list on every rank
@@ -341,7 +341,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     return metrics
 
 
-def _open_log(out: Path, fp: str, wanted: set[str], clear_summary: bool) -> dict[str, dict]:
+def _open_log(out: Path, fp: str, wanted: set[str]) -> dict[str, dict]:
     """Prepare `out` for appending scores: the records already there when they were made by this
     run (`fp`), else an empty log. The previous summary is dropped before the log changes, so the
     outputs never describe different runs (a kill then leaves a partial log and no summary)."""
@@ -359,9 +359,8 @@ def _open_log(out: Path, fp: str, wanted: set[str], clear_summary: bool) -> dict
         tmp = fp_path.with_name(f"{fp_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.write_text(fp + "\n")
         os.replace(tmp, fp_path)
-    if clear_summary:
-        for name in ("top_k.json", "metrics.json", SHARD):
-            (out / name).unlink(missing_ok=True)
+    for name in ("top_k.json", "metrics.json", SHARD):
+        (out / name).unlink(missing_ok=True)
     return done
 
 
