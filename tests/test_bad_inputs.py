@@ -148,6 +148,9 @@ PARAM_CASES = [
      "transfer.targets.0.detector"),
     ("experiment-empty", P({"tracking.experiment": ""}), "tracking.experiment"),
     ("population-string", P({"search.population": "many"}), "search.population"),
+    ("epochs-1e15", P({"supernet.epochs": 10**15}), "supernet.epochs"),
+    ("eval-batch-1e12", P({"search.eval_batch_size": 10**12}), "search.eval_batch_size"),
+    ("retrain-epochs-1e9", P({"retrain.epochs": 10**9}), "retrain.epochs"),
 ]
 
 

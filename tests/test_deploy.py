@@ -101,7 +101,12 @@ def test_export_refuses_to_replace_a_file_and_checks_its_arguments(retrained, di
     r = cli("export", model_dir, "--format", "tflite", "--data", digits_dir, "--out", tmp_path / "m")
     assert r.returncode == 2 and "--format" in r.stderr and not (tmp_path / "m").exists()
     r = cli("export", model_dir, "--format", "pt2", "--data", digits_dir, "--out", out, "--force")
-    assert r.returncode == 0 and out.read_bytes()[:2] == b"PK"  # replaced by a real program (a zip)
+    assert r.returncode == 2 and "never replaces a file it did not write" in r.stderr  # --force or not
+    assert out.read_text() == "a user's file"
+    out.unlink()
+    assert cli("export", model_dir, "--format", "pt2", "--data", digits_dir, "--out", out).returncode == 0
+    r = cli("export", model_dir, "--format", "pt2", "--data", digits_dir, "--out", out, "--force")
+    assert r.returncode == 0 and out.read_bytes()[:2] == b"PK"  # its own export: replaced with --force
 
 
 def test_a_file_that_fails_parity_is_removed(retrained, digits_dir, tmp_path, monkeypatch, cli):
@@ -110,7 +115,7 @@ def test_a_file_that_fails_parity_is_removed(retrained, digits_dir, tmp_path, mo
                         lambda model, path, fmt, x: export_mod.Parity(0.5, "test", len(x)))
     out = tmp_path / "bad.pt2"
     r = cli("export", model_dir, "--format", "pt2", "--data", digits_dir, "--out", out)
-    assert r.returncode == 2 and r.stderr.startswith("error:") and "0.5" in r.stderr and "removed" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "0.5" in r.stderr and "nothing written" in r.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

@@ -222,8 +222,8 @@ def test_bad_inputs_fail_clearly_and_write_nothing(digits_dir, supernet_file, ar
         stage.run(params(distill=True), digits_dir, None, model_dir, out, progress=False)
     with pytest.raises(ConfigError, match=r"^retrain.distill: no teacher.*not found"):
         stage.run(params(distill=True), digits_dir, tmp_path / "none.pt", model_dir, out, progress=False)
-    with pytest.raises(ConfigError, match=r"^retrain.batch_size: 100000 is larger"):
-        stage.run(params(batch_size=100000), digits_dir, None, model_dir, out, progress=False)
+    with pytest.raises(ConfigError, match=r"^retrain.batch_size: 60000 is larger"):
+        stage.run(params(batch_size=60000), digits_dir, None, model_dir, out, progress=False)
     five = tmp_path / "five"
     a5 = ARCH.replace(num_classes=5)
     save_model(build(a5), a5, five)

@@ -178,5 +178,5 @@ def test_bad_inputs_fail_clearly_and_write_nothing(digits_dir, supernet_file, ar
     with pytest.raises(ConfigError, match=r"^slim.target_params_ratio: 0.05 is below"):
         stage.run(params(target_params_ratio=0.05), digits_dir, supernet_file, arch_file, out, progress=False)
     with pytest.raises(ConfigError, match=r"^slim.batch_size"):
-        stage.run(params(batch_size=100000), digits_dir, supernet_file, arch_file, out, progress=False)
+        stage.run(params(batch_size=60000), digits_dir, supernet_file, arch_file, out, progress=False)
     assert not out.exists()

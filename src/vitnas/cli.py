@@ -166,16 +166,15 @@ def latency_table(params: Path = ParamsOpt, data: Path = DataOpt,
                   warmup: int = typer.Option(10, min=0), rounds: int = typer.Option(5, min=1),
                   check_archs: int = typer.Option(5, min=0, help="Full models measured to check the table."),
                   device: str = DeviceOpt, threads: int | None = typer.Option(None, min=1),
-                  track: bool | None = TrackOpt,
-                  force: bool = typer.Option(False, "--force", help="Replace OUT even when it is not a vitnas "
-                                             "latency table (never a directory).")) -> None:
-    """Measure a per-block latency lookup table on this device (for search.latency_max_ms)."""
+                  track: bool | None = TrackOpt) -> None:
+    """Measure a per-block latency lookup table on this device (for search.latency_max_ms).
+
+    OUT may replace a latency table vitnas wrote, never another file."""
     from vitnas.config import load_params
     from vitnas.stages import latency as stage
 
     _report(out, stage.run(load_params(params), data, out, batch_size=batch_size, repeats=repeats, warmup=warmup,
-                           rounds=rounds, check_archs=check_archs, device=device, threads=threads, track=track,
-                           force=force))
+                           rounds=rounds, check_archs=check_archs, device=device, threads=threads, track=track))
 
 
 @app.command(rich_help_panel="Stages")
@@ -230,10 +229,16 @@ def transfer(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Pa
 
 @app.command("check-params", rich_help_panel="Tools")
 def check_params(params: Path = ParamsOpt, sets: list[str] | None = SetOpt) -> None:
-    """Validate params.yaml and print the resolved search space."""
+    """Validate params.yaml (and that the data roots it names exist here) and print the search space."""
     from vitnas.config import load_params
 
     p = load_params(params, sets or ())
+    if p.data.root and not p.data.download and not Path(p.data.root).exists():
+        raise ConfigError(f"data.root: {p.data.root} does not exist on this machine (the data stage would stop "
+                          "there; set data.download: true to fetch a downloadable dataset)")
+    for i, t in enumerate(p.transfer.targets):
+        if t.root and not Path(t.root).exists():
+            raise ConfigError(f"transfer.targets.{i}.root: {t.root} does not exist on this machine")
     typer.echo(f"{params}: ok")
     typer.echo(str(p.search_space()))
 
@@ -241,19 +246,22 @@ def check_params(params: Path = ParamsOpt, sets: list[str] | None = SetOpt) -> N
 @app.command("dvc-yaml", rich_help_panel="Tools")
 def dvc_yaml(out: Path = typer.Option(Path("dvc.yaml"), "--out", "-o", help="Where to write it."),
              check: bool = typer.Option(False, "--check", help="Only check that OUT equals the contract.")) -> None:
-    """Write dvc.yaml from the stages' declared contract (vitnas/stages/contract.py)."""
-    from vitnas.stages._io import check_output_file
+    """Write dvc.yaml from the stages' declared contract (vitnas/stages/contract.py).
+
+    OUT may replace a dvc.yaml vitnas generated, never a hand-written file or a symbolic link."""
+    from vitnas.files import atomic_file
+    from vitnas.stages._io import FileKind, check_output_file, starts_with
     from vitnas.stages.contract import HEADER, render_dvc_yaml
 
     text = render_dvc_yaml()
     if check:
-        if not out.is_file() or out.read_text() != text:
+        if not out.is_file() or out.read_bytes() != text.encode():
             raise VitnasError(f"{out}: differs from the stages' contract; run `vitnas dvc-yaml`")
         typer.echo(f"{out}: matches the contract")
         return
-    if out.exists() and not out.read_text().startswith(HEADER.splitlines()[0]):
-        check_output_file(out, "vitnas-dvc-yaml")  # a hand-written file: refused
-    out.write_text(text)
+    check_output_file(out, FileKind("generated dvc.yaml", starts_with(HEADER.splitlines()[0])))
+    with atomic_file(out) as tmp:
+        tmp.write_text(text)
     typer.echo(f"wrote {out}")
 
 
@@ -283,21 +291,18 @@ def import_autoformer(
                                   "channels and classes are read from the checkpoint)."),
         out: Path = typer.Option(Path("artifacts/imported/supernet.pt"), "--out", "-o",
                                  help="The vitnas supernet file to write (for `vitnas search --supernet`)."),
-        force: bool = typer.Option(False, "--force", help="Replace OUT when it exists (never a directory).")) -> None:
+        force: bool = typer.Option(False, "--force", help="Replace OUT when it is a supernet file vitnas wrote "
+                                   "(never another file, a directory, a link or the checkpoint).")) -> None:
     """Convert an AutoFormer supernet checkpoint into a vitnas supernet, every subnet unchanged."""
     from vitnas.errors import ArtifactError
     from vitnas.space import SearchSpace
     from vitnas.space.cost import count_params
+    from vitnas.stages._io import FileKind, check_output_file
     from vitnas.supernet import Supernet
-    from vitnas.supernet.model import SupernetFileError
+    from vitnas.supernet.model import SupernetFileError, is_supernet_file
 
-    # not `check_output_file`: that parses an existing file as JSON, and a supernet file is large and binary
-    if out.is_symlink() or out.is_dir():
-        raise ArtifactError(f"{out}: is a {'symbolic link' if out.is_symlink() else 'directory'}; give a file path")
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: exists; choose another path, or pass --force to replace it")
-    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
-        raise ArtifactError(f"{out}: is the checkpoint being read")
+    check_output_file(out, FileKind("vitnas supernet", is_supernet_file, replace_needs_force=True), force=force,
+                      inputs=[checkpoint, space if space.endswith(".json") else None])
     if space.endswith(".json"):
         try:
             preset = SearchSpace.from_dict(json.loads(Path(space).read_text()))
@@ -363,38 +368,34 @@ def export(model_dir: Path = ModelDirArg,
                                      "first images check the exported file against the eager model."),
            tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Largest allowed |exported - eager| "
                                            "over the logits."),
-           force: bool = typer.Option(False, "--force", help="Replace OUT when it exists (never a directory."
-                                      ")")) -> None:
+           force: bool = typer.Option(False, "--force", help="Replace OUT when it is an export vitnas wrote "
+                                      "(never another file, a directory, a link or an input).")) -> None:
     """Export a model directory to ONNX or pt2 and check it against the eager model on real images."""
     import torch
 
-    from vitnas.deploy.export import SUFFIX, ExportError, check_format, check_parity
+    from vitnas.deploy.export import SUFFIX, ExportError, check_format, check_parity, is_vitnas_export
     from vitnas.deploy.export import export as write
     from vitnas.errors import ArtifactError
+    from vitnas.files import atomic_file
+    from vitnas.stages._io import FileKind, check_output_file
 
     check_format(fmt)
     out = out or model_dir.resolve().with_suffix(SUFFIX[fmt])
-    if out.is_dir() or out.is_symlink():
-        raise ArtifactError(f"{out}: is a {'directory' if out.is_dir() else 'symbolic link'}; give a file path")
-    if out.exists() and not force:
-        raise ArtifactError(f"{out}: exists; choose another --out, or pass --force to replace it")
+    check_output_file(out, FileKind("vitnas export", is_vitnas_export, replace_needs_force=True), force=force,
+                      inputs=[model_dir, data])
     model, arch, prepared = _model_and_data(model_dir, data)
     sizes = [max(batch_size, 2), 1] if dynamic_batch else [batch_size]  # torch.export specialises a batch of 1
     val = prepared.dataset("val")
     if len(val) < max(sizes):
         raise ArtifactError(f"{prepared.path / 'val.npz'}: {len(val)} images, the check needs {max(sizes)}")
     x = torch.stack([val[i][0] for i in range(max(sizes))])
-    write(model, x[:sizes[0]], out, fmt, dynamic_batch=dynamic_batch)
-    try:
-        checks = [check_parity(model, out, fmt, x[:n]) for n in sizes]
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    worst = max(c.max_abs_diff for c in checks)
-    if not worst <= tolerance:
-        out.unlink(missing_ok=True)
-        raise ExportError(f"{out}: the exported model differs from the eager one by {worst:.3g} (> --tolerance "
-                          f"{tolerance:g}); file removed")
+    with atomic_file(out) as tmp:  # OUT appears only once the exported file passed its parity check
+        write(model, x[:sizes[0]], tmp, fmt, dynamic_batch=dynamic_batch)
+        checks = [check_parity(model, tmp, fmt, x[:n]) for n in sizes]
+        worst = max(c.max_abs_diff for c in checks)
+        if not worst <= tolerance:
+            raise ExportError(f"{out}: the exported model differs from the eager one by {worst:.3g} (> --tolerance "
+                              f"{tolerance:g}); nothing written")
     batch = "dynamic batch" if dynamic_batch else f"batch {batch_size}"
     typer.echo(f"wrote {out} ({fmt}, {batch}, input {arch.in_chans}x{arch.img_size}x{arch.img_size}, "
                f"{out.stat().st_size / 2**20:.2f} MiB)")
@@ -474,7 +475,12 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
                      nodes=1):
     """ClusterOptions from the shared compile/submit options; prints what the user should know."""
     from vitnas.pipeline.dag import ClusterOptions, Toleration, image_reference
+    from vitnas.pipeline.k8s import check_image, check_tag
 
+    if image is not None:
+        check_image("--image", image)
+    if image_tag is not None:
+        check_tag("--image-tag", image_tag)
     ref, notes = image_reference(image, image_tag, Path.cwd())
     if ref.endswith(":latest"):
         notes.append("the image tag 'latest' is mutable: KFP caching is turned off, so no step reuses results "
@@ -487,16 +493,17 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
         selector[key] = value
     if not (secret or mlflow_uri):
         notes.append("no --secret or --mlflow-uri: stage pods log MLflow runs to a throwaway sqlite file")
-    for note in notes:
-        typer.echo(f"warning: {note}", err=True)
     none = ("", "0", "none")
-    return ClusterOptions(
+    opts = ClusterOptions(
         image=ref, gpus=gpus, accelerator=accelerator, node_selector=selector,
         tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
         shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
         memory=None if memory in none else memory, cache_supernet=cache_supernet, checkpoint_pvc=checkpoint_pvc,
         retries=retries, proxy_shards=proxy_shards, nodes=nodes,
         code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
+    for note in notes:  # after every check: a refused command prints its one error line only
+        typer.echo(f"warning: {note}", err=True)
+    return opts
 
 
 @pipeline_app.command("compile")
@@ -508,13 +515,18 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
                      cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
                      checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
                      proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt) -> None:
-    """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters."""
-    from vitnas.config import load_params
-    from vitnas.pipeline.dag import compile_pipeline
+    """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters.
 
+    OUT may replace a pipeline vitnas compiled, never another file, the params file or a link."""
+    from vitnas.config import load_params
+    from vitnas.pipeline.dag import PIPELINE_FILE, compile_pipeline
+    from vitnas.stages._io import check_output_file
+
+    check_output_file(out, PIPELINE_FILE, inputs=[params])
+    p = load_params(params)
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
                             shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes)
-    compile_pipeline(load_params(params), out, opts)
+    compile_pipeline(p, out, opts)
     typer.echo(f"wrote {out} (image {opts.image})")
 
 

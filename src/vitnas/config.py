@@ -50,7 +50,12 @@ def _finite(v: Any) -> Any:
 Count = Annotated[float, BeforeValidator(_parse_count), AfterValidator(_finite), Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and torch seeds are 32-bit
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-PosInt = Annotated[int, Field(gt=0)]
+MAX_COUNT = 1_000_000_000  # any count: far above real use, so a typo (1e15) is one line, not a run
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+PosInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+Epochs = Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
+Batch = Annotated[int, Field(gt=0, le=MAX_BATCH)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 _PAIR = Field(min_length=2, max_length=2)
 MAX_POPULATION = 100_000  # documented caps: evolution keeps every candidate of a generation in memory
@@ -113,12 +118,12 @@ class SpaceConfig(_Section):
 class TrainRecipe(_Section):
     """The timm/DeiT recipe pieces shared by supernet training and retraining."""
 
-    epochs: PosInt = 30
-    batch_size: PosInt = 64
+    epochs: Epochs = 30
+    batch_size: Batch = 64
     lr: Annotated[float, Field(gt=0)] = 1e-3
     min_lr: NonNegFloat = 1e-5
     weight_decay: NonNegFloat = 0.05
-    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 2
     mixup: NonNegFloat = 0.0
     cutmix: NonNegFloat = 0.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
@@ -141,7 +146,7 @@ class SupernetConfig(TrainRecipe):
 class ProxyConfig(_Section):
     num_candidates: Annotated[int, Field(gt=0, le=MAX_CANDIDATES)] = 200
     proxies: Annotated[list[str], Field(min_length=1)] = ["dss", "dss_rank", "params", "flops"]
-    batch_size: PosInt = 32  # train images for the data-dependent proxies (dss uses an all-ones input)
+    batch_size: Batch = 32  # train images for the data-dependent proxies (dss uses an all-ones input)
     top_k: PosInt = 10
     seed: Seed = 0
 
@@ -164,18 +169,18 @@ class SearchConfig(_Section):
     latency_max_ms: Annotated[float, Field(gt=0)] | None = None
     latency_table: str | None = None
     hybrid_ratio: Annotated[int, Field(ge=1)] = 4  # hybrid: proxy-score this many x candidates per supernet eval
-    eval_batch_size: PosInt = 256
+    eval_batch_size: Batch = 256
     seed: Seed = 0
-    level2_epochs: PosInt | None = None  # hierarchical: level-2 supernet epochs (None: supernet.epochs)
+    level2_epochs: Epochs | None = None  # hierarchical: level-2 supernet epochs (None: supernet.epochs)
     bn_calib_images: PosInt = 256  # GLiT: train images that recalibrate BatchNorm for each candidate
 
 
 class SlimConfig(_Section):
     target_flops_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
     target_params_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
-    epochs: PosInt = 10
+    epochs: Epochs = 10
     lr: Annotated[float, Field(gt=0)] = 5e-4
-    batch_size: PosInt = 64
+    batch_size: Batch = 64
     w_attn: NonNegFloat = 2e-4
     w_mlp: NonNegFloat = 5e-5
     w_token: NonNegFloat = 1e-4
@@ -193,9 +198,9 @@ class SlimConfig(_Section):
 
 
 class RetrainConfig(TrainRecipe):
-    epochs: PosInt = 60  # digits demo: >= 95% test from scratch too (30 reached ~94-96%)
+    epochs: Epochs = 60  # digits demo: >= 95% test from scratch too (30 reached ~94-96%)
     lr: Annotated[float, Field(gt=0)] = 2e-3
-    warmup_epochs: Annotated[int, Field(ge=0)] = 5
+    warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 5
     init: Literal["inherit", "scratch"] = "inherit"
     distill: bool = False
     teacher: str | None = None  # a model directory; default teacher: the supernet's largest subnet
@@ -223,12 +228,12 @@ class TransferTarget(_Section):
 
     name: Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
     root: str | None = None  # cifar10/cifar100/coco; digits-* live in the data stage's output
-    epochs: PosInt = 5
-    batch_size: PosInt = 64
+    epochs: Epochs = 5
+    batch_size: Batch = 64
     lr: Annotated[float, Field(gt=0)] = 5e-4
     min_lr: NonNegFloat = 1e-6
     weight_decay: NonNegFloat = 0.05
-    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 1
     seed: Seed = 0
     max_train_images: PosInt | None = None  # evenly spaced subset of the train split (quick runs); None: all
     max_eval_images: PosInt | None = None  # the same for the test (classification) / val (detection) split
@@ -611,6 +616,15 @@ def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ())
     return parse_params(raw, str(path) + (" with --set " + " ".join(overrides) if overrides else ""))
 
 
+def _numbers(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and abs(number) < 2**63 else number  # 1e6: a count
+    return value
+
+
 def apply_override(raw: Any, item: str) -> dict[str, Any]:
     """`section.key=value` (the value read as YAML: 3, 1e-3, true, null, [1, 2]); a number in the path
     indexes a list (`transfer.targets.0.epochs=2`). Unknown keys are left to validation to name."""
@@ -621,8 +635,7 @@ def apply_override(raw: Any, item: str) -> dict[str, Any]:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: cannot read {text!r} as a value") from None
-    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
-        value = float(value)  # YAML 1.1 reads 1e-3 as text; people mean the number
+    value = _numbers(value)  # YAML 1.1 reads 1e-3 as text; people mean the number (in lists too)
     root = copy.deepcopy(raw) if isinstance(raw, dict) else {}
     node: Any = root
     parts = key.strip().split(".")

@@ -7,7 +7,6 @@ import contextlib
 import io
 import logging
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,17 @@ from pathlib import Path
 import torch
 
 from vitnas.errors import VitnasError
+from vitnas.files import output_mode, temp_beside
 
 FORMATS = ("onnx", "pt2")
+# What every export carries, so `vitnas export` knows a file at --out is one it wrote: a pt2
+# archive's extra file, an ONNX model's metadata_props entry.
+EXPORT_FORMAT = "vitnas-export/1"
+_PT2_EXTRA = "vitnas.json"
+_ONNX_KEY = "vitnas"
+# The metadata_props entry as protobuf writes it: field 1 (key), field 2 (value), both strings.
+_ONNX_MARK = (b"\x0a" + bytes([len(_ONNX_KEY)]) + _ONNX_KEY.encode() + b"\x12" + bytes([len(EXPORT_FORMAT)])
+              + EXPORT_FORMAT.encode())
 SUFFIX = {"onnx": ".onnx", "pt2": ".pt2"}
 ONNX_EXTRA = "pip install 'vitnas[onnx]' (onnx, onnxscript, onnxruntime)"
 
@@ -69,24 +77,47 @@ def _quiet():
                 lg.setLevel(level)
 
 
+def is_vitnas_export(path: str | Path, chunk: int = 2**20) -> bool:
+    """Whether `path` is an export vitnas wrote (its mark found without loading the file)."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith(f"/extra/{_PT2_EXTRA}") for n in z.namelist())
+        tail = b""
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                if _ONNX_MARK in tail + block:
+                    return True
+                tail = block[-len(_ONNX_MARK):]
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return False
+
+
 def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, fmt: str, *,
            dynamic_batch: bool = False) -> None:
-    """Write `model` (eval mode, CPU) traced on `example` to `path` atomically (temp file + rename)."""
+    """Write `model` (eval mode, CPU) traced on `example` to `path` atomically (temp file + rename),
+    marked as vitnas's (`is_vitnas_export`)."""
     check_format(fmt)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    tmp = temp_beside(path)
     wrapped = _Input(model.cpu()).eval()
     try:
         with torch.no_grad(), _quiet():
             if fmt == "pt2":
                 program = torch.export.export(wrapped, (example,), dynamic_shapes=_dynamic(dynamic_batch))
-                torch.export.save(program, str(tmp))
+                torch.export.save(program, str(tmp), extra_files={_PT2_EXTRA: f'{{"format": "{EXPORT_FORMAT}"}}'})
             else:
                 _need_onnx("onnx", "onnxscript")
                 onnx_program = torch.onnx.export(
                     wrapped, (example,), dynamo=True, input_names=["x"], output_names=["logits"],
                     dynamic_shapes=_dynamic(dynamic_batch), verbose=False, report=False)
+                onnx_program.model.metadata_props[_ONNX_KEY] = EXPORT_FORMAT
                 onnx_program.save(str(tmp))
+        os.chmod(tmp, output_mode())
         os.replace(tmp, path)
     except ExportError:
         raise

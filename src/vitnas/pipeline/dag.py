@@ -29,6 +29,7 @@ from kfp import compiler, dsl
 
 from vitnas.config import Params
 from vitnas.errors import ConfigError
+from vitnas.files import atomic_file
 from vitnas.pipeline.components import (
     data_op,
     proxy_merge_op,
@@ -43,11 +44,24 @@ from vitnas.pipeline.components import (
 )
 from vitnas.pipeline.components.image import DEFAULT_REPOSITORY
 from vitnas.pipeline.components.init import init_op
+from vitnas.pipeline.k8s import (
+    check_count,
+    check_dns_subdomain,
+    check_image,
+    check_label_key,
+    check_label_value,
+    check_quantity,
+)
 from vitnas.pipeline.runtime import PIPELINE_RUN_ENV, split_params, typed_params
 from vitnas.pipeline.trainjob import TrainJobSpec
+from vitnas.stages._io import FileKind, starts_with
 from vitnas.tracking import CODE_VERSION_ENV
 
 PIPELINE_NAME = "vitnas"
+# The first line of every compiled pipeline: how `vitnas pipeline compile` knows a file at --out is
+# one it may replace.
+PIPELINE_HEADER = "# vitnas pipeline, compiled by `vitnas pipeline compile`: recompile rather than edit\n"
+PIPELINE_FILE = FileKind("compiled vitnas pipeline", starts_with(PIPELINE_HEADER))
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
 GPU_STAGES = ("supernet", "proxy", "search", "slim", "retrain", "transfer")
 # data-parallel: all of `gpus` GPUs under torchrun (training: gradients averaged; search and proxy:
@@ -90,6 +104,9 @@ class Toleration:
             raise ConfigError(f"--toleration {spec}: effect must be NoSchedule, PreferNoSchedule or NoExecute")
         if not key or (eq and not value):
             raise ConfigError(f"--toleration {spec}: expected key[=value][:Effect]")
+        check_label_key("--toleration", key)
+        if value:
+            check_label_value("--toleration", value)
         return cls(key, value or None, effect or None)
 
     @property
@@ -125,6 +142,31 @@ class ClusterOptions:
     proxy_shards: int = 1  # > 1: proxy scoring fanned out to this many pods (ParallelFor) and merged
     nodes: int = 1  # > 1: supernet and retrain run as TrainJobs of this many nodes x `gpus` (needs checkpoint_pvc)
 
+    def __post_init__(self) -> None:
+        """Every setting checked as Kubernetes would check it, before any compile work."""
+        check_image("--image", self.image)
+        check_count("--gpus", self.gpus, 0)
+        check_label_key("--accelerator", self.accelerator)
+        for key, value in self.node_selector.items():
+            check_label_key("--node-selector", key)
+            check_label_value("--node-selector", value)
+        for name, flag in ((self.secret, "--secret"), (self.checkpoint_pvc, "--checkpoint-pvc")):
+            if name is not None:
+                check_dns_subdomain(flag, name)
+        if self.mlflow_uri is not None and (not self.mlflow_uri.isprintable() or any(
+                c.isspace() for c in self.mlflow_uri) or not self.mlflow_uri):
+            raise ConfigError(f"--mlflow-uri {self.mlflow_uri!r}: spaces or control characters in a URI")
+        for value, flag in ((self.shm_size, "--shm-size"), (self.cpu, "--cpu"), (self.memory, "--memory")):
+            if value is not None:
+                check_quantity(flag, value)
+        check_count("--retries", self.retries, 0)
+        check_count("--proxy-shards", self.proxy_shards, 1)
+        check_count("--nodes", self.nodes, 1)
+        if self.nodes > 1 and not self.checkpoint_pvc:
+            raise ConfigError(f"--nodes {self.nodes}: needs --checkpoint-pvc, a ReadWriteMany volume the "
+                              "TrainJob's nodes share with the pipeline step (inputs, output and checkpoints "
+                              "travel through it)")
+
 
 def _param_docs() -> str:
     """Google-style docstring of the pipeline: KFP shows each Args entry as the parameter's description."""
@@ -142,11 +184,6 @@ def build(default_params: Params, options: ClusterOptions | None = None, *, prox
     shards = opts.proxy_shards if proxy_shards is None else proxy_shards
     if shards < 1:
         raise ConfigError(f"--proxy-shards {shards}: must be >= 1")
-    if opts.nodes < 1:
-        raise ConfigError(f"--nodes {opts.nodes}: must be >= 1")
-    if opts.nodes > 1 and not local and not opts.checkpoint_pvc:
-        raise ConfigError(f"--nodes {opts.nodes}: needs --checkpoint-pvc, a ReadWriteMany volume the TrainJob's "
-                          "nodes share with the pipeline step (inputs, output and checkpoints travel through it)")
     trainjob = trainjob_spec(opts).to_json() if opts.nodes > 1 and not local else ""
     caching = opts.caching and not opts.image.endswith(":latest")
     typed_defaults, rest_json = split_params(default_params)
@@ -265,9 +302,12 @@ def _kubernetes(task, stage: str, opts: ClusterOptions) -> None:
 
 
 def compile_pipeline(params: Params, out: str | Path, options: ClusterOptions | None = None) -> Path:
+    """Compile to `out` atomically, headed by the line that tells vitnas it wrote the file."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(params, options or ClusterOptions()), str(out))
+    pipeline = build(params, options or ClusterOptions())
+    with atomic_file(out) as tmp:
+        compiler.Compiler().compile(pipeline, str(tmp))
+        tmp.write_text(PIPELINE_HEADER + tmp.read_text())
     return out
 
 

@@ -12,12 +12,10 @@ the relative error in the table.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
 import statistics
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -127,11 +125,11 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON, atomically (temp file + rename)."""
+        from vitnas.files import atomic_file
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         self.path = path
         return path
 

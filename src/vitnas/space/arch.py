@@ -105,11 +105,14 @@ def model_summary(fields: Mapping[str, Any]) -> str:
 
 
 def _positive_int(name: str, value: Any) -> int:
+    """A positive integer within `LIMITS[name]` (checked here, before anything grows with it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or float(value) != int(value):
         raise ArchError(f"{name}: expected an integer, got {value!r}")
     if int(value) <= 0:
         raise ArchError(f"{name}: must be > 0, got {value!r}")
+    if name in LIMITS and int(value) > LIMITS[name]:
+        raise ArchError(f"{name}: {int(value):,} is above vitnas's limit of {LIMITS[name]:,}")
     return int(value)
 
 

@@ -114,8 +114,32 @@ def vitnas_vit(pretrained: bool = False, *, arch: Mapping[str, Any] | None = Non
         raise ArchError("vitnas_vit: pass arch={...} (an arch.json) or load a model directory with local-dir:DIR")
     a = Arch.from_dict(arch)
     cfg = kwargs.pop("pretrained_cfg", None) or pretrained_cfg(a)
+    if pretrained:
+        _check_local_dir(a, cfg)
     return build_model_with_cfg(_from_arch, ARCHITECTURE, pretrained, pretrained_cfg=cfg, arch=a.to_dict(),
                                 **kwargs)
+
+
+def _check_local_dir(arch: Arch, cfg: Any) -> None:
+    """timm's `local-dir:DIR` loads DIR's weights into the model it builds: first the same checks as
+    `vitnas validate` (memory, arch.json agreeing with config.json, the weights' header against the
+    arch), so a file describing a huge model is refused before anything is built."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    if get("source") != "local-dir" or not get("file"):
+        return
+    from vitnas.space.memory import check_fits
+    from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE, check_config_agrees
+    from vitnas.space.weights import check_safetensors_fit
+
+    directory = Path(get("file"))
+    check_fits(arch, f"{directory / CONFIG_FILE}: the model")
+    if (directory / ARCH_FILE).is_file():
+        saved = Arch.load(directory / ARCH_FILE)
+        if saved != arch:
+            raise ArchError(f"{directory / CONFIG_FILE}: describes another model than {ARCH_FILE} beside it")
+        check_config_agrees(directory, saved)
+    if (directory / WEIGHTS_FILE).is_file():
+        check_safetensors_fit(arch, directory / WEIGHTS_FILE)
 
 
 def register() -> None:

@@ -13,9 +13,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
+from vitnas.safe_load import torch_load
 from vitnas.space import hub
 from vitnas.space.arch import Arch, ArchError
 from vitnas.space.build import build
+from vitnas.space.weights import check_state_fits, safetensors_header
 
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,22 +50,33 @@ def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: weights file not found")
+    pruned = all_tokens and arch.keep_tokens is not None
+    if pruned:
+        arch = arch.replace(keep_tokens=None)
+
+    def drop(key: str) -> bool:  # a token-pruned model loaded with every token: no token rows
+        return pruned and key.endswith(".token_rows")
+    safetensors = path.suffix == ".safetensors"
+    if safetensors:  # shapes from the header against the arch, before anything is read or built
+        header = safetensors_header(path)
+        check_state_fits(arch, {k: v for k, v in header.items() if not drop(k)}, path)
     try:
-        if path.suffix == ".safetensors":
+        if safetensors:
             from safetensors.torch import load_file
 
             state = load_file(str(path), device=str(map_location))
         else:
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch_load(path, map_location)
             for key in ("model", "state_dict"):
                 if isinstance(state, dict) and isinstance(state.get(key), dict):
                     state = state[key]
     except Exception as e:  # many types for corrupt or foreign files
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ArtifactError(f"{path}: unreadable weights ({type(e).__name__}: {first})") from None
-    if all_tokens and arch.keep_tokens is not None:
-        arch = arch.replace(keep_tokens=None)
-        state = {k: v for k, v in state.items() if not k.endswith(".token_rows")}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"{path}: not a state dict of tensors")
+    state = {k: v for k, v in state.items() if not drop(k)}
+    check_state_fits(arch, {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, path)
     model = build(arch)
     try:
         model.load_state_dict(state, strict=True)
@@ -86,20 +99,39 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
         arch = Arch.load(directory / ARCH_FILE)
     except ArchError as e:
         raise ArtifactError(str(e)) from None
+    cfg = check_config_agrees(directory, arch)
     model = load_weights(arch, directory / WEIGHTS_FILE, map_location=map_location, all_tokens=all_tokens)
-    cfg = _saved_pretrained_cfg(directory / hub.CONFIG_FILE)
     if cfg is not None:  # the preprocessing the model was trained with (older directories have none)
         hub.attach(model, cfg | {"input_size": tuple(cfg["input_size"])})
     return model, (arch.replace(keep_tokens=None) if all_tokens and arch.keep_tokens else arch)
 
 
-def _saved_pretrained_cfg(path: Path) -> dict[str, Any] | None:
+def _json_normal(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def check_config_agrees(directory: str | Path, arch: Arch) -> dict[str, Any] | None:
+    """The saved pretrained_cfg of `directory/config.json` (None when there is none: older
+    directories), after checking that the model it describes is `arch`: vitnas (arch.json) and timm
+    (config.json) must never build different models from one directory."""
+    path = Path(directory) / hub.CONFIG_FILE
     if not path.is_file():
         return None
     try:
-        cfg = json.loads(path.read_text()).get("pretrained_cfg")
-    except (ValueError, OSError, AttributeError) as e:
+        if path.stat().st_size > 16 * 2**20:
+            raise ValueError("over 16 MiB")
+        config = json.loads(path.read_text())
+        cfg = config.get("pretrained_cfg")
+    except (ValueError, OSError, AttributeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: unreadable ({type(e).__name__})") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("input_size"), list):
         raise ArtifactError(f"{path}: no pretrained_cfg with an input_size")
+    want = _json_normal(hub.hub_config(arch, cfg))
+    for key in ("architecture", "num_classes", "model_args"):
+        if config.get(key) != want[key]:
+            raise ArtifactError(f"{path}: its {key} describes another model than {ARCH_FILE} beside it; vitnas and "
+                                "timm would build different models from this directory (rewrite one from the other)")
+    if list(cfg["input_size"]) != [arch.in_chans, arch.img_size, arch.img_size]:
+        raise ArtifactError(f"{path}: pretrained_cfg input_size {cfg['input_size']} disagrees with {ARCH_FILE} "
+                            f"({arch.in_chans}x{arch.img_size}x{arch.img_size})")
     return cfg

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from vitnas.space.arch import Arch, ArchError, check_model_fields, model_summary
+from vitnas.space.arch import LIMITS, Arch, ArchError, check_model_fields, model_summary
 from vitnas.space.cost import count_flops, count_params
 from vitnas.space.published import AUTOFORMER_MODEL
 
@@ -46,6 +46,8 @@ def _choices(name: str, values: Sequence, kind: type, zero_ok: bool = False) -> 
                             f"got {v!r}")
         if kind is int and float(v) != int(v):
             raise ArchError(f"{name}: choices must be integers, got {v!r}")
+        if name in LIMITS and v > LIMITS[name]:  # before anything grows with it (the largest arch)
+            raise ArchError(f"{name}: {kind(v):,} is above vitnas's limit of {LIMITS[name]:,}")
         out.append(kind(v))
     if len(set(out)) != len(out):
         raise ArchError(f"{name}: duplicate choices in {values!r}")
@@ -109,8 +111,9 @@ class SearchSpace:
         check_fits(self.largest(), "the largest arch of the space")
 
     def _init_glit(self) -> None:
-        if isinstance(self.units, bool) or not isinstance(self.units, int) or self.units < 1:
-            raise ArchError(f"units: must be a positive integer, got {self.units!r}")
+        units = self.units
+        if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= LIMITS["embed_dim"]:
+            raise ArchError(f"units: must be an integer in 1..{LIMITS['embed_dim']}, got {self.units!r}")
         if self.num_heads:
             raise ArchError("num_heads: a GLiT space has no head choices (a block with L local units has "
                             "units - L heads); leave it out")

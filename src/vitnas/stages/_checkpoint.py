@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vitnas.errors import ArtifactError
+from vitnas.safe_load import torch_load
 from vitnas.stages._io import MARKER, STAGE_FILES, check_output, mark
 
 CHECKPOINT = "checkpoint.pt"
@@ -65,7 +66,7 @@ def load(directory: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
     except Exception as e:  # truncated, foreign, or a pickle that asks for anything but tensors
         raise ArtifactError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start over") \
             from None

@@ -5,7 +5,15 @@ A stage replaces an output directory only when vitnas wrote it: it holds the mar
 before markers existed, or checked out by DVC). Anything else is refused before any work, unless
 `force` is given, and even then never a file, the working directory, the repository, the home
 directory or a directory holding one of the run's inputs. One writer at a time: a lock file beside
-the output serialises runs, and the leftovers of an interrupted write are removed under it.
+the output serialises runs, and the leftovers of an interrupted write are removed under it: only
+those that carry the tag vitnas puts in every temp and old directory it makes (a user's
+`.out.old-backup/` is never touched), and the lock file only by the process that created it or when
+it holds vitnas's lock record (never a user's file that happens to have the name).
+
+Single-file outputs (a latency table, dvc.yaml, a compiled pipeline, an export, an imported
+supernet) follow one rule, `check_output_file`: never a symbolic link, a directory or one of the
+run's inputs; an existing file is replaced only when vitnas wrote it (each kind says how it knows),
+never a file vitnas did not write, `--force` or not.
 """
 
 from __future__ import annotations
@@ -16,16 +24,23 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitnas.errors import ArtifactError
+from vitnas.files import output_mode, umask
 from vitnas.stages.contract import STAGES
 
 MARKER = ".vitnas-output.json"
 MARKER_FORMAT = "vitnas-output/1"
+# In every temp and old directory vitnas makes beside an output: names the directory itself, so only
+# vitnas's own leftovers are removed (a copy or a user's directory of that name pattern is not).
+LEFTOVER_TAG = ".vitnas-leftover.json"
+LEFTOVER_FORMAT = "vitnas-leftover/1"
+LOCK_FORMAT = "vitnas-lock/1"
 
 # What each stage writes into its output directory (its contract); a directory holding only these
 # (and the marker) is recognised as that stage's output even without a marker.
@@ -78,7 +93,7 @@ def _recognised(out: Path, stage: str) -> tuple[bool, str]:
             return True, ""
         if isinstance(written_by, str):
             return False, f"it holds the output of `vitnas {written_by}`, not of `vitnas {stage}`"
-    foreign = [e for e in entries if e != MARKER and e not in STAGE_FILES.get(stage, ())]
+    foreign = [e for e in entries if e not in (MARKER, LEFTOVER_TAG) and e not in STAGE_FILES.get(stage, ())]
     if not foreign:
         return True, ""
     shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -108,22 +123,134 @@ def check_output(out: str | Path, stage: str, *, force: bool = False,
     return out
 
 
-def check_output_file(path: str | Path, fmt: str, *, force: bool = False) -> Path:
-    """A single-file output (e.g. a latency table) may replace only a JSON file of format `fmt`
-    (vitnas's own), or any file with `force`; never a directory or a symbolic link."""
-    path = Path(path)
-    if path.is_symlink() or path.is_dir():
-        raise ArtifactError(f"{path}: is a {'symbolic link' if path.is_symlink() else 'directory'}; "
-                            "vitnas writes a file of its own there, so give another path")
-    if path.exists() and not force:
+@dataclass(frozen=True)
+class FileKind:
+    """A kind of single-file output: what it is called, how vitnas knows it wrote an existing file
+    of that kind (a bounded look at the file, never a load), and whether replacing one takes --force
+    (model files do; files regenerated from the code, like dvc.yaml, do not)."""
+
+    name: str
+    ours: Callable[[Path], bool]
+    replace_needs_force: bool = False
+
+
+def json_format_is(fmt: str, max_bytes: int = 64 * 2**20) -> Callable[[Path], bool]:
+    """A recogniser: a JSON object whose "format" is `fmt` (files over `max_bytes` are not read)."""
+    def ours(path: Path) -> bool:
         try:
-            ours = json.loads(path.read_text()).get("format") == fmt
+            if path.stat().st_size > max_bytes:
+                return False
+            return json.loads(path.read_text()).get("format") == fmt
         except (ValueError, UnicodeDecodeError, AttributeError, OSError):
-            ours = False
-        if not ours:
-            raise ArtifactError(f"{path}: not replaced: it exists and vitnas did not write it (not a {fmt} file); "
-                                "choose another path, or pass --force")
+            return False
+    return ours
+
+
+def starts_with(line: str) -> Callable[[Path], bool]:
+    """A recogniser: a text file whose first bytes are `line`."""
+    want = line.encode()
+
+    def ours(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return f.read(len(want)) == want
+        except OSError:
+            return False
+    return ours
+
+
+def _is_input(real: Path, inputs: Iterable[str | Path | None]) -> str | None:
+    for p in inputs:
+        if p is None or not str(p):
+            continue
+        q = Path(p).resolve()
+        if real == q or q in real.parents:
+            return str(p)
+    return None
+
+
+def check_output_file(path: str | Path, kind: FileKind, *, force: bool = False,
+                      inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Raise `ArtifactError` (one line naming the path) unless a `kind` file may be written at `path`:
+    never a symbolic link or a directory, never one of the run's `inputs` (nor inside an input
+    directory), and an existing file only when vitnas wrote it (with `force` when the kind asks)."""
+    path = Path(path)
+    if not str(path).strip():
+        raise ArtifactError("--out: empty path")
+    if path.is_symlink() or path.is_dir():
+        raise ArtifactError(f"{path}: is a {'symbolic link' if path.is_symlink() else 'directory'}; vitnas writes "
+                            f"a {kind.name} file of its own there, so give another path")
+    used = _is_input(path.resolve(), inputs)
+    if used is not None:
+        raise ArtifactError(f"{path}: refusing to write the {kind.name} there: it is an input of this run ({used})"
+                            if Path(used).resolve() == path.resolve() else
+                            f"{path}: refusing to write the {kind.name} there: it is inside an input of this run "
+                            f"({used})")
+    if path.exists():
+        if not path.is_file():
+            raise ArtifactError(f"{path}: exists and is not a regular file; give another path")
+        if not kind.ours(path):
+            raise ArtifactError(f"{path}: not replaced: it exists and vitnas did not write it (not a {kind.name} "
+                                "file); vitnas never replaces a file it did not write, --force or not: choose "
+                                "another path, or move the file away yourself")
+        if kind.replace_needs_force and not force:
+            raise ArtifactError(f"{path}: exists (vitnas wrote it); choose another path, or pass --force to "
+                                "replace it")
     return path
+
+
+def _leftover_tag(directory: Path, name: str | None = None) -> None:
+    """Tag `directory` as a leftover-to-be under `name` (default: its own), a temp or old directory
+    vitnas made."""
+    record = {"format": LEFTOVER_FORMAT, "name": name or directory.name}
+    (directory / LEFTOVER_TAG).write_text(json.dumps(record) + "\n")
+
+
+def _is_our_leftover(entry: Path) -> bool:
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    tag = entry / LEFTOVER_TAG
+    try:
+        if tag.is_symlink() or not tag.is_file() or tag.stat().st_size > 4096:
+            return False
+        d = json.loads(tag.read_text())
+        return isinstance(d, dict) and d.get("format") == LEFTOVER_FORMAT and d.get("name") == entry.name
+    except (ValueError, UnicodeDecodeError, OSError):
+        return False
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Remove what an interrupted `atomic_dir` left beside `out` (tagged temp and old directories)
+    and nothing else; returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for entry in out.parent.glob(f".{out.name}.{kind}-*"):
+            if _is_our_leftover(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def _open_lock(lock_path: Path) -> tuple[int, bool]:
+    """(fd, created): the lock file, created (with vitnas's lock record) when absent. An existing
+    file is opened read-only and never written: a user's file of that name is left as it was."""
+    flags = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | flags, output_mode())
+    except FileExistsError:
+        return os.open(lock_path, os.O_RDONLY | flags), False
+    os.write(fd, (json.dumps({"format": LOCK_FORMAT, "pid": os.getpid(), "token": uuid.uuid4().hex}) + "\n")
+             .encode())
+    return fd, True
+
+
+def _holds_lock_record(fd: int) -> bool:
+    """Whether the open lock file holds vitnas's lock record (left by a vitnas process that died)."""
+    try:
+        d = json.loads(os.pread(fd, 4096, 0).decode())
+        return isinstance(d, dict) and d.get("format") == LOCK_FORMAT
+    except (ValueError, UnicodeDecodeError, OSError):
+        return False
 
 
 @contextmanager
@@ -138,7 +265,11 @@ def claim_output(out: str | Path, stage: str, *, force: bool = False,
     check_output(out, stage, force=force, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.parent / f".{out.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd, created = _open_lock(lock_path)
+    except OSError as e:
+        raise ArtifactError(f"{lock_path}: cannot use it as the lock of {out} ({e.strerror or e}); it is not "
+                            "vitnas's: move it away") from None
     locked = False
     try:
         try:
@@ -150,14 +281,16 @@ def claim_output(out: str | Path, stage: str, *, force: bool = False,
         if not locked:
             raise ArtifactError(f"{out}: another vitnas process is writing it (lock {lock_path}); wait for it "
                                 "to finish")
-        for kind in ("tmp", "old"):  # what an interrupted atomic_dir leaves beside `out`
-            for leftover in out.parent.glob(f".{out.name}.{kind}-*"):
-                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() and not leftover.is_symlink() \
-                    else leftover.unlink(missing_ok=True)
+        ours = created or _holds_lock_record(fd)  # identity, not name: a user's `.out.lock` stays
+        remove_leftovers(out)
         yield out
     finally:
-        if locked:
-            os.unlink(lock_path)
+        if locked and ours:
+            try:
+                if os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(lock_path)
+            except OSError:
+                pass
         os.close(fd)  # releases the lock
 
 
@@ -169,11 +302,14 @@ def mark(directory: Path, stage: str) -> None:
 @contextmanager
 def atomic_dir(out: str | Path, stage: str) -> Iterator[Path]:
     """Yield a temp dir beside `out`; on success it (marked as `stage`'s) replaces `out`, on
-    failure it is deleted. The caller has claimed `out` (`claim_output`)."""
+    failure it is deleted. The caller has claimed `out` (`claim_output`). The temp dir, and the old
+    output while it is being swapped out, carry the leftover tag, so a kill at any moment leaves
+    only what the next run can prove is vitnas's."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it owner-only
+    _leftover_tag(tmp)
     try:
         yield tmp
         mark(tmp, stage)
@@ -182,11 +318,14 @@ def atomic_dir(out: str | Path, stage: str) -> Iterator[Path]:
         raise
     if out.exists() or out.is_symlink():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        if out.is_dir() and not out.is_symlink():
+            _leftover_tag(out, old.name)
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
     else:
         os.replace(tmp, out)
+    (out / LEFTOVER_TAG).unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -194,6 +333,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.chmod(tmp, output_mode())
     os.replace(tmp, path)
 
 
@@ -205,9 +345,3 @@ def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             raise TypeError(f"metric {k!r} is not a number: {v!r}")
         out[k] = v
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

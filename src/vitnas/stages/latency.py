@@ -20,7 +20,9 @@ from vitnas.progress import progress as progress_bar
 from vitnas.search.latency import FORMAT as LATENCY_FORMAT
 from vitnas.search.latency import measure_table
 from vitnas.space import SearchSpace
-from vitnas.stages._io import check_output_file, flat_metrics
+from vitnas.stages._io import FileKind, check_output_file, flat_metrics, json_format_is
+
+TABLE = FileKind("latency table", json_format_is(LATENCY_FORMAT))
 
 
 def _space(params: Params, data_dir_or_space: str | Path | SearchSpace) -> SearchSpace:
@@ -36,10 +38,10 @@ def _space(params: Params, data_dir_or_space: str | Path | SearchSpace) -> Searc
 def run(params: Params, data_dir_or_space: str | Path | SearchSpace, out_json: str | Path, *,
         batch_size: int = 1, warmup: int = 10, repeats: int = 50, rounds: int = 5, check_archs: int = 5,
         device: str = "auto", threads: int | None = None, track: bool | None = None,
-        progress: bool = True, force: bool = False) -> dict[str, float]:
-    """Measure the table of the configured space (sized by the data dir, or a given space) into `out_json`.
-    `force`: replace `out_json` even when it is not a vitnas latency table."""
-    check_output_file(out_json, LATENCY_FORMAT, force=force)
+        progress: bool = True) -> dict[str, float]:
+    """Measure the table of the configured space (sized by the data dir, or a given space) into `out_json`
+    (which may replace a latency table vitnas wrote, never another file)."""
+    check_output_file(out_json, TABLE, inputs=[] if isinstance(data_dir_or_space, SearchSpace) else [data_dir_or_space])
     for name, v, lo in (("batch_size", batch_size, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
                         ("check_archs", check_archs, 0), ("rounds", rounds, 1)):
         if v < lo:

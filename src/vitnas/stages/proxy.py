@@ -138,10 +138,47 @@ def sample_candidates(space: SearchSpace, num: int, seed: int,
 
 
 # ---- the resumable score log ----------------------------------------------------------------
-def _read_log(path: Path, wanted: set[str], repair: bool = True) -> dict[str, dict]:
-    """Records of scores.jsonl by arch key. A torn last line (an interrupted write: no newline) is
-    cut off (`repair=False`: only skipped, the file is left as it is); any other unreadable line is
-    an `ArtifactError` naming its line number."""
+class _BadRecord(ValueError):
+    """A score record with a field a later step cannot use."""
+
+
+def _number(v: Any, *, none_ok: bool) -> bool:
+    """A finite JSON number (NaN and infinities are written as null by vitnas, never as numbers)."""
+    if v is None:
+        return none_ok
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_record(rec: Any, names: list[str]) -> str:
+    """The record's arch key, after checking every field a later step reads (`_BadRecord` says
+    which field is wrong)."""
+    if not isinstance(rec, dict):
+        raise _BadRecord("not a JSON object")
+    key = Arch.from_dict(rec["arch"]).key()
+    for field in ("params", "flops"):
+        v = rec.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise _BadRecord(f"'{field}' is not a count")
+    scores = rec.get("scores")
+    if not isinstance(scores, dict):
+        raise _BadRecord("'scores' is not an object")
+    for n in names:
+        if proxies.is_set_level(n):
+            terms = rec.get("terms")
+            if not isinstance(terms, dict) or not terms or not all(_number(t, none_ok=False)
+                                                                    for t in terms.values()):
+                raise _BadRecord(f"'terms' (for {n}) are missing or not finite numbers")
+        elif n not in scores:
+            raise _BadRecord(f"no score for {n!r}")
+        elif not _number(scores[n], none_ok=True):
+            raise _BadRecord(f"score {n!r} is {scores[n]!r}, not a finite number or null")
+    return key
+
+
+def _read_log(path: Path, wanted: set[str], names: list[str], repair: bool = True) -> dict[str, dict]:
+    """Records of scores.jsonl by arch key, each checked (`_check_record`). A torn last line (an
+    interrupted write: no newline) is cut off (`repair=False`: only skipped, the file is left as it
+    is); any other unreadable line is an `ArtifactError` naming its line number."""
     records: dict[str, dict] = {}
     if not path.exists():
         return records
@@ -152,10 +189,10 @@ def _read_log(path: Path, wanted: set[str], repair: bool = True) -> dict[str, di
                 break
             try:
                 rec = json.loads(raw)
-                key = Arch.from_dict(rec["arch"]).key()
-                dict(rec["scores"])
-            except (ValueError, KeyError, TypeError, ArchError):
-                raise ArtifactError(f"{path}:{lineno}: not a score record (the file was changed by hand?); "
+                key = _check_record(rec, names)
+            except (ValueError, KeyError, TypeError) as e:  # ArchError and JSON errors are ValueErrors
+                why = f" ({e})" if isinstance(e, _BadRecord) else ""
+                raise ArtifactError(f"{path}:{lineno}: not a score record{why} (the file was changed by hand?); "
                                     "delete it to score again") from None
             if key in wanted:
                 records[key] = rec
@@ -226,7 +263,7 @@ def run(params: Params, data_dir: str | Path, out: str | Path, *, supernet_path:
                     progress=progress, shard=shard, merge=[Path(m) for m in merge] if merge is not None else None)
 
 
-def _merged(shards: list[Path], fp: str, keys: list[str]) -> dict[str, dict]:
+def _merged(shards: list[Path], fp: str, keys: list[str], names: list[str]) -> dict[str, dict]:
     """The records of the shard outputs, checked: same fingerprint, every candidate present."""
     if not shards:
         raise ConfigError("--merge: no shard outputs given")
@@ -238,7 +275,7 @@ def _merged(shards: list[Path], fp: str, keys: list[str]) -> dict[str, dict]:
             raise ArtifactError(f"{d}: not a proxy shard output (no {FINGERPRINT} or {SHARD})")
         if fp_file.read_text().strip() != fp:
             raise ArtifactError(f"{fp_file}: the shard was scored with other params, inputs or space")
-        done |= _read_log(d / SCORES, wanted, repair=False)
+        done |= _read_log(d / SCORES, wanted, names, repair=False)
     missing = [k for k in keys if k not in done]
     if missing:
         raise ArtifactError(f"{shards[0].parent}: the shards hold {len(done)} of {len(keys)} candidates "
@@ -277,7 +314,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
 
     keys = [a.key() for a in candidates]
     if merge is not None:
-        merged = _merged(merge, fp, keys)  # checked before anything is written
+        merged = _merged(merge, fp, keys, names)  # every record checked before anything is written
         model = None
     else:
         model = _scoring_model(space, cfg.seed, supernet_path, dev)  # a bad supernet file fails before any write
@@ -285,7 +322,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     log_path = out / SCORES
     done: dict[str, dict] = {}
     if main:
-        done = _open_log(out, fp, {keys[i] for i in mine})
+        done = _open_log(out, fp, {keys[i] for i in mine}, names)
         if merge is not None:
             done = merged
     todo = broadcast([i for i in mine if keys[i] not in done], info)  # the same work list on every rank
@@ -341,7 +378,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     return metrics
 
 
-def _open_log(out: Path, fp: str, wanted: set[str]) -> dict[str, dict]:
+def _open_log(out: Path, fp: str, wanted: set[str], names: list[str]) -> dict[str, dict]:
     """Prepare `out` for appending scores: the records already there when they were made by this
     run (`fp`), else an empty log. The previous summary is dropped before the log changes, so the
     outputs never describe different runs (a kill then leaves a partial log and no summary)."""
@@ -350,7 +387,7 @@ def _open_log(out: Path, fp: str, wanted: set[str]) -> dict[str, dict]:
     log_path, fp_path = out / SCORES, out / FINGERPRINT
     old_fp = fp_path.read_text().strip() if fp_path.exists() else None
     if old_fp == fp:
-        done = _read_log(log_path, wanted)
+        done = _read_log(log_path, wanted, names)
     else:
         done = {}
         if log_path.exists() and log_path.stat().st_size:

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 
+from vitnas.files import output_mode
+from vitnas.safe_load import torch_load
 from vitnas.space.arch import Arch, ArchError
 from vitnas.space.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.search_space import SearchSpace
@@ -40,6 +42,21 @@ QKV_BIAS_LAYOUTS = ("grouped", "prefix")
 _PLAN_CACHE_SIZE = 4096
 
 
+def is_supernet_file(path: str | Path, max_pickle: int = 64 * 2**20) -> bool:
+    """Whether `path` is a supernet file vitnas wrote: a torch archive whose pickle (read as bytes,
+    never unpickled) holds the format string."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) != 1 or pickles[0].file_size > max_pickle:
+                return False
+            return FORMAT.encode() in z.read(pickles[0])
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 class SupernetFileError(ValueError):
     """A supernet file that is missing, unreadable or not a vitnas supernet."""
 
@@ -47,7 +64,7 @@ class SupernetFileError(ValueError):
 def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """`torch.load(weights_only=True)`: tensors and plain containers only, any failure one line."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch_load(path, map_location)
     except Exception as e:  # torch raises many types for corrupt or foreign files
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise SupernetFileError(f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
@@ -304,6 +321,7 @@ class Supernet(nn.Module):
                 torch.save(payload, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, output_mode())  # mkstemp makes 0600; every output has one mode
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
 
+from vitnas.safe_load import torch_load
 from vitnas.space.build import REL_POS_KEYS
 from vitnas.supernet.extract import timm_views
 from vitnas.supernet.model import Supernet
@@ -58,7 +59,7 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch_load(path)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None

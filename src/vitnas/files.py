@@ -1,0 +1,47 @@
+"""Writing one file so that it appears whole or not at all, with the mode every vitnas output has.
+
+A file is written beside its destination under a name vitnas alone makes (`.NAME.tmp-<random>`),
+checked if the caller wants (an export's parity check), and only then renamed over the destination:
+a killed run leaves the destination as it was. Every output file gets the mode a plain `open()`
+would give it (0666 less the umask), also those written through `mkstemp` (which makes 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_mode() -> int:
+    """The mode of every file vitnas writes (what `open()` gives: 0666 less the umask)."""
+    return 0o666 & ~umask()
+
+
+def temp_beside(path: str | Path) -> Path:
+    """A fresh name beside `path` for writing it (keeps the suffix, which some writers read)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:12]}{path.suffix}")
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; when the block ends without error the temp file (given the
+    output mode) replaces `path`, else it is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        os.chmod(tmp, output_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
