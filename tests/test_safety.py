@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,14 +22,45 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_leftovers_of_an_interrupted_write_are_removed_on_the_next_run(tmp_path):
+    from vitnas.stages._io import _leftover_tag
+
     out = tmp_path / "data"
-    (tmp_path / ".data.tmp-abc123").mkdir()
+    (tmp_path / ".data.tmp-abc123").mkdir()  # what a run killed inside atomic_dir leaves: tagged
     (tmp_path / ".data.tmp-abc123" / "train.npz").write_bytes(b"half")
+    _leftover_tag(tmp_path / ".data.tmp-abc123")
     (tmp_path / ".data.old-deadbeef").mkdir()
+    _leftover_tag(tmp_path / ".data.old-deadbeef")
+    (tmp_path / ".data.old-mine").mkdir()  # the same pattern, no tag: a user's, left alone
     (tmp_path / "other.tmp-1").write_text("not ours")  # another name: left alone
     data_stage.run(parse_params({}), out, track=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "other.tmp-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.old-mine", "data", "other.tmp-1"]
     assert json.loads((out / MARKER).read_text())["stage"] == "data"
+
+
+def test_a_run_killed_while_swapping_leaves_only_tagged_leftovers(tmp_path, monkeypatch):
+    """Killed between the two renames of atomic_dir: the old output and the temp dir both carry
+    the tag, so the next run removes them."""
+    from vitnas.stages import _io
+
+    out = tmp_path / "o"
+    with _io.claim_output(out, "data"), _io.atomic_dir(out, "data") as tmp:
+        (tmp / "dataset.json").write_text("{}")
+    real = os.replace
+
+    def killed(src, dst):
+        if Path(dst) == out:  # out -> old happened; temp -> out never does
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(_io.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt), _io.claim_output(out, "data"), _io.atomic_dir(out, "data") as tmp:
+        (tmp / "dataset.json").write_text("{}")
+    monkeypatch.setattr(_io.os, "replace", real)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".o."))
+    assert len(left) == 2 and all(_io._is_our_leftover(tmp_path / n) for n in left)
+    with _io.claim_output(out, "data"):
+        pass
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
 
 
 def test_a_second_writer_gets_a_one_line_error(tmp_path):

@@ -297,6 +297,9 @@ def test_pruned_model_round_trips_through_arch_json_and_safetensors(tmp_path):
     with pytest.raises(ArtifactError, match="arch.json: not found"):
         load_model(tmp_path)
     (tmp_path / "m" / "arch.json").write_text(ARCH.to_json())
+    with pytest.raises(ArtifactError, match="config.json: its model_args describes another model than arch.json"):
+        load_model(tmp_path / "m")  # vitnas and timm would build different models
+    (tmp_path / "m" / "config.json").unlink()  # an older directory, arch.json alone: the weights' header decides
     with pytest.raises(ArtifactError, match="do not fit"):
         load_model(tmp_path / "m")
 
