@@ -55,12 +55,17 @@ def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
     assert inputs["search_fitness"]["parameterType"] == "STRING"
     assert inputs["data_seed"]["defaultValue"] == 3
     assert inputs["supernet_epochs"]["description"] == "params.yaml supernet.epochs."
-    # nullable and list keys stay in params_json (KFP parameters cannot hold null)
+    # nullable text keys are typed ("" for null); lists and nullable numbers stay in params_json
+    assert inputs["data_root"]["parameterType"] == "STRING" and inputs["data_root"]["defaultValue"] == ""
+    assert inputs["data_shards"]["parameterType"] == "STRING"
     rest = json.loads(inputs["params_json"]["defaultValue"])
     assert rest["slim"]["target_flops_ratio"] == 0.5 and rest["search"]["params_max"] is None
     assert "epochs" not in rest["supernet"] and rest["proxy"]["proxies"] == list(params.proxy.proxies)
     typed = {k: v["defaultValue"] for k, v in inputs.items() if k != "params_json"}
     assert merge_params(inputs["params_json"]["defaultValue"], typed) == params
+    root = merge_params(inputs["params_json"]["defaultValue"], {**typed, "data_root": "s3://b/imagenet",
+                                                                 "data_dataset": "imagefolder"})
+    assert root.data.root == "s3://b/imagenet"  # a per-run dataset is one typed parameter
     # every scalar key of the repo's params.yaml round-trips
     from vitnas.config import load_params
 
@@ -105,6 +110,22 @@ def _cluster(tmp_path, **kw):
     return _load(compile_pipeline(parse_params({}), tmp_path / "p.yaml", opts))
 
 
+def test_a_dataset_volume_is_mounted_into_every_step_that_reads_data(tmp_path):
+    spec, platform = _cluster(tmp_path, data_pvc="imagenet", data_mount="/datasets")
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounted = {n.removeprefix("exec-").removesuffix("-op") for n, ex in k8s.items()
+               if {"constant": "imagenet", "mountPath": "/datasets"}.items() <= (ex.get("pvcMount") or [{}])[0].items()}
+    assert mounted == set(STAGES)  # every stage reads data (the data step its root, the others its output)
+    assert "pvcMount" not in k8s["exec-init-op"]
+    from vitnas.errors import ConfigError
+    from vitnas.pipeline.dag import ClusterOptions
+
+    with pytest.raises(ConfigError, match="--data-pvc 'Data_Set'"):
+        ClusterOptions(data_pvc="Data_Set")
+    with pytest.raises(ConfigError, match="--data-pvc: mount path 'data'"):
+        ClusterOptions(data_pvc="imagenet", data_mount="data")
+
+
 def test_compiled_pipeline_carries_cluster_settings(tmp_path):
     spec, platform = _cluster(tmp_path)
     executors = _executors(spec)
@@ -135,7 +156,9 @@ def test_compiled_pipeline_carries_cluster_settings(tmp_path):
                                          "volumeName": "dshm"}]
     for stage in ("init", "data"):  # CPU steps stay off the GPU nodes
         assert not {"nodeSelector", "tolerations", "emptyDirMounts"} & set(k8s[f"exec-{stage}-op"])
-    assert executors["exec-data-op"]["container"]["resources"]["resourceMemoryRequest"] == "16Gi"
+    # the data step asks for what it needs, the training steps for --cpu/--memory
+    assert executors["exec-data-op"]["container"]["resources"]["resourceMemoryRequest"] == "8Gi"
+    assert executors["exec-supernet-op"]["container"]["resources"]["resourceMemoryRequest"] == "16Gi"
     # torchrun width = the accelerator limit
     tasks = spec["root"]["dag"]["tasks"]
     for stage in ("supernet", "proxy", "search", "slim", "retrain"):

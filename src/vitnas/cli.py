@@ -233,7 +233,12 @@ def check_params(params: Path = ParamsOpt, sets: list[str] | None = SetOpt) -> N
     from vitnas.config import load_params
 
     p = load_params(params, sets or ())
-    if p.data.root and not p.data.download and not Path(p.data.root).exists():
+    from vitnas.data import store
+
+    for key, uri in (("data.root", p.data.root), ("data.shards", p.data.shards)):
+        if store.is_s3(uri):  # the bucket answers with these credentials
+            store.check_bucket(store.S3Uri.parse(uri, key), key)
+    if p.data.root and not store.is_s3(p.data.root) and not p.data.download and not Path(p.data.root).exists():
         raise ConfigError(f"data.root: {p.data.root} does not exist on this machine (the data stage would stop "
                           "there; set data.download: true to fetch a downloadable dataset)")
     for i, t in enumerate(p.transfer.targets):
@@ -458,6 +463,9 @@ MemoryOpt = typer.Option("16Gi", "--memory", help="Memory request of each stage 
 CheckpointPvcOpt = typer.Option(None, "--checkpoint-pvc", help="PersistentVolumeClaim mounted by the supernet, "
                                 "search and retrain pods for their checkpoints, so a retried or preempted pod "
                                 "resumes (default: pod-local, lost with the pod).", rich_help_panel="Cluster")
+DataPvcOpt = typer.Option(None, "--data-pvc", metavar="NAME[:MOUNT]", help="PersistentVolumeClaim holding your "
+                          "datasets, mounted at MOUNT (default /data) in every step that reads data: set data.root "
+                          "to a path under MOUNT.", rich_help_panel="Cluster")
 RetriesOpt = typer.Option(2, "--retries", min=0, help="Retries of a failed or preempted stage pod.",
                           rich_help_panel="Cluster")
 ProxyShardsOpt = typer.Option(1, "--proxy-shards", min=1, help="Fan proxy scoring out to K pods (ParallelFor), "
@@ -472,9 +480,9 @@ CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
 
 def _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
                      shm_size, cpu, memory, cache_supernet, checkpoint_pvc=None, retries=2, proxy_shards=1,
-                     nodes=1):
+                     nodes=1, data_pvc=None):
     """ClusterOptions from the shared compile/submit options; prints what the user should know."""
-    from vitnas.pipeline.dag import ClusterOptions, Toleration, image_reference
+    from vitnas.pipeline.dag import DATA_MOUNT, ClusterOptions, Toleration, image_reference
     from vitnas.pipeline.k8s import check_image, check_tag
 
     if image is not None:
@@ -494,12 +502,14 @@ def _cluster_options(image, image_tag, gpus, accelerator, node_selector, tolerat
     if not (secret or mlflow_uri):
         notes.append("no --secret or --mlflow-uri: stage pods log MLflow runs to a throwaway sqlite file")
     none = ("", "0", "none")
+    pvc_name, _, pvc_mount = (data_pvc or "").partition(":")
+    pvc_name, pvc_mount = pvc_name or None, pvc_mount or DATA_MOUNT
     opts = ClusterOptions(
         image=ref, gpus=gpus, accelerator=accelerator, node_selector=selector,
         tolerations=tuple(Toleration.parse(t) for t in toleration or []), secret=secret, mlflow_uri=mlflow_uri,
         shm_size=None if shm_size in none else shm_size, cpu=None if cpu in none else cpu,
         memory=None if memory in none else memory, cache_supernet=cache_supernet, checkpoint_pvc=checkpoint_pvc,
-        retries=retries, proxy_shards=proxy_shards, nodes=nodes,
+        retries=retries, proxy_shards=proxy_shards, nodes=nodes, data_pvc=pvc_name, data_mount=pvc_mount,
         code_version=ref.rsplit("@" if "@" in ref else ":", 1)[-1])
     for note in notes:  # after every check: a refused command prints its one error line only
         typer.echo(f"warning: {note}", err=True)
@@ -514,7 +524,8 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
                      secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
                      cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
                      checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
-                     proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt) -> None:
+                     proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt,
+                     data_pvc: str | None = DataPvcOpt) -> None:
     """Compile the Kubeflow pipeline to YAML, with params.yaml as the default parameters.
 
     OUT may replace a pipeline vitnas compiled, never another file, the params file or a link."""
@@ -525,7 +536,8 @@ def pipeline_compile(out: Path = typer.Option(Path("vitnas_pipeline.yaml"), "--o
     check_output_file(out, PIPELINE_FILE, inputs=[params])
     p = load_params(params)
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes,
+                            data_pvc)
     compile_pipeline(p, out, opts)
     typer.echo(f"wrote {out} (image {opts.image})")
 
@@ -560,7 +572,8 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
                     secret: str | None = SecretOpt, mlflow_uri: str | None = MlflowUriOpt, shm_size: str = ShmOpt,
                     cpu: str = CpuOpt, memory: str = MemoryOpt, cache_supernet: bool = CacheSupernetOpt,
                     checkpoint_pvc: str | None = CheckpointPvcOpt, retries: int = RetriesOpt,
-                    proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt) -> None:
+                    proxy_shards: int = ProxyShardsOpt, nodes: int = NodesOpt,
+                    data_pvc: str | None = DataPvcOpt) -> None:
     """Compile the pipeline and start a run of it on a Kubeflow Pipelines cluster."""
     import tempfile
     import time
@@ -570,7 +583,8 @@ def pipeline_submit(host: str = typer.Option(..., "--host", envvar="KFP_HOST",
 
     p = load_params(params)
     opts = _cluster_options(image, image_tag, gpus, accelerator, node_selector, toleration, secret, mlflow_uri,
-                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes)
+                            shm_size, cpu, memory, cache_supernet, checkpoint_pvc, retries, proxy_shards, nodes,
+                            data_pvc)
     run_name = run_name or time.strftime("vitnas-%Y%m%d-%H%M%S", time.gmtime())
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(p, Path(tmp) / "vitnas_pipeline.yaml", opts)

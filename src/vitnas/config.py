@@ -89,6 +89,12 @@ class DataConfig(_Section):
     max_train_images: PosInt | None = None  # at most this many train images (seeded, stratified subset); null: all
     seed: Seed = 0
     augment: AugmentConfig = AugmentConfig()
+    # Shards (vitnas.data.shards): null (arrays / file lists as today), "out" (tar shards inside the
+    # stage's output) or an s3:// prefix (the output keeps the manifest and index only).
+    shards: str | None = None
+    store_size: Annotated[int, Field(ge=8, le=4096)] | None = None  # pre-resize file images (shorter side)
+    shard_size: Annotated[int, Field(gt=0, le=1_000_000)] = 1000  # images per shard
+    skip_bad_images: bool = False  # leave corrupt or non-image files out (counted) instead of stopping
 
 
 class SpaceConfig(_Section):
@@ -352,6 +358,18 @@ def _check(p: Params) -> None:
         raise ConfigError(f"data.root: required for dataset '{d.dataset}'"
                           + (f" (or apt-get install dataset-{d.dataset}, which installs it in {DEBIAN_ROOT[d.dataset]})"
                              if d.dataset in DEBIAN_ROOT else ""))
+    if d.root is not None and d.root.startswith("s3://"):
+        bucket = d.root[5:].split("/", 1)[0]
+        if not bucket or any(c.isspace() for c in d.root):
+            raise ConfigError(f"data.root: {d.root!r} is not an s3://bucket/prefix URI")
+        if d.download:
+            raise ConfigError("data.download: not with an s3:// data.root (the data is read from the bucket)")
+    if d.shards is not None and d.shards != "out" and not (d.shards.startswith("s3://") and len(d.shards) > 5
+                                                              and not any(c.isspace() for c in d.shards)):
+        raise ConfigError(f"data.shards: expected null, 'out' or an s3://bucket/prefix URI, got {d.shards!r}")
+    if d.store_size is not None and d.shards is None and not (d.dataset == "imagefolder" and d.root
+                                                              and d.root.startswith("s3://")):
+        raise ConfigError("data.store_size: only used with data.shards (images are pre-resized into the shards)")
     if d.val_fraction + d.test_fraction >= 1:
         raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
     if d.augment.scale[0] > d.augment.scale[1]:

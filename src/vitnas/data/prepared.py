@@ -6,10 +6,12 @@ lists relative to the recorded root. Every later stage reads data only through `
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitnas.data import shards as shards_mod
+from vitnas.data import store
 from vitnas.data.sources import RawDataset, RawPart
 from vitnas.data.transforms import eval_transform, train_transform
-from vitnas.errors import ArtifactError
+from vitnas.errors import ArtifactError, DataError
 from vitnas.space.arch import LIMITS
 
 SPLITS = ("train", "val", "test")
@@ -42,22 +46,40 @@ def _channel_stats(images: np.ndarray | None, in_chans: int) -> tuple[list[float
     return [round(float(v), 6) for v in x.mean(0)], [round(float(v), 6) for v in x.std(0) + 1e-6]
 
 
+@dataclass(frozen=True)
+class ShardOptions:
+    """How the data stage shards the splits (`vitnas.data.shards`): `location` is "shards" (inside
+    the output) or an s3:// prefix; `store_size` pre-resizes file images (None: original bytes)."""
+
+    location: str = shards_mod.LOCAL_DIR
+    store_size: int | None = None
+    shard_size: int = 1000
+    skip_bad: bool = False
+    threads: int = 16
+
+
 def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path, *, img_size: int,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write the split files and `dataset.json` into `out` (an empty directory)."""
+                   extra: Mapping[str, Any] | None = None, shards: ShardOptions | None = None) -> dict[str, Any]:
+    """Write the split files and `dataset.json` into `out` (an empty directory); with `shards`, the
+    splits as tar shards plus their index and manifest instead."""
     parts: dict[str, RawPart] = {}
     for name in SPLITS:
         if name == "test" and "test" not in splits:
             parts[name] = raw.test  # the dataset's official test set
         else:
             parts[name] = _take(raw.train, splits[name])
-    for name, part in parts.items():
-        arrays = {"labels": part.labels}
-        if part.images is not None:
-            arrays["images"] = part.images
-        else:
-            arrays["paths"] = part.paths
-        np.savez(out / f"{name}.npz", **arrays)
+    skipped = 0
+    if shards is not None:
+        counts, skipped = _write_shards(raw, parts, out, shards)
+    else:
+        for name, part in parts.items():
+            arrays = {"labels": part.labels}
+            if part.images is not None:
+                arrays["images"] = part.images
+            else:
+                arrays["paths"] = part.paths
+            np.savez(out / f"{name}.npz", **arrays)
+        counts = {name: len(parts[name]) for name in SPLITS}
     mean, std = _channel_stats(parts["train"].images, raw.in_chans)
     meta = {
         "format": FORMAT,
@@ -66,22 +88,123 @@ def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path,
         "classes": raw.classes,
         "img_size": img_size,
         "in_chans": raw.in_chans,
-        "storage": "arrays" if raw.train.images is not None else "files",
+        "storage": "shards" if shards is not None else "arrays" if raw.train.images is not None else "files",
         "root": raw.root,
         "mean": mean,
         "std": std,
-        "splits": {name: len(parts[name]) for name in SPLITS},
+        "splits": counts,
+        **({"skipped_bad_images": skipped} if shards is not None and shards.skip_bad else {}),
         **dict(extra or {}),
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
+def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts: ShardOptions
+                  ) -> tuple[dict[str, int], int]:
+    """Every split as shards (into `out/shards/`, or uploaded to an s3:// prefix), each split's
+    index as `<split>.npz` and the manifest; returns (split counts, images skipped as bad)."""
+    import shutil
+    import tempfile
+
+    remote = store.is_s3(opts.location)
+    if remote:
+        _check_shard_prefix(opts.location)
+    folder = Path(tempfile.mkdtemp(prefix=".shards-", dir=out)) if remote else out / shards_mod.LOCAL_DIR
+    folder.mkdir(exist_ok=True)
+    entries: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    bad = [0]
+    try:
+        for name in SPLITS:
+            index, split_entries = shards_mod.write_split(name, _samples(raw, parts[name], opts, bad), folder,
+                                                          opts.shard_size)
+            np.savez(out / f"{name}.npz", **index)
+            counts[name] = len(index["labels"])
+            if remote:
+                shards_mod.upload_shards(folder, split_entries, opts.location)
+                for e in split_entries:
+                    (folder / e["name"]).unlink()
+            entries += split_entries
+    finally:
+        if remote:
+            shutil.rmtree(folder, ignore_errors=True)
+    manifest = shards_mod.write_manifest(out, opts.location if remote else shards_mod.LOCAL_DIR, entries,
+                                         raw.classes, opts.store_size)
+    if remote:  # beside the shards too: it marks the prefix as vitnas's for the next run
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / shards_mod.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            store.upload(Path(tmp) / shards_mod.MANIFEST,
+                         store.S3Uri.parse(opts.location, "data.shards").join(shards_mod.MANIFEST))
+    return counts, bad[0]
+
+
+def _check_shard_prefix(location: str) -> None:
+    """An s3:// shard prefix must be empty or hold only an earlier vitnas manifest and its shards:
+    vitnas never replaces objects it did not write."""
+    uri = store.S3Uri.parse(location, "data.shards")
+    store.check_bucket(uri, "data.shards")
+    keys = {k for k, _ in store.list_objects(uri, "data.shards")}
+    if not keys:
+        return
+    ours: set[str] = set()
+    if shards_mod.MANIFEST in keys:
+        try:
+            m = json.loads(store.get_bytes(uri.join(shards_mod.MANIFEST), "data.shards"))
+            if isinstance(m, dict) and m.get("format") == shards_mod.FORMAT:
+                ours = {shards_mod.MANIFEST} | {e.get("name") for e in m.get("shards", []) if isinstance(e, dict)}
+        except ValueError:
+            pass
+    foreign = sorted(keys - ours)
+    if foreign:
+        raise DataError(f"data.shards: {location}: holds objects vitnas did not write ({foreign[0]}"
+                        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give an empty prefix")
+
+
+def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int]):
+    """The split's images as shard samples, in order; files are fetched and checked by a thread pool
+    (S3 reads and decoding overlap), `bad[0]` counts the ones skipped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vitnas.data.images import BadImage, encode_array, encode_file
+    from vitnas.data.shards import Sample
+    from vitnas.data.sources import read_file
+
+    if part.images is not None:
+        for img, label in zip(part.images, part.labels, strict=True):
+            yield Sample(encode_array(img), "png", int(label))
+        return
+
+    def load(i: int):
+        rel = str(part.paths[i])
+        try:
+            return encode_file(read_file(raw.root, rel), rel, raw.in_chans, opts.store_size)
+        except BadImage as e:
+            if opts.skip_bad:
+                return None
+            raise DataError(f"data.root: {raw.root}/{rel}: {e} (set data.skip_bad_images: true to leave such "
+                            "files out)") from None
+        except OSError as e:
+            raise DataError(f"data.root: {raw.root}/{rel}: cannot read ({e.strerror or type(e).__name__})") from None
+
+    chunk = 1024
+    with ThreadPoolExecutor(opts.threads) as pool:
+        for start in range(0, len(part), chunk):
+            idx = range(start, min(start + chunk, len(part)))
+            for i, got in zip(idx, pool.map(load, idx), strict=True):
+                if got is None:
+                    bad[0] += 1
+                    continue
+                yield Sample(got[0], got[1], int(part.labels[i]))
+
+
 class SplitDataset(Dataset):
     """One split as (image tensor, label), with the given transform."""
 
-    def __init__(self, part: RawPart, root: str | None, in_chans: int, transform) -> None:
+    def __init__(self, part: RawPart, root: str | None, in_chans: int, transform,
+                 reader: shards_mod.ShardReader | None = None) -> None:
         self.part, self.root, self.in_chans, self.transform = part, root, in_chans, transform
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.part)
@@ -90,6 +213,16 @@ class SplitDataset(Dataset):
         if self.part.images is not None:
             a = self.part.images[i]
             return Image.fromarray(a[..., 0], mode="L") if self.in_chans == 1 else Image.fromarray(a)
+        if self.reader is not None:
+            ix = self.part.index
+            data = self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i]))
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("L" if self.in_chans == 1 else "RGB")
+        if store.is_s3(self.root):
+            from vitnas.data.sources import read_file
+
+            with Image.open(io.BytesIO(read_file(self.root, str(self.part.paths[i])))) as im:
+                return im.convert("L" if self.in_chans == 1 else "RGB")
         with Image.open(Path(self.root) / str(self.part.paths[i])) as im:
             return im.convert("L" if self.in_chans == 1 else "RGB")
 
@@ -148,6 +281,7 @@ class PreparedData:
             raise ArtifactError(f"{meta_file}: not a vitnas dataset description (format != {FORMAT})")
         _check_meta(self.meta, meta_file)
         self._parts: dict[str, RawPart] = {}
+        self._manifest: dict[str, Any] | None = None
         self._eval_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     num_classes = property(lambda self: int(self.meta["num_classes"]))
@@ -163,7 +297,8 @@ class PreparedData:
             try:
                 with np.load(f, allow_pickle=False) as z:
                     part = RawPart(labels=z["labels"], images=z["images"] if "images" in z else None,
-                                   paths=z["paths"] if "paths" in z else None)
+                                   paths=z["paths"] if "paths" in z else None,
+                                   index={k: z[k] for k in ("shard", "offset", "size")} if "shard" in z else None)
             except FileNotFoundError:
                 raise ArtifactError(f"{f}: not found (re-run `vitnas data`)") from None
             except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
@@ -188,6 +323,12 @@ class PreparedData:
             if im.dtype != np.uint8 or im.ndim != 4 or im.shape[0] != len(labels) or im.shape[3] != self.in_chans:
                 raise ArtifactError(f"{f}: images must be uint8 [N, H, W, {self.in_chans}], got {im.dtype} "
                                     f"{list(im.shape)}")
+        elif part.index is not None:
+            if self.meta.get("storage") != "shards":
+                raise ArtifactError(f"{f}: a shard index, but dataset.json's storage is not 'shards'")
+            split = f.stem
+            entries = [e for e in self.manifest()["shards"] if e["split"] == split]
+            shards_mod.check_index({"labels": labels, **part.index}, entries, f)
         elif part.paths is not None:
             if self.meta.get("root") is None or part.paths.dtype.kind != "U" or len(part.paths) != len(labels):
                 raise ArtifactError(f"{f}: file lists need string paths and dataset.json 'root'")
@@ -207,7 +348,15 @@ class PreparedData:
         aug = dict(augment or {})
         tf = train_transform(size, self.in_chans, mean, std, aug) if train else \
             eval_transform(size, self.in_chans, mean, std, aug.get("interpolation", "bilinear"))
-        return SplitDataset(self.part(split), self.meta.get("root"), self.in_chans, tf)
+        part = self.part(split)
+        reader = shards_mod.ShardReader(self.path, split, self.manifest()) if part.index is not None else None
+        return SplitDataset(part, self.meta.get("root"), self.in_chans, tf, reader)
+
+    def manifest(self) -> dict[str, Any]:
+        """The shard manifest (`shards.json`) of a sharded dataset."""
+        if self._manifest is None:
+            self._manifest = shards_mod.read_manifest(self.path)
+        return self._manifest
 
     def eval_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split, eval-transformed, as (images, labels) tensors: for fast repeated eval

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitnas.data import store
 from vitnas.data.mnist import NAMES as MNIST_FORMAT
 from vitnas.errors import DataError
 
@@ -22,6 +23,7 @@ class RawPart:
     labels: np.ndarray  # int64 [N]
     images: np.ndarray | None = None  # uint8 [N, H, W, C]
     paths: np.ndarray | None = None  # str [N], relative to RawDataset.root
+    index: dict[str, np.ndarray] | None = None  # prepared shards only: shard, offset, size [N]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -93,15 +95,28 @@ def load_mnist_format(name: str, root: str | None, download: bool = False) -> Ra
                       test=RawPart(labels=test_y, images=test_x))
 
 
+def _split_folders(names: set[str]) -> tuple[str | None, str | None]:
+    """(train folder, held-out folder) of a class-per-folder tree: `train/` with `test/` (or, in the
+    ImageNet layout, `val/`: its labelled val set serves as the official test split), or the root
+    itself with none."""
+    if "train" not in names:
+        return None, None
+    return "train", "test" if "test" in names else "val" if "val" in names else None
+
+
 def load_imagefolder(root: str) -> RawDataset:
-    """A class-per-folder tree; ``root/train`` (+ ``root/test``) when present, else ``root`` itself."""
+    """A class-per-folder tree, local or under an `s3://` prefix: `root/train/<class>/*` (+ `root/test`
+    or, as ImageNet has it, `root/val`, used as the official test split), else `root/<class>/*`."""
+    if store.is_s3(root):
+        return _s3_imagefolder(root)
     from torchvision.datasets import ImageFolder
 
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"data.root: image folder {base} does not exist")
-    train_dir = base / "train" if (base / "train").is_dir() else base
-    test_dir = base / "test" if (base / "test").is_dir() else None
+    train_name, test_name = _split_folders({d.name for d in base.iterdir() if d.is_dir()})
+    train_dir = base / train_name if train_name else base
+    test_dir = base / test_name if test_name else None
 
     def index(d: Path, classes: list[str] | None = None) -> tuple[list[str], RawPart]:
         try:
@@ -119,13 +134,99 @@ def load_imagefolder(root: str) -> RawDataset:
                       root=str(base.resolve()))
 
 
+def _s3_imagefolder(root: str) -> RawDataset:
+    """The same tree under an S3 prefix, indexed by listing (nothing is downloaded here)."""
+    from vitnas.data.images import is_image_name
+
+    uri = store.S3Uri.parse(root)
+    store.check_bucket(uri, "data.root")
+    files: dict[str, list[str]] = {}  # "<top>/<class>" or "<class>" -> relative keys
+    empty: set[str] = set()
+    tops: set[str] = set()
+    for key, size in store.list_objects(uri):
+        parts = key.split("/")
+        if key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+            raise DataError(f"data.root: {root}/{key}: the key leaves the dataset root ('.', '..' or an empty part)")
+        if key.endswith("/"):  # a "folder" marker object
+            if size == 0 and len(parts) >= 2:
+                empty.add("/".join(parts[:-1]))
+            continue
+        if parts[-1].startswith("."):  # .DS_Store and the like
+            continue
+        if len(parts) < 2:
+            continue  # a file beside the class folders (a README, a licence)
+        tops.add(parts[0])
+        files.setdefault("/".join(parts[:-1]), []).append(key)
+    if not files:
+        raise DataError(f"data.root: {root}: no class folders with images (expected CLASS/IMAGE or "
+                        "train/CLASS/IMAGE objects)")
+    train_name, test_name = _split_folders(tops)
+
+    def index(top: str | None) -> tuple[list[str], RawPart]:
+        prefix = f"{top}/" if top else ""
+        folders = {f[len(prefix):]: keys for f, keys in files.items() if f.startswith(prefix) and
+                   "/" not in f[len(prefix):]}
+        nested = [f for f in files if f.startswith(prefix) and "/" in f[len(prefix):]]
+        if nested:
+            raise DataError(f"data.root: {root}/{nested[0]}: nested folders inside a class folder")
+        classes = sorted(folders)
+        for e in sorted(empty):
+            if e.startswith(prefix) and "/" not in e[len(prefix):] and e[len(prefix):] not in folders:
+                raise DataError(f"data.root: {root}/{e}: empty class folder")
+        paths, labels = [], []
+        for c, name in enumerate(classes):
+            for key in sorted(folders[name]):
+                if not is_image_name(key):
+                    raise DataError(f"data.root: {root}/{key}: not an image file (extensions: .jpg, .jpeg, .png, "
+                                    ".ppm, .bmp, .pgm, .tif, .tiff, .webp)")
+                paths.append(key)
+                labels.append(c)
+        return classes, RawPart(labels=np.asarray(labels, dtype=np.int64), paths=np.asarray(paths))
+
+    classes, train = index(train_name)
+    test = None
+    if test_name:
+        test_classes, test = index(test_name)
+        if test_classes != classes:
+            raise DataError(f"data.root: {root}/{test_name} has classes {test_classes[:5]}..., train has "
+                            f"{classes[:5]}...")
+    return RawDataset(name="imagefolder", classes=classes, in_chans=3, train=train, test=test, root=str(uri))
+
+
+def read_file(root: str, rel: str) -> bytes:
+    """The bytes of file `rel` of a dataset rooted at `root` (a local directory or an s3:// prefix)."""
+    if store.is_s3(root):
+        return store.get_bytes(store.S3Uri.parse(root).join(rel))
+    return (Path(root) / rel).read_bytes()
+
+
+def _s3_files(root: str, tmp: Path) -> str:
+    """Copy the objects under an s3:// root into `tmp` (CIFAR and MNIST-format files: a few files of
+    at most a few hundred MB) and return the local root."""
+    uri = store.S3Uri.parse(root)
+    store.check_bucket(uri, "data.root")
+    for key, _ in store.list_objects(uri):
+        parts = key.split("/")
+        if key.endswith("/") or any(p in ("", ".", "..") for p in parts):
+            continue
+        dest = tmp.joinpath(*parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        store.download(uri.join(key), dest)
+    return str(tmp)
+
+
 def load_source(dataset: str, root: str | None = None, download: bool = False) -> RawDataset:
     if dataset == "digits":
         return load_digits()
-    if dataset in ("cifar10", "cifar100"):
-        return load_cifar(dataset, root or "", download)
     if dataset == "imagefolder":
         return load_imagefolder(root or "")
+    if store.is_s3(root) and dataset in ("cifar10", "cifar100", *MNIST_FORMAT):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vitnas-data-") as tmp:
+            return load_source(dataset, _s3_files(root, Path(tmp)), download=False)  # arrays: read into memory
+    if dataset in ("cifar10", "cifar100"):
+        return load_cifar(dataset, root or "", download)
     if dataset in MNIST_FORMAT:
         return load_mnist_format(dataset, root, download)
     raise DataError(f"data.dataset: unknown dataset '{dataset}'")

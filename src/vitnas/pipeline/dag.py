@@ -4,9 +4,10 @@
                  \\-> proxy -----/
                     (or ParallelFor k < K: proxy shard k -> proxy merge, with `proxy_shards` K)
 
-Parameters: every non-nullable scalar key of params.yaml is a typed pipeline parameter
-(`supernet_epochs: int`), the rest travels as JSON in `params_json` (KFP parameters cannot hold
-null); defaults are the params.yaml given at compile time. The `init` step merges and validates
+Parameters: every non-nullable scalar key and every nullable text key of params.yaml is a typed
+pipeline parameter (`supernet_epochs: int`, `data_root: str` with "" for null); the rest travels as
+JSON in `params_json` (KFP parameters cannot hold null); defaults are the params.yaml given at
+compile time. The `init` step merges and validates
 them and opens the MLflow parent run of this pipeline run.
 
 Cluster settings (image, GPUs, node selector, tolerations, /dev/shm, secret) are fixed at compile
@@ -74,7 +75,14 @@ CHECKPOINT_MOUNT = "/vitnas-checkpoints"
 # MLFLOW_TRACKING_URI (unless given with --mlflow-uri), so a wrong secret name fails at pod start.
 SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-               "MLFLOW_S3_ENDPOINT_URL")
+               "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+# Steps that may read the dataset root (the data step always; the others when data.root holds
+# image files that were indexed, not sharded): a --data-pvc is mounted into each.
+DATA_STAGES = ("data", "supernet", "proxy", "proxy-merge", "search", "slim", "retrain", "transfer")
+DATA_MOUNT = "/data"
+# Steps that need little: CPU and memory requests of their own, not the training steps' --cpu/--memory.
+LIGHT_STAGES = {"init": ("500m", "1Gi"), "proxy-plan": ("500m", "1Gi"), "proxy-merge": ("1", "2Gi"),
+                "data": ("2", "8Gi")}
 
 
 class Outputs(NamedTuple):
@@ -141,6 +149,8 @@ class ClusterOptions:
     retries: int = 2  # retries of a failed or preempted stage pod (it resumes from its checkpoints)
     proxy_shards: int = 1  # > 1: proxy scoring fanned out to this many pods (ParallelFor) and merged
     nodes: int = 1  # > 1: supernet and retrain run as TrainJobs of this many nodes x `gpus` (needs checkpoint_pvc)
+    data_pvc: str | None = None  # PersistentVolumeClaim holding datasets, mounted at `data_mount` in DATA_STAGES
+    data_mount: str = DATA_MOUNT
 
     def __post_init__(self) -> None:
         """Every setting checked as Kubernetes would check it, before any compile work."""
@@ -150,7 +160,8 @@ class ClusterOptions:
         for key, value in self.node_selector.items():
             check_label_key("--node-selector", key)
             check_label_value("--node-selector", value)
-        for name, flag in ((self.secret, "--secret"), (self.checkpoint_pvc, "--checkpoint-pvc")):
+        for name, flag in ((self.secret, "--secret"), (self.checkpoint_pvc, "--checkpoint-pvc"),
+                           (self.data_pvc, "--data-pvc")):
             if name is not None:
                 check_dns_subdomain(flag, name)
         if self.mlflow_uri is not None and (not self.mlflow_uri.isprintable() or any(
@@ -159,6 +170,9 @@ class ClusterOptions:
         for value, flag in ((self.shm_size, "--shm-size"), (self.cpu, "--cpu"), (self.memory, "--memory")):
             if value is not None:
                 check_quantity(flag, value)
+        if not self.data_mount.startswith("/") or self.data_mount == "/" or not self.data_mount.isprintable() \
+                or any(c.isspace() for c in self.data_mount) or ".." in self.data_mount.split("/"):
+            raise ConfigError(f"--data-pvc: mount path {self.data_mount!r} must be an absolute path other than /")
         check_count("--retries", self.retries, 0)
         check_count("--proxy-shards", self.proxy_shards, 1)
         check_count("--nodes", self.nodes, 1)
@@ -280,10 +294,13 @@ def _kubernetes(task, stage: str, opts: ClusterOptions) -> None:
     if stage == "init":
         task.set_cpu_request("500m").set_memory_request("1Gi")
         return
-    if opts.cpu:
-        task.set_cpu_request(opts.cpu)
-    if opts.memory:
-        task.set_memory_request(opts.memory)
+    cpu, memory = LIGHT_STAGES.get(stage, (opts.cpu, opts.memory))
+    if cpu and opts.cpu:
+        task.set_cpu_request(cpu)
+    if memory and opts.memory:
+        task.set_memory_request(memory)
+    if opts.data_pvc and stage in DATA_STAGES:
+        kubernetes.mount_pvc(task, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
     if opts.checkpoint_pvc and stage in CHECKPOINT_STAGES:
         kubernetes.mount_pvc(task, pvc_name=opts.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
     if stage not in GPU_STAGES or (opts.nodes > 1 and stage in MULTINODE_STAGES):  # a TrainJob does the work

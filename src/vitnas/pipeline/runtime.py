@@ -1,8 +1,11 @@
 """What component bodies call inside the stage containers (and kfp.local's subprocesses).
 
 - Typed pipeline parameters: every non-nullable scalar key of params.yaml (`supernet.epochs` ->
-  `supernet_epochs: int`) is its own pipeline parameter, so the KFP UI shows and type-checks it;
-  everything else (lists, nullable keys, transfer targets) travels in `params_json`. The first
+  `supernet_epochs: int`) and every nullable text key (`data.root` -> `data_root: str`, empty for
+  null) is its own pipeline parameter, so the KFP UI shows and type-checks it; the rest (lists,
+  nullable numbers, transfer targets) travels in `params_json`. (KFP parameters cannot hold null,
+  and kfp.local cannot run an optional parameter without a default: text has "" to stand for null,
+  numbers have nothing.) The first
   pipeline step merges both and validates them with `vitnas.config` before any GPU pod starts.
 - `run_stage`: calls `vitnas.stages.<stage>.run(...)` in this process, or under
   `torchrun --standalone --nproc_per_node N` when a training stage has several GPUs.
@@ -39,15 +42,27 @@ class TypedParam:
     name: str  # pipeline parameter: supernet_epochs
     key: str  # params.yaml key: supernet.epochs
     type: type  # bool | int | float | str
+    nullable: bool = False  # a nullable text key: the empty string stands for null
 
 
-def _scalar_type(annotation: Any) -> type | None:
-    """bool/int/float/str for a non-nullable scalar field (Literal of strings -> str), else None."""
+def _scalar_type(annotation: Any) -> tuple[type, bool] | None:
+    """(bool/int/float/str, nullable) for a scalar field (Literal of strings -> str; `str | None` ->
+    nullable str), else None."""
+    import types
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(annotation)) == 2:
+            inner = _scalar_type(args[0])
+            return (str, True) if inner is not None and inner[0] is str else None
+        return None
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _scalar_type(typing.get_args(annotation)[0])
     if annotation in (bool, int, float, str):
-        return annotation
+        return annotation, False
     if typing.get_origin(annotation) is typing.Literal:
         values = typing.get_args(annotation)
-        return str if all(isinstance(v, str) for v in values) else None
+        return (str, False) if all(isinstance(v, str) for v in values) else None
     return None
 
 
@@ -60,7 +75,7 @@ def typed_params(model: type[BaseModel] = Params, prefix: str = "") -> list[Type
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(typed_params(ann, f"{key}."))
         elif (t := _scalar_type(ann)) is not None:
-            out.append(TypedParam(key.replace(".", "_"), key, t))
+            out.append(TypedParam(key.replace(".", "_"), key, *t))
     return out
 
 
@@ -73,7 +88,8 @@ def split_params(params: Params) -> tuple[dict[str, Any], str]:
         node = rest
         for k in parents:
             node = node[k]
-        typed[p.name] = p.type(node.pop(leaf))
+        value = node.pop(leaf)
+        typed[p.name] = "" if value is None and p.nullable else p.type(value)
     return typed, json.dumps(_prune(rest), sort_keys=True)
 
 
@@ -117,6 +133,8 @@ def merge_params(params_json: str, typed: Mapping[str, Any]) -> Params:
 
 def _coerce(p: TypedParam, value: Any) -> Any:
     """KFP hands over JSON numbers (an int may arrive as 3.0); keep the declared type."""
+    if value is None or (p.nullable and value == ""):
+        return None  # validation says whether the key may be null; an empty optional string is null
     if p.type is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if p.type is float and isinstance(value, int) and not isinstance(value, bool):

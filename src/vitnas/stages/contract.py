@@ -65,7 +65,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "vitnas data --out artifacts/data",
           inputs={}, params=("data", "transfer.targets"),
           outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json"),
-          code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py")),
+          code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py"),
+          extra_outputs=("shards", "shards.json")),
     Stage("supernet", "vitnas supernet --data artifacts/data --out artifacts/supernet "
           "--checkpoints artifacts/checkpoints/supernet --resume",
           inputs={"data": _DATA_SPLITS}, params=("space", "supernet", "data.img_size", "data.augment"),

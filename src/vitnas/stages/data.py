@@ -52,8 +52,27 @@ def run(params: Params, out: str | Path, *, track: bool | None = None, force: bo
     """Write `out/` = {train,val,test}.npz + dataset.json + metrics.json (+ `transfer/<name>/` for
     the digits-* transfer targets listed in params); returns the metrics. `force`: replace `out`
     even when vitnas did not write it (a directory only)."""
-    with claim_output(out, "data", force=force, inputs=[params.data.root]):
+    from vitnas.data import store
+
+    root = params.data.root
+    with claim_output(out, "data", force=force, inputs=[None if store.is_s3(root) else root]):
         return _run(params, out, track=track)
+
+
+def shard_options(params: Params):
+    """The data stage's sharding (None: arrays or file lists). An image folder in S3 is always
+    sharded (into the output unless `data.shards` names an s3:// prefix): later stages and pods
+    then need no access to the bucket it came from."""
+    from vitnas.data import store
+    from vitnas.data.prepared import ShardOptions
+    from vitnas.data.shards import LOCAL_DIR
+
+    cfg = params.data
+    where = cfg.shards or ("out" if cfg.dataset == "imagefolder" and store.is_s3(cfg.root) else None)
+    if where is None:
+        return None
+    return ShardOptions(location=LOCAL_DIR if where == "out" else where, store_size=cfg.store_size,
+                        shard_size=cfg.shard_size, skip_bad=cfg.skip_bad_images)
 
 
 def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, float]:
@@ -66,12 +85,13 @@ def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, fl
     with tracking.stage_run("data", params=logged_params(params, "data"), pipeline_params=params.flat(),
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         with atomic_dir(out, "data") as tmp:
-            meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size,
+            meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size, shards=shard_options(params),
                                   extra={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
                                          "test_source": "official" if raw.test is not None else "carved"})
             metrics = flat_metrics({
                 "num_classes": meta["num_classes"],
                 **{f"{s}_count": n for s, n in meta["splits"].items()},
+                **({"skipped_bad_images": meta["skipped_bad_images"]} if "skipped_bad_images" in meta else {}),
                 **write_transfer_targets(params, raw, splits, tmp),
             })
             write_json(tmp / "metrics.json", metrics)

@@ -1,0 +1,237 @@
+"""Prepared splits as WebDataset-format tar shards, read back by random access.
+
+Writing: each sample is two tar members sharing a key, `<key>.<ext>` (the image: the original
+encoded bytes, or PNG of the array / of the image pre-resized to `store_size`) and `<key>.cls` (the
+label as text), in shards of `shard_size` samples (`train-000000.tar`, ...): the layout that
+`webdataset`, timm's `wds/` reader and the wider PyTorch ecosystem read as they are. A manifest
+(`shards.json`) lists every shard with its split, sample count, size and sha256; each split's index
+(`<split>.npz`: label, shard, byte offset and size of each image) sits beside it.
+
+Reading: vitnas does not stream the shards through a shuffle buffer: it reads each image by its
+offset (`ShardReader.read`), so a shard split behaves exactly like an in-memory split (the same
+sampler, seeded order, rank split and bit-exact resume; any world size). Shards on S3 are fetched
+whole, once per machine, into a local cache (`VITNAS_SHARD_CACHE`, default under the temp dir) and
+checked against the manifest's digest before use; local shards are checked on first open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitnas.data import store
+from vitnas.errors import ArtifactError, DataError
+
+MANIFEST = "shards.json"
+FORMAT = "vitnas-shards/1"
+LOCAL_DIR = "shards"
+CACHE_ENV = "VITNAS_SHARD_CACHE"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Sample:
+    """One image to shard: its encoded bytes, file extension and label."""
+
+    data: bytes
+    ext: str
+    label: int
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Add a member; returns the byte offset of its data in the tar file (one 512-byte USTAR header
+    block before it: names stay under 100 characters)."""
+    assert len(name) < 100, name
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible shards: the same data gives the same bytes (and digest)
+    info.mode = 0o644
+    start = tar.offset
+    tar.addfile(info, io.BytesIO(data))
+    return start + tarfile.BLOCKSIZE
+
+
+def write_split(split: str, samples: Iterable[Sample], folder: Path, shard_size: int
+                ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Write `samples` as `folder/<split>-NNNNNN.tar`; returns (the split's index arrays: labels,
+    shard, offset, size; the shards' manifest entries). Shard numbers in the index are positions in
+    this split's list of shards."""
+    labels, shard_of, offsets, sizes = [], [], [], []
+    entries: list[dict[str, Any]] = []
+    tar = None
+    count = 0
+
+    def close() -> None:
+        nonlocal tar
+        if tar is not None:
+            tar.close()
+            path = folder / entries[-1]["name"]
+            entries[-1].update(bytes=path.stat().st_size, sha256=sha256_file(path), count=count)
+            tar = None
+
+    for i, s in enumerate(samples):
+        if tar is None:
+            name = f"{split}-{len(entries):06d}.tar"
+            tar = tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT)
+            entries.append({"name": name, "split": split})
+            count = 0
+        key = f"{split}-{i:09d}"
+        offsets.append(_member(tar, f"{key}.{s.ext}", s.data))
+        _member(tar, f"{key}.cls", str(s.label).encode())
+        labels.append(s.label)
+        sizes.append(len(s.data))
+        shard_of.append(len(entries) - 1)
+        count += 1
+        if count == shard_size:
+            close()
+    close()
+    index = {"labels": np.asarray(labels, dtype=np.int64), "shard": np.asarray(shard_of, dtype=np.int32),
+             "offset": np.asarray(offsets, dtype=np.int64), "size": np.asarray(sizes, dtype=np.int64)}
+    return index, entries
+
+
+def write_manifest(out: Path, location: str, entries: Sequence[Mapping[str, Any]], classes: Sequence[str],
+                   store_size: int | None) -> dict[str, Any]:
+    manifest = {"format": FORMAT, "location": location, "classes": list(classes), "store_size": store_size,
+                "shards": [dict(e) for e in entries]}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / MANIFEST
+    try:
+        m = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found (the data stage writes it with its shards)") from None
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise ArtifactError(f"{path}: corrupt ({type(e).__name__})") from None
+    ok = isinstance(m, dict) and m.get("format") == FORMAT and isinstance(m.get("location"), str) \
+        and isinstance(m.get("shards"), list)
+    if ok:
+        for e in m["shards"]:
+            ok = ok and isinstance(e, dict) and isinstance(e.get("name"), str) and "/" not in e["name"] \
+                and e["name"] not in ("", ".", "..") and isinstance(e.get("sha256"), str) \
+                and isinstance(e.get("bytes"), int) and isinstance(e.get("split"), str)
+    if not ok:
+        raise ArtifactError(f"{path}: not a vitnas shard manifest")
+    return m
+
+
+class ShardReader:
+    """Random access to the images of one split's shards (local, or S3 through a verified cache).
+    Safe in DataLoader workers: file handles are opened per process."""
+
+    def __init__(self, data_dir: Path, split: str, manifest: Mapping[str, Any] | None = None) -> None:
+        self.data_dir = data_dir
+        self.manifest = dict(manifest or read_manifest(data_dir))
+        self.entries = [e for e in self.manifest["shards"] if e["split"] == split]
+        self._files: dict[int, Any] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"], state["_lock"] = {}, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def path(self, k: int) -> Path:
+        """The local, digest-checked file of shard `k` (fetched into the cache first when on S3)."""
+        e = self.entries[k]
+        location = self.manifest["location"]
+        if store.is_s3(location):
+            cache = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "vitnas-shards")
+            local = cache / e["sha256"][:2] / f"{e['sha256']}.tar"
+            if not local.is_file():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.part")
+                uri = store.S3Uri.parse(location, "data.shards").join(e["name"])
+                store.download(uri, tmp, "data.shards")
+                self._verify(tmp, e, str(uri))
+                os.replace(tmp, local)
+            return local
+        if location != LOCAL_DIR:
+            raise ArtifactError(f"{self.data_dir / MANIFEST}: location {location!r} is neither {LOCAL_DIR!r} nor "
+                                "an s3:// URI")
+        local = self.data_dir / LOCAL_DIR / e["name"]
+        if not local.is_file():
+            raise ArtifactError(f"{local}: shard not found (re-run `vitnas data`)")
+        self._verify(local, e, str(local))
+        return local
+
+    @staticmethod
+    def _verify(path: Path, entry: Mapping[str, Any], where: str) -> None:
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            if path.name.endswith(".part"):
+                path.unlink(missing_ok=True)
+            raise ArtifactError(f"{where}: shard does not match its digest in {MANIFEST} (changed or truncated); "
+                                "re-run `vitnas data`")
+
+    def read(self, k: int, offset: int, size: int) -> bytes:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: its own handles
+            self._files, self._pid = {}, os.getpid()
+        with self._lock:
+            f = self._files.get(k)
+            if f is None:
+                f = self._files[k] = open(self.path(k), "rb")  # noqa: SIM115 (kept open: random access)
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise ArtifactError(f"shard {self.entries[k]['name']}: truncated at byte {offset}")
+        return data
+
+
+def check_index(index: Mapping[str, np.ndarray], entries: Sequence[Mapping[str, Any]], f: Path) -> None:
+    """Shard numbers in range and every image's bytes inside its shard (before anything is read)."""
+    shard, offset, size = index["shard"], index["offset"], index["size"]
+    n = len(index["labels"])
+    if not (len(shard) == len(offset) == len(size) == n) or any(a.dtype.kind not in "iu"
+                                                              for a in (shard, offset, size)):
+        raise ArtifactError(f"{f}: shard index arrays must be integers of one length")
+    if n == 0:
+        return
+    if shard.min() < 0 or shard.max() >= len(entries) or offset.min() < 0 or size.min() < 0:
+        raise ArtifactError(f"{f}: shard index out of range")
+    limits = np.asarray([e["bytes"] for e in entries], dtype=np.int64)
+    if np.any(offset + size > limits[shard]):
+        raise ArtifactError(f"{f}: an image's bytes lie outside its shard")
+
+
+def upload_shards(folder: Path, entries: Sequence[Mapping[str, Any]], uri: str) -> None:
+    """Put the shard files at `uri` (an s3:// prefix)."""
+    base = store.S3Uri.parse(uri, "data.shards")
+    for e in entries:
+        store.upload(folder / e["name"], base.join(e["name"]))
+
+
+def decode_error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
+
+
+__all__ = ["DataError", "MANIFEST", "Sample", "ShardReader", "check_index", "read_manifest", "upload_shards",
+           "write_manifest", "write_split"]

@@ -1,0 +1,286 @@
+"""Datasets where they live: image folders and CIFAR/MNIST-format files under an s3:// prefix
+(moto's S3 server on loopback), tar shards (in the output or on S3), and the checks at prepare time.
+No test here reads a local copy of an S3 dataset: the images exist only in the bucket."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vitnas.config import parse_params
+from vitnas.data import PreparedData, RawDataset, write_prepared
+from vitnas.data.prepared import ShardOptions, SplitDataset
+from vitnas.data.sources import RawPart
+from vitnas.errors import ArtifactError, DataError
+from vitnas.stages import data as data_stage
+from vitnas.train.loop import epoch_loader, reseed
+
+BUCKET = "datasets"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the module's server, with this process's AWS_* environment pointing at it."""
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []) if _exists(client) else []:
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    if not _exists(client):
+        client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+def _exists(client) -> bool:
+    return any(b["Name"] == BUCKET for b in client.list_buckets().get("Buckets", []))
+
+
+def _jpeg(rng, h=30, w=40) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _upload_folder(client, prefix: str, *, per_class=(10, 3), extra: dict[str, bytes] | None = None) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val"), per_class, strict=True):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                client.put_object(Bucket=BUCKET, Key=f"{prefix}/{split}/{c}/{i:03d}.JPEG", Body=_jpeg(rng))
+    for key, body in (extra or {}).items():
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=body)
+
+
+def _params(**data) -> object:
+    return parse_params({"data": {"dataset": "imagefolder", "img_size": 16, **data}, "tracking": {"enabled": False},
+                         "transfer": {"targets": []}})
+
+
+def test_an_image_folder_in_s3_is_sharded_into_the_output_and_read_without_the_bucket(s3, tmp_path, monkeypatch):
+    _upload_folder(s3, "imagenet-like")
+    p = _params(root=f"s3://{BUCKET}/imagenet-like", store_size=20)
+    metrics = data_stage.run(p, tmp_path / "data", track=False)
+    assert metrics["train_count"] + metrics["val_count"] == 20 and metrics["test_count"] == 6  # val/ is the test
+    d = PreparedData(tmp_path / "data")
+    assert d.meta["storage"] == "shards" and d.meta["classes"] == ["cat", "dog"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the bucket is gone for later stages
+    x, y = d.eval_tensors("test")
+    assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert d.dataset("train").image(0).size == (27, 20)  # pre-resized: shorter side 20
+    with tarfile.open(next((tmp_path / "data" / "shards").glob("train-*.tar"))) as t:  # WebDataset layout
+        names = t.getnames()
+    assert names[0].endswith(".png") and names[1] == names[0][:-4] + ".cls"
+
+
+def test_shards_on_s3_leave_the_output_small_and_are_fetched_once_and_verified(s3, tmp_path, monkeypatch):
+    _upload_folder(s3, "src")
+    monkeypatch.setenv("VITNAS_SHARD_CACHE", str(tmp_path / "cache"))
+    p = _params(root=f"s3://{BUCKET}/src", shards=f"s3://{BUCKET}/shards", shard_size=4)
+    data_stage.run(p, tmp_path / "data", track=False)
+    assert not (tmp_path / "data" / "shards").exists()
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="shards/")["Contents"]}
+    assert "shards/shards.json" in keys and "shards/train-000000.tar" in keys
+    d = PreparedData(tmp_path / "data")
+    x, _ = d.eval_tensors("train")
+    assert len(list((tmp_path / "cache").rglob("*.tar"))) == len({k for k in keys if k.startswith("shards/train")})
+    # the same images as local shards of the same folder
+    local = _params(root=f"s3://{BUCKET}/src", shards="out", shard_size=4)
+    data_stage.run(local, tmp_path / "data2", track=False)
+    assert torch.equal(x, PreparedData(tmp_path / "data2").eval_tensors("train")[0])
+    # a shard changed on the store: refused by its digest
+    s3.put_object(Bucket=BUCKET, Key="shards/val-000000.tar", Body=b"x" * 100)
+    with pytest.raises(ArtifactError, match="val-000000.tar: shard does not match its digest"):
+        PreparedData(tmp_path / "data").eval_tensors("val")
+    # a prefix holding someone else's objects is never written to
+    s3.put_object(Bucket=BUCKET, Key="theirs/report.pdf", Body=b"%PDF")
+    with pytest.raises(DataError, match="data.shards: s3://datasets/theirs: holds objects vitnas did not write"):
+        data_stage.run(_params(root=f"s3://{BUCKET}/src", shards=f"s3://{BUCKET}/theirs"), tmp_path / "d3",
+                       track=False)
+    assert not (tmp_path / "d3").exists()
+
+
+def test_a_local_shard_changed_after_prepare_is_refused(tmp_path):
+    raw = _array_raw(40)
+    write_prepared(raw, {"train": np.arange(30), "val": np.arange(30, 40), "test": np.arange(0)}, tmp_path,
+                   img_size=8, shards=ShardOptions(shard_size=16))
+    shard = tmp_path / "shards" / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    with pytest.raises(ArtifactError, match="train-000001.tar: shard does not match its digest"):
+        PreparedData(tmp_path).eval_tensors("train")
+
+
+def _array_raw(n: int) -> RawDataset:
+    """n 8x8 grey images whose first two pixels spell their index."""
+    images = np.zeros((n, 8, 8, 1), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n) % 256
+    images[:, 0, 1, 0] = np.arange(n) // 256
+    return RawDataset(name="ids", classes=["even", "odd"], in_chans=1,
+                      train=RawPart(labels=(np.arange(n) % 2).astype(np.int64), images=images))
+
+
+def test_digits_as_shards_equal_the_in_memory_splits(digits_dir, tmp_path):
+    p = parse_params({"data": {"shards": "out", "shard_size": 500}, "tracking": {"enabled": False}})
+    data_stage.run(p, tmp_path / "sharded", track=False)
+    a, b = PreparedData(digits_dir), PreparedData(tmp_path / "sharded")
+    assert b.meta["storage"] == "shards" and a.meta["mean"] == b.meta["mean"]
+    for split in ("train", "val", "test"):
+        (xa, ya), (xb, yb) = a.eval_tensors(split), b.eval_tensors(split)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # training sees the same augmented batches under the same seed
+    def epoch(data: PreparedData) -> list:
+        reseed(3, 1)  # what every training loop does at an epoch start
+        return list(epoch_loader(data.dataset("train", train=True), batch_size=32, seed=3, epoch=1))
+
+    for (xa, ya), (xb, yb) in zip(epoch(a), epoch(b), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_two_ranks_with_two_workers_each_see_every_image_once(tmp_path):
+    n = 64
+    write_prepared(_array_raw(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path,
+                   img_size=8, shards=ShardOptions(shard_size=10))
+    d = PreparedData(tmp_path)
+    base = d.dataset("train")
+    ds = SplitDataset(base.part, base.root, 1, lambda im: torch.as_tensor(np.array(im)), base.reader)
+    seen = []
+    for rank in range(2):
+        for x, _ in epoch_loader(ds, batch_size=8, seed=0, epoch=2, rank=rank, world_size=2, workers=2):
+            seen += (x[:, 0, 0].long() + 256 * x[:, 0, 1].long()).tolist()
+    assert sorted(seen) == list(range(n))
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, body in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(body)
+
+
+@pytest.mark.parametrize("bad,names", [
+    ("corrupt", "train/dog/bad.jpg: not a readable image"),
+    ("truncated", "train/dog/cut.jpg: not a readable image"),
+    ("bomb", "train/dog/big.png: decompression bomb"),
+])
+def test_bad_images_are_named_at_prepare_time_or_skipped_and_counted(tmp_path, bad, names, monkeypatch):
+    rng = np.random.default_rng(1)
+    files = {f"train/{c}/{i}.jpg": _jpeg(rng) for c in ("cat", "dog") for i in range(6)}
+    if bad == "corrupt":
+        files["train/dog/bad.jpg"] = b"\xff\xd8 not a jpeg"
+    elif bad == "truncated":
+        files["train/dog/cut.jpg"] = _jpeg(rng)[:200]
+    else:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # the 40x30 photos pass, a 100x100 image is a bomb
+        buf = io.BytesIO()
+        Image.new("L", (100, 100)).save(buf, format="PNG")
+        files["train/dog/big.png"] = buf.getvalue()
+    _write_tree(tmp_path / "folder", files)
+    p = _params(root=str(tmp_path / "folder"), shards="out")
+    with pytest.raises(DataError, match=names):
+        data_stage.run(p, tmp_path / "out", track=False)
+    assert not (tmp_path / "out").exists()
+    metrics = data_stage.run(_params(root=str(tmp_path / "folder"), shards="out", skip_bad_images=True),
+                             tmp_path / "out", track=False)
+    assert metrics["skipped_bad_images"] == 1
+    assert metrics["train_count"] + metrics["val_count"] + metrics["test_count"] == 12
+
+
+@pytest.mark.parametrize("extra,names", [
+    ({"train/dog/notes.txt": b"hello"}, "train/dog/notes.txt: not an image file"),
+    ({"train/bird/": b""}, "train/bird: empty class folder"),
+    ({"train/dog/../../escape.jpg": b"x"}, "the key leaves the dataset root"),
+])
+def test_s3_folder_problems_are_one_line_naming_the_object(s3, tmp_path, extra, names):
+    _upload_folder(s3, "messy", extra=extra)
+    with pytest.raises(DataError, match=names):
+        data_stage.run(_params(root=f"s3://{BUCKET}/messy"), tmp_path / "out", track=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_bucket_and_missing_credentials_are_one_line(s3, tmp_path, monkeypatch, cli):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"data": {"dataset": "imagefolder", "root": "s3://nope/x"}}))
+    r = cli("check-params", "-p", tmp_path / "p.yaml")
+    assert r.returncode == 2 and r.stderr.strip() == "error: data.root: s3://nope/x: no such bucket"
+    r = cli("data", "-p", tmp_path / "p.yaml", "--out", tmp_path / "o", "--no-track")
+    assert r.returncode == 2 and "data.root: s3://nope/x: no such bucket" in r.stderr and not (tmp_path / "o").exists()
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump({"data": {"dataset": "imagefolder", "root": f"s3://{BUCKET}/x"}}))
+    r = cli("check-params", "-p", tmp_path / "q.yaml")
+    assert r.returncode == 2 and "data.root: s3://datasets/x: no S3 credentials" in r.stderr
+
+
+def test_mnist_format_files_in_s3_are_read_like_a_local_root(s3, tmp_path):
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(0)
+
+    def idx(images: np.ndarray) -> bytes:
+        return struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes()
+
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = (np.arange(n) % 10).astype(np.uint8)
+        s3.put_object(Bucket=BUCKET, Key=f"fm/{prefix}-images-idx3-ubyte.gz", Body=gzip.compress(idx(x)))
+        s3.put_object(Bucket=BUCKET, Key=f"fm/{prefix}-labels-idx1-ubyte.gz",
+                      Body=gzip.compress(struct.pack(">II", 2049, n) + y.tobytes()))
+    p = parse_params({"data": {"dataset": "fashion-mnist", "root": f"s3://{BUCKET}/fm", "img_size": 28,
+                               "val_fraction": 0.25}, "tracking": {"enabled": False}, "space": {"preset": "mnist28"},
+                      "transfer": {"targets": []}})
+    metrics = data_stage.run(p, tmp_path / "data", track=False)
+    assert metrics["test_count"] == 10 and metrics["train_count"] + metrics["val_count"] == 40
+    assert json.loads((tmp_path / "data" / "dataset.json").read_text())["storage"] == "arrays"
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_through_kfp_local_with_the_dataset_only_in_s3(s3, tmp_path, monkeypatch):
+    """An image folder that exists only in a bucket, sharded to another prefix: every step of the
+    Kubeflow pipeline (one subprocess each, as pods) reads it from S3, none from a local copy."""
+    from vitnas.pipeline.dag import run_local
+
+    _upload_folder(s3, "photos", per_class=(40, 10))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VITNAS_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "kfp-local-s3")
+    params = parse_params({
+        "data": {"dataset": "imagefolder", "root": f"s3://{BUCKET}/photos", "img_size": 16, "store_size": 16,
+                 "shards": f"s3://{BUCKET}/photo-shards", "shard_size": 16},
+        "tracking": {"experiment": "kfp-local-s3"},
+        "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16},
+        "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2]},
+        "proxy": {"num_candidates": 3, "proxies": ["dss", "params"], "batch_size": 8},
+        "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1},
+        "slim": {"epochs": 1, "batch_size": 16},
+        "retrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16},
+        "transfer": {"targets": []}})
+    outputs = run_local(params, tmp_path / "kfp")
+    data = Path(outputs["data"])
+    meta = json.loads((data / "dataset.json").read_text())
+    assert meta["storage"] == "shards" and meta["splits"]["test"] == 20 and not (data / "shards").exists()
+    assert list((tmp_path / "cache").rglob("*.tar"))  # the steps fetched the shards from the bucket
+    retrain = json.loads((Path(outputs["retrain"]) / "metrics.json").read_text())
+    assert 0 <= retrain["test_acc"] <= 1
