@@ -151,6 +151,12 @@ PARAM_CASES = [
     ("epochs-1e15", P({"supernet.epochs": 10**15}), "supernet.epochs"),
     ("eval-batch-1e12", P({"search.eval_batch_size": 10**12}), "search.eval_batch_size"),
     ("retrain-epochs-1e9", P({"retrain.epochs": 10**9}), "retrain.epochs"),
+    ("imagefolder-digits-transfer", P({"data.dataset": "imagefolder", "data.root": "x"}),
+     "transfer.targets.0: 'digits-cifar' would fine-tune your image-folder model on the embedded digits"),
+    ("shards-bad", P({"data.shards": "ftp://x"}), "data.shards: expected null, 'out' or an s3://"),
+    ("store-size-without-shards", P({"data.store_size": 32}), "data.store_size: only used with data.shards"),
+    ("dvc-rev-without-repo", P({"data.dvc_rev": "v1"}), "data.dvc_rev: only used with data.dvc_repo"),
+    ("in-chans-of-digits", P({"data.in_chans": 3}), "data.in_chans: digits has 1 channel(s), got 3"),
 ]
 
 
@@ -228,7 +234,7 @@ def test_bad_params_are_one_line_before_any_work(ws, text, names, capsys, monkey
 
 
 def test_param_battery_is_large_enough():
-    assert len(PARAM_CASES) >= 62 and len({c[0] for c in PARAM_CASES}) == len(PARAM_CASES)
+    assert len(PARAM_CASES) >= 70 and len({c[0] for c in PARAM_CASES}) == len(PARAM_CASES)
 
 
 # ---- params files that are not files --------------------------------------------------------------

@@ -283,7 +283,8 @@ def test_autoformer_tensor_claiming_more_than_its_storage_is_refused(ws, capsys,
 
 
 def test_check_params_catches_a_missing_data_root(ws, capsys, monkeypatch):
-    (ws / "f.yaml").write_text(yaml.safe_dump(with_changes({"data.dataset": "imagefolder", "data.root": "nowhere"})))
+    (ws / "f.yaml").write_text(yaml.safe_dump(with_changes({"data.dataset": "imagefolder", "data.root": "nowhere",
+                                                           "transfer.targets": []})))
     expect_error(ws, ["check-params", "-p", "f.yaml"], "data.root: nowhere does not exist", capsys, monkeypatch)
 
 

@@ -91,7 +91,7 @@ def test_an_image_folder_in_s3_is_sharded_into_the_output_and_read_without_the_b
     assert d.dataset("train").image(0).size == (27, 20)  # pre-resized: shorter side 20
     with tarfile.open(next((tmp_path / "data" / "shards").glob("train-*.tar"))) as t:  # WebDataset layout
         names = t.getnames()
-    assert names[0].endswith(".png") and names[1] == names[0][:-4] + ".cls"
+    assert names[0].endswith(".jpg") and names[1] == names[0][:-4] + ".cls"  # JPEGs stay JPEGs (q95)
 
 
 def test_shards_on_s3_leave_the_output_small_and_are_fetched_once_and_verified(s3, tmp_path, monkeypatch):
@@ -284,3 +284,84 @@ def test_the_pipeline_runs_through_kfp_local_with_the_dataset_only_in_s3(s3, tmp
     assert list((tmp_path / "cache").rglob("*.tar"))  # the steps fetched the shards from the bucket
     retrain = json.loads((Path(outputs["retrain"]) / "metrics.json").read_text())
     assert 0 <= retrain["test_acc"] <= 1
+
+
+def test_greyscale_folders_own_statistics_duplicates_and_a_small_val_split(tmp_path, capsys):
+    """data.in_chans/mean/std fit the user's data; byte-identical images across splits and a val
+    split too small to rank candidates are reported."""
+    rng = np.random.default_rng(2)
+    files = {f"train/{c}/{i}.jpg": _jpeg(rng) for c in ("cat", "dog") for i in range(8)}
+    files["test/cat/copy.jpg"] = files["train/cat/0.jpg"]  # the same bytes in train and test
+    files.update({f"test/dog/{i}.jpg": _jpeg(rng) for i in range(2)})
+    _write_tree(tmp_path / "folder", files)
+    p = _params(root=str(tmp_path / "folder"), in_chans=1, mean=[0.5], std=[0.25], val_fraction=0.25)
+    metrics = data_stage.run(p, tmp_path / "out", track=False)
+    d = PreparedData(tmp_path / "out")
+    assert d.in_chans == 1 and d.meta["mean"] == [0.5] and d.meta["std"] == [0.25]
+    assert d.eval_tensors("train")[0].shape[1] == 1
+    assert metrics["duplicates_across_splits"] == 1 and d.meta["duplicate_example"].startswith("test #")
+    err = capsys.readouterr().err
+    assert "warning: the val split has 4 images: one image is 25 points of accuracy" in err
+    assert "1 val/test images are byte-identical" in err
+    with pytest.raises(Exception, match="data.mean: 3 values for 1 channel"):
+        _params(root="x", in_chans=1, mean=[0.5, 0.5, 0.5])
+    with pytest.raises(Exception, match="data.in_chans: cifar10 has 3 channel"):
+        parse_params({"data": {"dataset": "cifar10", "root": "x", "in_chans": 1, "img_size": 32}})
+
+
+@pytest.mark.slow
+def test_a_dvc_tracked_folder_in_a_git_repository_is_read_through_dvc_api(tmp_path):
+    """data.dvc_repo + data.dvc_rev + data.root (the path inside the repository): the folder is
+    read at that revision (a later commit that changes it does not leak in) and sharded."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "datasets"
+    rng = np.random.default_rng(3)
+    _write_tree(repo / "photos", {f"train/{c}/{i}.jpg": _jpeg(rng) for c in ("cat", "dog") for i in range(6)})
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def run(*cmd):
+        r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.com")
+    run("git", "config", "user.name", "t")
+    run(dvc, "init", "-q")
+    run(dvc, "add", "-q", "photos")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "photos v1")
+    run("git", "tag", "v1")
+    shutil.rmtree(repo / "photos" / "train" / "dog")  # v2: the dogs are gone
+    run(dvc, "add", "-q", "photos")
+    run("git", "commit", "-q", "-am", "photos v2")
+    p = _params(root="photos", dvc_repo=str(repo), dvc_rev="v1", val_fraction=0.25, test_fraction=0.25)
+    metrics = data_stage.run(p, tmp_path / "out", track=False)
+    d = PreparedData(tmp_path / "out")
+    assert d.meta["classes"] == ["cat", "dog"] and sum(d.meta["splits"].values()) == 12
+    assert d.meta["storage"] == "shards" and metrics["train_count"] == len(d.eval_tensors("train")[1])
+    v2 = data_stage.run(_params(root="photos", dvc_repo=str(repo), val_fraction=0.25, test_fraction=0.25),
+                        tmp_path / "out2", track=False)
+    assert v2["train_count"] + v2["val_count"] + v2["test_count"] == 6  # the default branch: cats only
+    with pytest.raises(DataError, match="data.root: nowhere not found in"):
+        data_stage.run(_params(root="nowhere", dvc_repo=str(repo)), tmp_path / "out3", track=False)
+
+
+def test_a_local_folder_gets_the_same_checks_as_a_bucket(tmp_path):
+    rng = np.random.default_rng(4)
+    base = {f"train/{c}/{i}.jpg": _jpeg(rng) for c in ("cat", "dog") for i in range(4)}
+    _write_tree(tmp_path / "a", {**base, "train/dog/notes.txt": b"hello", "train/dog/.DS_Store": b"x"})
+    with pytest.raises(DataError, match="train/dog/notes.txt: not an image file"):
+        data_stage.run(_params(root=str(tmp_path / "a")), tmp_path / "o", track=False)
+    _write_tree(tmp_path / "b", base)
+    (tmp_path / "b" / "train" / "bird").mkdir()
+    with pytest.raises(DataError, match="train/bird: empty class folder"):
+        data_stage.run(_params(root=str(tmp_path / "b")), tmp_path / "o", track=False)
+    _write_tree(tmp_path / "c", base)
+    (tmp_path / "secret.jpg").write_bytes(_jpeg(rng))
+    (tmp_path / "c" / "train" / "cat" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(DataError, match="link.jpg: a symbolic link that leaves the dataset root"):
+        data_stage.run(_params(root=str(tmp_path / "c")), tmp_path / "o", track=False)
+    assert not (tmp_path / "o").exists()

@@ -238,7 +238,8 @@ def check_params(params: Path = ParamsOpt, sets: list[str] | None = SetOpt) -> N
     for key, uri in (("data.root", p.data.root), ("data.shards", p.data.shards)):
         if store.is_s3(uri):  # the bucket answers with these credentials
             store.check_bucket(store.S3Uri.parse(uri, key), key)
-    if p.data.root and not store.is_s3(p.data.root) and not p.data.download and not Path(p.data.root).exists():
+    if p.data.root and not store.is_s3(p.data.root) and not p.data.dvc_repo and not p.data.download \
+            and not Path(p.data.root).exists():
         raise ConfigError(f"data.root: {p.data.root} does not exist on this machine (the data stage would stop "
                           "there; set data.download: true to fetch a downloadable dataset)")
     for i, t in enumerate(p.transfer.targets):

@@ -92,9 +92,18 @@ class DataConfig(_Section):
     # Shards (vitnas.data.shards): null (arrays / file lists as today), "out" (tar shards inside the
     # stage's output) or an s3:// prefix (the output keeps the manifest and index only).
     shards: str | None = None
+    # A DVC-tracked dataset: data.root is then a path inside this git repository (URL or local
+    # path), read through dvc.api at dvc_rev (a branch, tag or commit; null: the default branch).
+    dvc_repo: str | None = None
+    dvc_rev: str | None = None
     store_size: Annotated[int, Field(ge=8, le=4096)] | None = None  # pre-resize file images (shorter side)
     shard_size: Annotated[int, Field(gt=0, le=1_000_000)] = 1000  # images per shard
     skip_bad_images: bool = False  # leave corrupt or non-image files out (counted) instead of stopping
+    # Image folders: channels (1: greyscale, 3: RGB) and normalisation; null: 3 and ImageNet's mean/std
+    # (array datasets: their own channels, mean/std from the train split unless given).
+    in_chans: Annotated[int, Field(ge=1, le=64)] | None = None
+    mean: list[Annotated[float, Field(ge=-10, le=10)]] | None = None
+    std: list[Annotated[float, Field(gt=0, le=10)]] | None = None
 
 
 class SpaceConfig(_Section):
@@ -364,19 +373,37 @@ def _check(p: Params) -> None:
             raise ConfigError(f"data.root: {d.root!r} is not an s3://bucket/prefix URI")
         if d.download:
             raise ConfigError("data.download: not with an s3:// data.root (the data is read from the bucket)")
+    if d.dvc_rev is not None and d.dvc_repo is None:
+        raise ConfigError("data.dvc_rev: only used with data.dvc_repo")
+    if d.dvc_repo is not None:
+        if d.dataset == "digits" or not d.root or d.root.startswith("s3://") or d.root.startswith("/") \
+                or ".." in d.root.split("/"):
+            raise ConfigError("data.root: with data.dvc_repo, the dataset's path inside that repository (relative, "
+                              f"no '..'), got {d.root!r}")
+        if d.download:
+            raise ConfigError("data.download: not with data.dvc_repo (the data is read from the repository)")
     if d.shards is not None and d.shards != "out" and not (d.shards.startswith("s3://") and len(d.shards) > 5
                                                               and not any(c.isspace() for c in d.shards)):
         raise ConfigError(f"data.shards: expected null, 'out' or an s3://bucket/prefix URI, got {d.shards!r}")
-    if d.store_size is not None and d.shards is None and not (d.dataset == "imagefolder" and d.root
-                                                              and d.root.startswith("s3://")):
+    if d.store_size is not None and d.shards is None and not (d.dataset == "imagefolder" and (
+            d.dvc_repo or (d.root and d.root.startswith("s3://")))):
         raise ConfigError("data.store_size: only used with data.shards (images are pre-resized into the shards)")
+    if d.in_chans is not None and d.dataset != "imagefolder" and d.in_chans != _DATA_SHAPES[d.dataset][1]:
+        raise ConfigError(f"data.in_chans: {d.dataset} has {_DATA_SHAPES[d.dataset][1]} channel(s), got {d.in_chans}")
+    if d.in_chans not in (None, 1, 3):
+        raise ConfigError(f"data.in_chans: image files are read as 1 (greyscale) or 3 (RGB) channels, got {d.in_chans}")
+    chans = d.in_chans or _DATA_SHAPES.get(d.dataset, (None, 3))[1]
+    for key in ("mean", "std"):
+        v = getattr(d, key)
+        if v is not None and len(v) != chans:
+            raise ConfigError(f"data.{key}: {len(v)} values for {chans} channel(s)")
     if d.val_fraction + d.test_fraction >= 1:
         raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
     if d.augment.scale[0] > d.augment.scale[1]:
         raise ConfigError("data.augment.scale: lower bound must be <= upper bound")
     if d.augment.auto_augment is not None:
         _check_auto_augment(d.augment.auto_augment)
-    classes, chans = _DATA_SHAPES.get(d.dataset, (None, 3))
+    classes, chans = _DATA_SHAPES.get(d.dataset, (None, d.in_chans or 3))
     space = p.search_space(num_classes=classes, in_chans=chans)  # preset names, choices, memory
     s = p.search
     if s.strategy == "hierarchical" and not space.is_glit:
@@ -415,6 +442,9 @@ def _check(p: Params) -> None:
             raise ConfigError(f"{key}.root: required for target '{t.name}'")
         if t.name.startswith("digits-") and t.root:
             raise ConfigError(f"{key}.root: not used for '{t.name}' (the data stage writes it)")
+        if t.name.startswith("digits-") and p.data.dataset == "imagefolder":
+            raise ConfigError(f"{key}: '{t.name}' would fine-tune your image-folder model on the embedded digits; "
+                              "set transfer.targets to your own targets (cifar10, cifar100, coco with a root) or []")
         if t.name in seen:
             raise ConfigError(f"{key}.name: target '{t.name}' is listed twice")
         seen.add(t.name)

@@ -6,11 +6,12 @@ lists relative to the recorded root. Every later stage reads data only through `
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,12 @@ class ShardOptions:
 
 
 def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path, *, img_size: int,
-                   extra: Mapping[str, Any] | None = None, shards: ShardOptions | None = None) -> dict[str, Any]:
+                   extra: Mapping[str, Any] | None = None, shards: ShardOptions | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict[str, Any]:
     """Write the split files and `dataset.json` into `out` (an empty directory); with `shards`, the
-    splits as tar shards plus their index and manifest instead."""
+    splits as tar shards plus their index and manifest instead. `mean`/`std` replace the computed
+    (arrays) or ImageNet (files) normalisation. `dataset.json` records how many val and test images
+    are byte-identical to an image of an earlier split (`duplicates_across_splits`)."""
     parts: dict[str, RawPart] = {}
     for name in SPLITS:
         if name == "test" and "test" not in splits:
@@ -69,9 +73,11 @@ def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path,
         else:
             parts[name] = _take(raw.train, splits[name])
     skipped = 0
+    digests: dict[str, list[bytes]] = {}
     if shards is not None:
-        counts, skipped = _write_shards(raw, parts, out, shards)
+        counts, skipped = _write_shards(raw, parts, out, shards, digests)
     else:
+        digests = {name: _digests(raw, part) for name, part in parts.items()}
         for name, part in parts.items():
             arrays = {"labels": part.labels}
             if part.images is not None:
@@ -80,7 +86,9 @@ def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path,
                 arrays["paths"] = part.paths
             np.savez(out / f"{name}.npz", **arrays)
         counts = {name: len(parts[name]) for name in SPLITS}
-    mean, std = _channel_stats(parts["train"].images, raw.in_chans)
+    computed = _channel_stats(parts["train"].images, raw.in_chans)
+    mean, std = list(mean or computed[0]), list(std or computed[1])
+    dup = duplicates(digests)
     meta = {
         "format": FORMAT,
         "name": raw.name,
@@ -94,14 +102,47 @@ def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path,
         "std": std,
         "splits": counts,
         **({"skipped_bad_images": skipped} if shards is not None and shards.skip_bad else {}),
+        "duplicates_across_splits": dup[0],
+        **({"duplicate_example": dup[1]} if dup[1] else {}),
         **dict(extra or {}),
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts: ShardOptions
-                  ) -> tuple[dict[str, int], int]:
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _digests(raw: RawDataset, part: RawPart) -> list[bytes]:
+    """A digest of each image's bytes (array images: their pixels; files: the file)."""
+    if part.images is not None:
+        return [_digest(img.tobytes()) for img in part.images]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vitnas.data.sources import read_file
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda rel: _digest(read_file(raw.root, str(rel))), part.paths))
+
+
+def duplicates(digests: Mapping[str, Sequence[bytes]]) -> tuple[int, str | None]:
+    """(number of val and test images whose bytes equal an image of an earlier split (train, then
+    val), an example "split #i = split #j")."""
+    seen: dict[bytes, tuple[str, int]] = {}
+    count, example = 0, None
+    for split in SPLITS:
+        for i, d in enumerate(digests.get(split, ())):
+            first = seen.get(d)
+            if first is not None and first[0] != split:
+                count += 1
+                example = example or f"{split} #{i} = {first[0]} #{first[1]}"
+            seen.setdefault(d, (split, i))
+    return count, example
+
+
+def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts: ShardOptions,
+                  digests: dict[str, list[bytes]]) -> tuple[dict[str, int], int]:
     """Every split as shards (into `out/shards/`, or uploaded to an s3:// prefix), each split's
     index as `<split>.npz` and the manifest; returns (split counts, images skipped as bad)."""
     import shutil
@@ -117,8 +158,9 @@ def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts
     bad = [0]
     try:
         for name in SPLITS:
-            index, split_entries = shards_mod.write_split(name, _samples(raw, parts[name], opts, bad), folder,
-                                                          opts.shard_size)
+            digests[name] = []
+            index, split_entries = shards_mod.write_split(name, _samples(raw, parts[name], opts, bad, digests[name]),
+                                                          folder, opts.shard_size)
             np.savez(out / f"{name}.npz", **index)
             counts[name] = len(index["labels"])
             if remote:
@@ -161,9 +203,10 @@ def _check_shard_prefix(location: str) -> None:
                         f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give an empty prefix")
 
 
-def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int]):
+def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int], digests: list[bytes]):
     """The split's images as shard samples, in order; files are fetched and checked by a thread pool
-    (S3 reads and decoding overlap), `bad[0]` counts the ones skipped."""
+    (S3 reads and decoding overlap), `bad[0]` counts the ones skipped, `digests` gets a digest of
+    each kept image's original bytes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from vitnas.data.images import BadImage, encode_array, encode_file
@@ -172,13 +215,15 @@ def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int])
 
     if part.images is not None:
         for img, label in zip(part.images, part.labels, strict=True):
+            digests.append(_digest(img.tobytes()))
             yield Sample(encode_array(img), "png", int(label))
         return
 
     def load(i: int):
         rel = str(part.paths[i])
         try:
-            return encode_file(read_file(raw.root, rel), rel, raw.in_chans, opts.store_size)
+            data = read_file(raw.root, rel)
+            return (*encode_file(data, rel, raw.in_chans, opts.store_size), _digest(data))
         except BadImage as e:
             if opts.skip_bad:
                 return None
@@ -195,6 +240,7 @@ def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int])
                 if got is None:
                     bad[0] += 1
                     continue
+                digests.append(got[2])
                 yield Sample(got[0], got[1], int(part.labels[i]))
 
 

@@ -11,7 +11,8 @@ Reading: vitnas does not stream the shards through a shuffle buffer: it reads ea
 offset (`ShardReader.read`), so a shard split behaves exactly like an in-memory split (the same
 sampler, seeded order, rank split and bit-exact resume; any world size). Shards on S3 are fetched
 whole, once per machine, into a local cache (`VITNAS_SHARD_CACHE`, default under the temp dir) and
-checked against the manifest's digest before use; local shards are checked on first open.
+checked against the manifest's digest before use; local shards are hashed on first use, once per
+machine and file version (a stamp in the cache folder).
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return m
 
 
+def cache_dir() -> Path:
+    """Where S3 shards are cached and local shards' checks are remembered (`VITNAS_SHARD_CACHE`)."""
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "vitnas-shards")
+
+
 class ShardReader:
     """Random access to the images of one split's shards (local, or S3 through a verified cache).
     Safe in DataLoader workers: file handles are opened per process."""
@@ -165,9 +171,8 @@ class ShardReader:
         e = self.entries[k]
         location = self.manifest["location"]
         if store.is_s3(location):
-            cache = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "vitnas-shards")
-            local = cache / e["sha256"][:2] / f"{e['sha256']}.tar"
-            if not local.is_file():
+            local = cache_dir() / e["sha256"][:2] / f"{e['sha256']}.tar"
+            if not local.is_file():  # fetched and checked once per machine; the name is the digest
                 local.parent.mkdir(parents=True, exist_ok=True)
                 tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.part")
                 uri = store.S3Uri.parse(location, "data.shards").join(e["name"])
@@ -181,7 +186,12 @@ class ShardReader:
         local = self.data_dir / LOCAL_DIR / e["name"]
         if not local.is_file():
             raise ArtifactError(f"{local}: shard not found (re-run `vitnas data`)")
-        self._verify(local, e, str(local))
+        st = local.stat()
+        stamp = cache_dir() / "verified" / f"{e['sha256']}-{st.st_size}-{st.st_ino}-{st.st_mtime_ns}"
+        if not stamp.exists():  # hashed once per machine and file version, not in every worker and epoch
+            self._verify(local, e, str(local))
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
         return local
 
     @staticmethod

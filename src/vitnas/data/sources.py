@@ -6,6 +6,7 @@ large folder is indexed, never copied.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,45 +109,49 @@ def load_imagefolder(root: str) -> RawDataset:
     """A class-per-folder tree, local or under an `s3://` prefix: `root/train/<class>/*` (+ `root/test`
     or, as ImageNet has it, `root/val`, used as the official test split), else `root/<class>/*`."""
     if store.is_s3(root):
-        return _s3_imagefolder(root)
-    from torchvision.datasets import ImageFolder
-
+        uri = store.S3Uri.parse(root)
+        store.check_bucket(uri, "data.root")
+        return _listed_imagefolder(store.list_objects(uri), str(uri))
+    if store.is_dvc(root):
+        return _listed_imagefolder(store.dvc_list(root), root)
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"data.root: image folder {base} does not exist")
-    train_name, test_name = _split_folders({d.name for d in base.iterdir() if d.is_dir()})
-    train_dir = base / train_name if train_name else base
-    test_dir = base / test_name if test_name else None
-
-    def index(d: Path, classes: list[str] | None = None) -> tuple[list[str], RawPart]:
-        try:
-            ds = ImageFolder(str(d))
-        except (FileNotFoundError, RuntimeError) as e:
-            raise DataError(f"data.root: {d}: {e}") from None
-        if classes is not None and ds.classes != classes:
-            raise DataError(f"data.root: {d} has classes {ds.classes}, train has {classes}")
-        paths = np.array([str(Path(p).relative_to(base)) for p, _ in ds.samples])
-        return ds.classes, RawPart(labels=np.array(ds.targets, dtype=np.int64), paths=paths)
-
-    classes, train = index(train_dir)
-    test = index(test_dir, classes)[1] if test_dir else None
-    return RawDataset(name="imagefolder", classes=classes, in_chans=3, train=train, test=test,
-                      root=str(base.resolve()))
+    return _listed_imagefolder(_local_list(base), str(base.resolve()))
 
 
-def _s3_imagefolder(root: str) -> RawDataset:
-    """The same tree under an S3 prefix, indexed by listing (nothing is downloaded here)."""
+def _local_list(base: Path):
+    """(relative path, size) of every file under `base` in path order, and "dir/" (size 0) for each
+    empty directory, as an S3 listing has them; a symbolic link that leaves `base` is an error."""
+    real = base.resolve()
+    found = []
+    for d, dirs, files in os.walk(base, followlinks=False):
+        dirs.sort()
+        rel_dir = Path(d).relative_to(base)
+        if not dirs and not [f for f in files if not f.startswith(".")] and rel_dir != Path("."):
+            found.append((f"{rel_dir.as_posix()}/", 0))
+        for f in files:
+            path = Path(d) / f
+            rel = (rel_dir / f).as_posix()
+            if path.is_symlink() and real not in path.resolve().parents:
+                raise DataError(f"data.root: {path}: a symbolic link that leaves the dataset root")
+            found.append((rel, path.stat().st_size if path.exists() else 0))
+    return sorted(found)
+
+
+def _listed_imagefolder(listing, root: str) -> RawDataset:
+    """The same tree under an S3 prefix or a DVC path, indexed from a listing of (relative key, size)
+    (nothing is downloaded here)."""
     from vitnas.data.images import is_image_name
 
-    uri = store.S3Uri.parse(root)
-    store.check_bucket(uri, "data.root")
     files: dict[str, list[str]] = {}  # "<top>/<class>" or "<class>" -> relative keys
     empty: set[str] = set()
     tops: set[str] = set()
-    for key, size in store.list_objects(uri):
+    for key, size in listing:
         parts = key.split("/")
         if key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-            raise DataError(f"data.root: {root}/{key}: the key leaves the dataset root ('.', '..' or an empty part)")
+            raise DataError(f"data.root: {root}/{key}: the key leaves the dataset root ('.', '..' or an empty "
+                            "part)")
         if key.endswith("/"):  # a "folder" marker object
             if size == 0 and len(parts) >= 2:
                 empty.add("/".join(parts[:-1]))
@@ -190,28 +195,37 @@ def _s3_imagefolder(root: str) -> RawDataset:
         if test_classes != classes:
             raise DataError(f"data.root: {root}/{test_name} has classes {test_classes[:5]}..., train has "
                             f"{classes[:5]}...")
-    return RawDataset(name="imagefolder", classes=classes, in_chans=3, train=train, test=test, root=str(uri))
+    return RawDataset(name="imagefolder", classes=classes, in_chans=3, train=train, test=test, root=root)
 
 
 def read_file(root: str, rel: str) -> bytes:
     """The bytes of file `rel` of a dataset rooted at `root` (a local directory or an s3:// prefix)."""
     if store.is_s3(root):
         return store.get_bytes(store.S3Uri.parse(root).join(rel))
+    if store.is_dvc(root):
+        return store.dvc_read(root, rel)
     return (Path(root) / rel).read_bytes()
 
 
-def _s3_files(root: str, tmp: Path) -> str:
-    """Copy the objects under an s3:// root into `tmp` (CIFAR and MNIST-format files: a few files of
-    at most a few hundred MB) and return the local root."""
-    uri = store.S3Uri.parse(root)
-    store.check_bucket(uri, "data.root")
-    for key, _ in store.list_objects(uri):
+def _remote_files(root: str, tmp: Path) -> str:
+    """Copy the files under an s3:// or DVC root into `tmp` (CIFAR and MNIST-format files: a few
+    files of at most a few hundred MB) and return the local root."""
+    if store.is_s3(root):
+        uri = store.S3Uri.parse(root)
+        store.check_bucket(uri, "data.root")
+        listing = store.list_objects(uri)
+    else:
+        listing = store.dvc_list(root)
+    for key, _ in listing:
         parts = key.split("/")
         if key.endswith("/") or any(p in ("", ".", "..") for p in parts):
             continue
         dest = tmp.joinpath(*parts)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        store.download(uri.join(key), dest)
+        if store.is_s3(root):
+            store.download(store.S3Uri.parse(root).join(key), dest)
+        else:
+            dest.write_bytes(store.dvc_read(root, key))
     return str(tmp)
 
 
@@ -220,11 +234,11 @@ def load_source(dataset: str, root: str | None = None, download: bool = False) -
         return load_digits()
     if dataset == "imagefolder":
         return load_imagefolder(root or "")
-    if store.is_s3(root) and dataset in ("cifar10", "cifar100", *MNIST_FORMAT):
+    if (store.is_s3(root) or store.is_dvc(root)) and dataset in ("cifar10", "cifar100", *MNIST_FORMAT):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="vitnas-data-") as tmp:
-            return load_source(dataset, _s3_files(root, Path(tmp)), download=False)  # arrays: read into memory
+            return load_source(dataset, _remote_files(root, Path(tmp)), download=False)  # arrays: read into memory
     if dataset in ("cifar10", "cifar100"):
         return load_cifar(dataset, root or "", download)
     if dataset in MNIST_FORMAT:

@@ -1,4 +1,5 @@
-"""Where a dataset lives: a local directory or an `s3://bucket/prefix` URI, read the same way.
+"""Where a dataset lives: a local directory, an `s3://bucket/prefix` URI, or a DVC-tracked path in a
+git repository (`dvc.api`), read the same way.
 
 S3 goes through boto3 with its usual configuration (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for MinIO or any S3-compatible store). A pod that only has
@@ -20,6 +21,61 @@ ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_
 
 def is_s3(uri: str | Path | None) -> bool:
     return isinstance(uri, str) and uri.startswith("s3://")
+
+
+# ---- DVC-tracked paths ------------------------------------------------------------------------------
+DVC_PREFIX = "dvc::"
+
+
+def dvc_root(repo: str, rev: str | None, path: str) -> str:
+    """The one-string form of (repo, rev, path) that travels as a dataset root."""
+    return f"{DVC_PREFIX}{repo}::{rev or ''}::{path.strip('/')}"
+
+
+def is_dvc(root: str | Path | None) -> bool:
+    return isinstance(root, str) and root.startswith(DVC_PREFIX)
+
+
+def parse_dvc(root: str) -> tuple[str, str | None, str]:
+    repo, rev, path = root[len(DVC_PREFIX):].rsplit("::", 2)
+    return repo, rev or None, path
+
+
+_DVC_FS: dict[tuple, object] = {}
+
+
+def dvc_fs(repo: str, rev: str | None):
+    """dvc.api's file system of `repo` at `rev` (one per process)."""
+    key = (os.getpid(), repo, rev)
+    if key not in _DVC_FS:
+        from dvc.api import DVCFileSystem
+
+        try:
+            _DVC_FS[key] = DVCFileSystem(repo, rev=rev)
+        except Exception as e:  # dvc raises many types: no repo, no rev, no git
+            raise DataError(f"data.dvc_repo: {repo}{f'@{rev}' if rev else ''}: cannot open it as a DVC repository "
+                            f"({type(e).__name__}: {str(e).strip()[:120]})") from None
+    return _DVC_FS[key]
+
+
+def dvc_list(root: str) -> Iterator[tuple[str, int]]:
+    """(path relative to the root, size) of every file under a DVC root, in path order."""
+    repo, rev, path = parse_dvc(root)
+    fs = dvc_fs(repo, rev)
+    try:
+        found = fs.find(path, detail=True)
+    except Exception as e:
+        raise DataError(f"data.root: {path} in {repo}: {type(e).__name__}: {str(e)[:120]}") from None
+    if not found:
+        raise DataError(f"data.root: {path} not found in {repo}{f'@{rev}' if rev else ''}")
+    for name in sorted(found):
+        rel = name[len(path):].lstrip("/") if path else name
+        yield rel, int(found[name].get("size") or 0)
+
+
+def dvc_read(root: str, rel: str) -> bytes:
+    repo, rev, path = parse_dvc(root)
+    return dvc_fs(repo, rev).cat_file(f"{path}/{rel}" if path else rel)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from vitnas import tracking
@@ -55,8 +56,17 @@ def run(params: Params, out: str | Path, *, track: bool | None = None, force: bo
     from vitnas.data import store
 
     root = params.data.root
-    with claim_output(out, "data", force=force, inputs=[None if store.is_s3(root) else root]):
+    local = not (store.is_s3(root) or params.data.dvc_repo)
+    with claim_output(out, "data", force=force, inputs=[root if local else None]):
         return _run(params, out, track=track)
+
+
+def dataset_root(params: Params) -> str | None:
+    """data.root as the readers take it: a local path, an s3:// URI, or a DVC root."""
+    from vitnas.data import store
+
+    cfg = params.data
+    return store.dvc_root(cfg.dvc_repo, cfg.dvc_rev, cfg.root) if cfg.dvc_repo else cfg.root
 
 
 def shard_options(params: Params):
@@ -68,7 +78,8 @@ def shard_options(params: Params):
     from vitnas.data.shards import LOCAL_DIR
 
     cfg = params.data
-    where = cfg.shards or ("out" if cfg.dataset == "imagefolder" and store.is_s3(cfg.root) else None)
+    remote = store.is_s3(cfg.root) or cfg.dvc_repo is not None  # later stages could not read the files
+    where = cfg.shards or ("out" if cfg.dataset == "imagefolder" and remote else None)
     if where is None:
         return None
     return ShardOptions(location=LOCAL_DIR if where == "out" else where, store_size=cfg.store_size,
@@ -77,7 +88,9 @@ def shard_options(params: Params):
 
 def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, float]:
     cfg = params.data
-    raw = load_source(cfg.dataset, cfg.root, cfg.download)
+    raw = load_source(cfg.dataset, dataset_root(params), cfg.download)
+    if cfg.in_chans is not None:  # image files are read as greyscale or RGB
+        raw.in_chans = cfg.in_chans
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
                            test_fraction=cfg.test_fraction if raw.test is None else None, seed=cfg.seed,
                            max_train_images=cfg.max_train_images)
@@ -86,15 +99,33 @@ def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, fl
                             experiment=params.tracking.experiment, enabled=enabled) as run_:
         with atomic_dir(out, "data") as tmp:
             meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size, shards=shard_options(params),
+                                  mean=cfg.mean, std=cfg.std,
                                   extra={"seed": cfg.seed, "val_fraction": cfg.val_fraction,
                                          "test_source": "official" if raw.test is not None else "carved"})
             metrics = flat_metrics({
                 "num_classes": meta["num_classes"],
                 **{f"{s}_count": n for s, n in meta["splits"].items()},
                 **({"skipped_bad_images": meta["skipped_bad_images"]} if "skipped_bad_images" in meta else {}),
+                "duplicates_across_splits": meta["duplicates_across_splits"],
                 **write_transfer_targets(params, raw, splits, tmp),
             })
             write_json(tmp / "metrics.json", metrics)
         run_.log_metrics(metrics)
         run_.log_artifact(Path(out) / "dataset.json")
+    for note in data_warnings(meta):
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     return metrics
+
+
+def data_warnings(meta: dict) -> list[str]:
+    """What a user should know about the prepared splits: a val split too small to tell candidates
+    apart, images shared between splits."""
+    notes = []
+    val = meta["splits"]["val"]
+    if 0 < val < 1000:
+        notes.append(f"the val split has {val:,} images: one image is {100 / val:.2g} points of accuracy, so "
+                     "search and slimming cannot tell apart candidates closer than that (raise data.val_fraction)")
+    if meta.get("duplicates_across_splits"):
+        notes.append(f"{meta['duplicates_across_splits']:,} val/test images are byte-identical to an image of an "
+                     f"earlier split (e.g. {meta.get('duplicate_example')}): their accuracy is partly memorised")
+    return notes
