@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
               f"each, in {tmp / 'photos'}", flush=True)
         for img_size, store_size in ((32, 36), (224, 256)):
             variants = [("image folder (JPEG files)", None, None), ("shards, original JPEG bytes", "out", None),
-                        (f"shards, pre-resized to {store_size} px (JPEG q95)", "out", store_size)]
+                        (f"shards, pre-resized to {store_size} px ({'PNG' if store_size <= 64 else 'JPEG q95'})",
+                         "out", store_size)]
             base = None
             for name, shards, size in variants:
                 data = prepare(str(tmp / "photos"), tmp / f"d{img_size}-{len(rows)}", img_size, shards, size)

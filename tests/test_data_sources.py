@@ -91,7 +91,7 @@ def test_an_image_folder_in_s3_is_sharded_into_the_output_and_read_without_the_b
     assert d.dataset("train").image(0).size == (27, 20)  # pre-resized: shorter side 20
     with tarfile.open(next((tmp_path / "data" / "shards").glob("train-*.tar"))) as t:  # WebDataset layout
         names = t.getnames()
-    assert names[0].endswith(".jpg") and names[1] == names[0][:-4] + ".cls"  # JPEGs stay JPEGs (q95)
+    assert names[0].endswith(".png") and names[1] == names[0][:-4] + ".cls"  # up to 64 px: PNG
 
 
 def test_shards_on_s3_leave_the_output_small_and_are_fetched_once_and_verified(s3, tmp_path, monkeypatch):

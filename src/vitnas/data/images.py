@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image
 
+PNG_UP_TO = 64  # pre-resized images up to this size are stored as PNG
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -42,8 +43,9 @@ def _open(data: bytes) -> Image.Image:
 def encode_file(data: bytes, name: str, in_chans: int, store_size: int | None) -> tuple[bytes, str]:
     """(bytes, extension) to store for an image file: its original bytes (checked by decoding), or
     the image converted to the dataset's channels and shrunk so its shorter side is `store_size`,
-    re-encoded as JPEG (quality 95) when it was a JPEG (lossy stays lossy: PNG decodes several times
-    slower at 256 px), else as PNG (lossless stays lossless)."""
+    re-encoded as PNG up to 64 px (lossless, and the fastest to decode at that size) and above that
+    as JPEG (quality 95) when it was a JPEG (PNG decodes slower than the JPEG it replaces at 256 px;
+    benchmarks/loader_throughput.py), else as PNG."""
     im = _open(data)
     if store_size is None:
         ext = PurePosixPath(name).suffix.lower().lstrip(".") or "img"
@@ -55,7 +57,7 @@ def encode_file(data: bytes, name: str, in_chans: int, store_size: int | None) -
         w, h = im.size
         im = im.resize((max(1, round(w * store_size / short)), max(1, round(h * store_size / short))),
                        Image.Resampling.BICUBIC)
-    if was_jpeg:
+    if was_jpeg and store_size > PNG_UP_TO:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=95)
         return buf.getvalue(), "jpg"
