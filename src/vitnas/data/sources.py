@@ -112,8 +112,8 @@ def load_imagefolder(root: str) -> RawDataset:
         uri = store.S3Uri.parse(root)
         store.check_bucket(uri, "data.root")
         return _listed_imagefolder(store.list_objects(uri), str(uri))
-    if store.is_dvc(root):
-        return _listed_imagefolder(store.dvc_list(root), root)
+    if store.is_fs(root):
+        return _listed_imagefolder(store.fs_list(root), root)
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"data.root: image folder {base} does not exist")
@@ -202,8 +202,8 @@ def read_file(root: str, rel: str) -> bytes:
     """The bytes of file `rel` of a dataset rooted at `root` (a local directory or an s3:// prefix)."""
     if store.is_s3(root):
         return store.get_bytes(store.S3Uri.parse(root).join(rel))
-    if store.is_dvc(root):
-        return store.dvc_read(root, rel)
+    if store.is_fs(root):
+        return store.fs_read(root, rel)
     return (Path(root) / rel).read_bytes()
 
 
@@ -215,7 +215,7 @@ def _remote_files(root: str, tmp: Path) -> str:
         store.check_bucket(uri, "data.root")
         listing = store.list_objects(uri)
     else:
-        listing = store.dvc_list(root)
+        listing = store.fs_list(root)
     for key, _ in listing:
         parts = key.split("/")
         if key.endswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -225,7 +225,7 @@ def _remote_files(root: str, tmp: Path) -> str:
         if store.is_s3(root):
             store.download(store.S3Uri.parse(root).join(key), dest)
         else:
-            dest.write_bytes(store.dvc_read(root, key))
+            dest.write_bytes(store.fs_read(root, key))
     return str(tmp)
 
 
@@ -234,7 +234,7 @@ def load_source(dataset: str, root: str | None = None, download: bool = False) -
         return load_digits()
     if dataset == "imagefolder":
         return load_imagefolder(root or "")
-    if (store.is_s3(root) or store.is_dvc(root)) and dataset in ("cifar10", "cifar100", *MNIST_FORMAT):
+    if (store.is_s3(root) or store.is_fs(root)) and dataset in ("cifar10", "cifar100", *MNIST_FORMAT):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="vitnas-data-") as tmp:

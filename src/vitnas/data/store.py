@@ -1,5 +1,6 @@
-"""Where a dataset lives: a local directory, an `s3://bucket/prefix` URI, or a DVC-tracked path in a
-git repository (`dvc.api`), read the same way.
+"""Where a dataset lives: a local directory, an `s3://bucket/prefix` URI, or a root of a file system a
+higher layer registered (the data stage registers DVC-tracked paths, read through `dvc.api`), read
+the same way.
 
 S3 goes through boto3 with its usual configuration (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for MinIO or any S3-compatible store). A pod that only has
@@ -10,9 +11,10 @@ no credentials, access denied, no such key) is a `DataError` naming the URI, nev
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vitnas.errors import DataError
 
@@ -23,59 +25,44 @@ def is_s3(uri: str | Path | None) -> bool:
     return isinstance(uri, str) and uri.startswith("s3://")
 
 
-# ---- DVC-tracked paths ------------------------------------------------------------------------------
-DVC_PREFIX = "dvc::"
+# ---- other file systems (registered by a higher layer: e.g. DVC-tracked paths by the data stage) ----
+# prefix -> opener(root) -> (an fsspec-like file system with find/cat_file, the base path in it)
+_OPENERS: dict[str, Callable[[str], tuple[Any, str]]] = {}
 
 
-def dvc_root(repo: str, rev: str | None, path: str) -> str:
-    """The one-string form of (repo, rev, path) that travels as a dataset root."""
-    return f"{DVC_PREFIX}{repo}::{rev or ''}::{path.strip('/')}"
+def register_filesystem(prefix: str, opener: Callable[[str], tuple[Any, str]]) -> None:
+    """Let roots starting with `prefix` be read through the file system `opener(root)` returns."""
+    _OPENERS[prefix] = opener
 
 
-def is_dvc(root: str | Path | None) -> bool:
-    return isinstance(root, str) and root.startswith(DVC_PREFIX)
+def is_fs(root: str | Path | None) -> bool:
+    return isinstance(root, str) and any(root.startswith(p) for p in _OPENERS)
 
 
-def parse_dvc(root: str) -> tuple[str, str | None, str]:
-    repo, rev, path = root[len(DVC_PREFIX):].rsplit("::", 2)
-    return repo, rev or None, path
+def _open_fs(root: str) -> tuple[Any, str]:
+    for prefix, opener in _OPENERS.items():
+        if root.startswith(prefix):
+            return opener(root)
+    raise DataError(f"data.root: {root}: no reader for this kind of root")
 
 
-_DVC_FS: dict[tuple, object] = {}
-
-
-def dvc_fs(repo: str, rev: str | None):
-    """dvc.api's file system of `repo` at `rev` (one per process)."""
-    key = (os.getpid(), repo, rev)
-    if key not in _DVC_FS:
-        from dvc.api import DVCFileSystem
-
-        try:
-            _DVC_FS[key] = DVCFileSystem(repo, rev=rev)
-        except Exception as e:  # dvc raises many types: no repo, no rev, no git
-            raise DataError(f"data.dvc_repo: {repo}{f'@{rev}' if rev else ''}: cannot open it as a DVC repository "
-                            f"({type(e).__name__}: {str(e).strip()[:120]})") from None
-    return _DVC_FS[key]
-
-
-def dvc_list(root: str) -> Iterator[tuple[str, int]]:
-    """(path relative to the root, size) of every file under a DVC root, in path order."""
-    repo, rev, path = parse_dvc(root)
-    fs = dvc_fs(repo, rev)
+def fs_list(root: str) -> Iterator[tuple[str, int]]:
+    """(path relative to the root, size) of every file under a registered root, in path order."""
+    fs, path = _open_fs(root)
     try:
         found = fs.find(path, detail=True)
-    except Exception as e:
-        raise DataError(f"data.root: {path} in {repo}: {type(e).__name__}: {str(e)[:120]}") from None
+    except Exception as e:  # file systems raise many types
+        raise DataError(f"data.root: {path}: {type(e).__name__}: {str(e)[:120]}") from None
     if not found:
-        raise DataError(f"data.root: {path} not found in {repo}{f'@{rev}' if rev else ''}")
+        raise DataError(f"data.root: {path} not found in {root.rsplit('::', 1)[0]}")
     for name in sorted(found):
         rel = name[len(path):].lstrip("/") if path else name
         yield rel, int(found[name].get("size") or 0)
 
 
-def dvc_read(root: str, rel: str) -> bytes:
-    repo, rev, path = parse_dvc(root)
-    return dvc_fs(repo, rev).cat_file(f"{path}/{rel}" if path else rel)
+def fs_read(root: str, rel: str) -> bytes:
+    fs, path = _open_fs(root)
+    return fs.cat_file(f"{path}/{rel}" if path else rel)
 
 
 @dataclass(frozen=True)

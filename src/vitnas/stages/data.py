@@ -63,10 +63,12 @@ def run(params: Params, out: str | Path, *, track: bool | None = None, force: bo
 
 def dataset_root(params: Params) -> str | None:
     """data.root as the readers take it: a local path, an s3:// URI, or a DVC root."""
-    from vitnas.data import store
-
     cfg = params.data
-    return store.dvc_root(cfg.dvc_repo, cfg.dvc_rev, cfg.root) if cfg.dvc_repo else cfg.root
+    if not cfg.dvc_repo:
+        return cfg.root
+    from vitnas.stages._dvc_source import dvc_root
+
+    return dvc_root(cfg.dvc_repo, cfg.dvc_rev, cfg.root)
 
 
 def shard_options(params: Params):
