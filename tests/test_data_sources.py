@@ -109,6 +109,10 @@ def test_shards_on_s3_leave_the_output_small_and_are_fetched_once_and_verified(s
     local = _params(root=f"s3://{BUCKET}/src", shards="out", shard_size=4)
     data_stage.run(local, tmp_path / "data2", track=False)
     assert torch.equal(x, PreparedData(tmp_path / "data2").eval_tensors("train")[0])
+    # and read image by image with ranged GETs, never copied (a dataset larger than the node's disk)
+    monkeypatch.setenv("VITNAS_SHARD_CACHE", "none")
+    assert torch.equal(x, PreparedData(tmp_path / "data").eval_tensors("train")[0])
+    monkeypatch.setenv("VITNAS_SHARD_CACHE", str(tmp_path / "cache"))
     # a shard changed on the store: refused by its digest
     s3.put_object(Bucket=BUCKET, Key="shards/val-000000.tar", Body=b"x" * 100)
     with pytest.raises(ArtifactError, match="val-000000.tar: shard does not match its digest"):

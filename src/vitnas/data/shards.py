@@ -12,7 +12,8 @@ offset (`ShardReader.read`), so a shard split behaves exactly like an in-memory 
 sampler, seeded order, rank split and bit-exact resume; any world size). Shards on S3 are fetched
 whole, once per machine, into a local cache (`VITNAS_SHARD_CACHE`, default under the temp dir) and
 checked against the manifest's digest before use; local shards are hashed on first use, once per
-machine and file version (a stamp in the cache folder).
+machine and file version (a stamp in the cache folder). With `VITNAS_SHARD_CACHE=none` S3 shards
+are never copied: each image is one ranged GET (for datasets larger than a node's disk).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MANIFEST = "shards.json"
 FORMAT = "vitnas-shards/1"
 LOCAL_DIR = "shards"
 CACHE_ENV = "VITNAS_SHARD_CACHE"
+NO_CACHE = "none"  # VITNAS_SHARD_CACHE=none: read S3 shards by ranged GETs, never copy them
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -139,7 +141,8 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
 
 def cache_dir() -> Path:
     """Where S3 shards are cached and local shards' checks are remembered (`VITNAS_SHARD_CACHE`)."""
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "vitnas-shards")
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env and env != NO_CACHE else Path(tempfile.gettempdir()) / "vitnas-shards"
 
 
 class ShardReader:
@@ -203,6 +206,15 @@ class ShardReader:
                                 "re-run `vitnas data`")
 
     def read(self, k: int, offset: int, size: int) -> bytes:
+        location = self.manifest["location"]
+        if store.is_s3(location) and os.environ.get(CACHE_ENV) == NO_CACHE:
+            # no local copy (a dataset bigger than the node's disk): one ranged GET per image; the
+            # shard's digest cannot be checked without reading it whole, its size is
+            uri = store.S3Uri.parse(location, "data.shards").join(self.entries[k]["name"])
+            data = store.get_range(uri, offset, size, "data.shards")
+            if len(data) != size:
+                raise ArtifactError(f"{uri}: shorter than the manifest says (changed since `vitnas data`?)")
+            return data
         if os.getpid() != self._pid:  # a forked DataLoader worker: its own handles
             self._files, self._pid = {}, os.getpid()
         with self._lock:

@@ -154,6 +154,14 @@ def get_bytes(uri: S3Uri, what: str = "data.root") -> bytes:
     return _call(lambda: client().get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read(), uri, what)
 
 
+def get_range(uri: S3Uri, offset: int, size: int, what: str = "data.root") -> bytes:
+    """`size` bytes of an object from `offset` (an HTTP range request)."""
+    if size == 0:
+        return b""
+    return _call(lambda: client().get_object(Bucket=uri.bucket, Key=uri.key,
+                                             Range=f"bytes={offset}-{offset + size - 1}")["Body"].read(), uri, what)
+
+
 def download(uri: S3Uri, path: Path, what: str = "data.root") -> None:
     _call(lambda: client().download_file(uri.bucket, uri.key, str(path)), uri, what)
 
