@@ -369,3 +369,37 @@ def test_a_local_folder_gets_the_same_checks_as_a_bucket(tmp_path):
     with pytest.raises(DataError, match="link.jpg: a symbolic link that leaves the dataset root"):
         data_stage.run(_params(root=str(tmp_path / "c")), tmp_path / "o", track=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_with_two_workers_each_read_every_sharded_image_once(tmp_path):
+    """The same split as above, read by 2 real processes under torchrun, each with 2 DataLoader
+    workers over the shards (fork-safe file handles): every image once per epoch."""
+    import os
+    import subprocess
+    import sys
+
+    n = 64
+    (tmp_path / "data").mkdir()
+    write_prepared(_array_raw(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)},
+                   tmp_path / "data", img_size=8, shards=ShardOptions(shard_size=10))
+    script = tmp_path / "read.py"
+    script.write_text(f"""
+import json, os, numpy as np, torch
+from vitnas.data import PreparedData
+from vitnas.data.prepared import SplitDataset
+from vitnas.train.loop import epoch_loader
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+base = PreparedData({str(tmp_path / "data")!r}).dataset("train")
+ds = SplitDataset(base.part, base.root, 1, lambda im: torch.as_tensor(np.array(im)), base.reader)
+seen = []
+for x, _ in epoch_loader(ds, batch_size=8, seed=0, epoch=5, rank=rank, world_size=world, workers=2):
+    seen += (x[:, 0, 0].long() + 256 * x[:, 0, 1].long()).tolist()
+open({str(tmp_path)!r} + f"/seen-{{rank}}.json", "w").write(json.dumps(seen))
+""")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen-{k}.json").read_text()) for k in range(2)]
+    assert len(seen[0]) == len(seen[1]) == n // 2 and sorted(seen[0] + seen[1]) == list(range(n))
