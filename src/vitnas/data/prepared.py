@@ -74,9 +74,11 @@ def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path,
             parts[name] = _take(raw.train, splits[name])
     skipped = 0
     digests: dict[str, list[bytes]] = {}
+    (out / shards_mod.LOCAL_DIR).mkdir(exist_ok=True)  # always there (empty when unused): one set of outputs
     if shards is not None:
         counts, skipped = _write_shards(raw, parts, out, shards, digests)
     else:
+        shards_mod.write_manifest(out, shards_mod.LOCAL_DIR, [], raw.classes, None)
         digests = {name: _digests(raw, part) for name, part in parts.items()}
         for name, part in parts.items():
             arrays = {"labels": part.labels}
@@ -152,7 +154,6 @@ def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts
     if remote:
         _check_shard_prefix(opts.location)
     folder = Path(tempfile.mkdtemp(prefix=".shards-", dir=out)) if remote else out / shards_mod.LOCAL_DIR
-    folder.mkdir(exist_ok=True)
     entries: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     bad = [0]

@@ -59,14 +59,15 @@ class Stage:
         return any(key == p or key.startswith(p + ".") for p in self.params)
 
 
-_DATA_SPLITS = ("train.npz", "val.npz", "dataset.json")
+# shards.json lists every shard's digest: a changed shard changes it (the shards/ folder itself is
+# an output of the data stage, not a dependency of each stage).
+_DATA_SPLITS = ("train.npz", "val.npz", "dataset.json", "shards.json")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "vitnas data --out artifacts/data",
           inputs={}, params=("data", "transfer.targets"),
-          outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json"),
-          code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py"),
-          extra_outputs=("shards", "shards.json")),
+          outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json", "shards", "shards.json"),
+          code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py")),
     Stage("supernet", "vitnas supernet --data artifacts/data --out artifacts/supernet "
           "--checkpoints artifacts/checkpoints/supernet --resume",
           inputs={"data": _DATA_SPLITS}, params=("space", "supernet", "data.img_size", "data.augment"),
@@ -77,7 +78,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                  Plot("supernet curves", "curves.png")),
           checkpoints=True),
     Stage("proxy", "vitnas proxy --data artifacts/data --out artifacts/proxy",
-          inputs={"data": ("train.npz", "dataset.json")},
+          inputs={"data": ("train.npz", "dataset.json", "shards.json")},
           params=("proxy", "space", "data.img_size", "search.params_min", "search.params_max", "search.flops_min",
                   "search.flops_max"),
           outputs=("scores.jsonl", "top_k.json"),
