@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from vitnas.data import store
-from vitnas.errors import ArtifactError, DataError
+from vitnas.errors import ArtifactError
 
 MANIFEST = "shards.json"
 FORMAT = "vitnas-shards/1"
@@ -249,11 +249,3 @@ def upload_shards(folder: Path, entries: Sequence[Mapping[str, Any]], uri: str) 
     base = store.S3Uri.parse(uri, "data.shards")
     for e in entries:
         store.upload(folder / e["name"], base.join(e["name"]))
-
-
-def decode_error(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
-
-
-__all__ = ["DataError", "MANIFEST", "Sample", "ShardReader", "check_index", "read_manifest", "upload_shards",
-           "write_manifest", "write_split"]
