@@ -75,3 +75,15 @@ def cli(monkeypatch, capsys):
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
     return run
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's S3 server on a free loopback port (the stand-in for MinIO/S3); yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

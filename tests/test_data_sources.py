@@ -28,24 +28,13 @@ BUCKET = "datasets"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_server, monkeypatch):
-    """A fresh bucket on the module's server, with this process's AWS_* environment pointing at it."""
+def s3(moto_endpoint, monkeypatch):
+    """A fresh bucket on the session's moto server, with this process's AWS_* environment pointing at it."""
     for k, v in CREDENTIALS.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []) if _exists(client) else []:
         client.delete_object(Bucket=BUCKET, Key=obj["Key"])
     if not _exists(client):

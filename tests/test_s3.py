@@ -27,19 +27,12 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on a free loopback port with an empty bucket; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in CREDENTIALS.items()
-                                                           if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+def s3(moto_endpoint):
+    """moto's S3 server with the bucket; yields (endpoint URL, client)."""
+    client = boto3.client("s3", endpoint_url=moto_endpoint, **{k.lower(): v for k, v in CREDENTIALS.items()
+                                                                if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
     client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    return moto_endpoint, client
 
 
 def _keys(client, prefix: str) -> list[str]:

@@ -7,6 +7,9 @@ import hashlib
 from pathlib import Path
 
 _SKIP = (".vitnas-output.json",)  # vitnas's output marker says who wrote a directory, not what it holds
+# Folders whose files a manifest beside them pins by digest: the manifest stands for them, so a
+# data directory's digest does not read every shard again (shards.json lists each shard's sha256).
+_PINNED = {"shards": "shards.json"}
 
 
 def _update(h, path: Path) -> None:
@@ -36,6 +39,8 @@ def path_digest(path: str | Path) -> str:
     if path.is_file():
         return file_sha256(path)[:16]
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _SKIP):
+    pinned = tuple(path / d for d, manifest in _PINNED.items() if (path / manifest).is_file())
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _SKIP
+                    and not any(d in p.parents for d in pinned)):
         h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()[:16]

@@ -172,13 +172,11 @@ def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts
     finally:
         if remote:
             shutil.rmtree(folder, ignore_errors=True)
-    manifest = shards_mod.write_manifest(out, opts.location if remote else shards_mod.LOCAL_DIR, entries,
-                                         raw.classes, opts.store_size)
+    shards_mod.write_manifest(out, opts.location if remote else shards_mod.LOCAL_DIR, entries, raw.classes,
+                              opts.store_size)
     if remote:  # beside the shards too: it marks the prefix as vitnas's for the next run
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / shards_mod.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            store.upload(Path(tmp) / shards_mod.MANIFEST,
-                         store.S3Uri.parse(opts.location, "data.shards").join(shards_mod.MANIFEST))
+        prefix = store.S3Uri.parse(opts.location, "data.shards")
+        store.upload(out / shards_mod.MANIFEST, prefix.join(shards_mod.MANIFEST))
     return counts, bad[0]
 
 
@@ -262,15 +260,14 @@ class SplitDataset(Dataset):
             return Image.fromarray(a[..., 0], mode="L") if self.in_chans == 1 else Image.fromarray(a)
         if self.reader is not None:
             ix = self.part.index
-            data = self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i]))
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("L" if self.in_chans == 1 else "RGB")
-        if store.is_s3(self.root):
+            src = io.BytesIO(self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i])))
+        elif store.is_s3(self.root) or store.is_fs(self.root):
             from vitnas.data.sources import read_file
 
-            with Image.open(io.BytesIO(read_file(self.root, str(self.part.paths[i])))) as im:
-                return im.convert("L" if self.in_chans == 1 else "RGB")
-        with Image.open(Path(self.root) / str(self.part.paths[i])) as im:
+            src = io.BytesIO(read_file(self.root, str(self.part.paths[i])))
+        else:
+            src = Path(self.root) / str(self.part.paths[i])
+        with Image.open(src) as im:
             return im.convert("L" if self.in_chans == 1 else "RGB")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

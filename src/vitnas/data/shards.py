@@ -18,7 +18,6 @@ are never copied: each image is one ranged GET (for datasets larger than a node'
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from vitnas.data import store
+from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError
 
 MANIFEST = "shards.json"
@@ -40,14 +40,6 @@ FORMAT = "vitnas-shards/1"
 LOCAL_DIR = "shards"
 CACHE_ENV = "VITNAS_SHARD_CACHE"
 NO_CACHE = "none"  # VITNAS_SHARD_CACHE=none: read S3 shards by ranged GETs, never copy them
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -87,7 +79,7 @@ def write_split(split: str, samples: Iterable[Sample], folder: Path, shard_size:
         if tar is not None:
             tar.close()
             path = folder / entries[-1]["name"]
-            entries[-1].update(bytes=path.stat().st_size, sha256=sha256_file(path), count=count)
+            entries[-1].update(bytes=path.stat().st_size, sha256=file_sha256(path), count=count)
             tar = None
 
     for i, s in enumerate(samples):
@@ -166,9 +158,6 @@ class ShardReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def path(self, k: int) -> Path:
         """The local, digest-checked file of shard `k` (fetched into the cache first when on S3)."""
         e = self.entries[k]
@@ -199,7 +188,7 @@ class ShardReader:
 
     @staticmethod
     def _verify(path: Path, entry: Mapping[str, Any], where: str) -> None:
-        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
             if path.name.endswith(".part"):
                 path.unlink(missing_ok=True)
             raise ArtifactError(f"{where}: shard does not match its digest in {MANIFEST} (changed or truncated); "
@@ -212,19 +201,18 @@ class ShardReader:
             # shard's digest cannot be checked without reading it whole, its size is
             uri = store.S3Uri.parse(location, "data.shards").join(self.entries[k]["name"])
             data = store.get_range(uri, offset, size, "data.shards")
-            if len(data) != size:
-                raise ArtifactError(f"{uri}: shorter than the manifest says (changed since `vitnas data`?)")
-            return data
-        if os.getpid() != self._pid:  # a forked DataLoader worker: its own handles
-            self._files, self._pid = {}, os.getpid()
-        with self._lock:
-            f = self._files.get(k)
-            if f is None:
-                f = self._files[k] = open(self.path(k), "rb")  # noqa: SIM115 (kept open: random access)
-            f.seek(offset)
-            data = f.read(size)
+        else:
+            if os.getpid() != self._pid:  # a forked DataLoader worker: its own handles
+                self._files, self._pid = {}, os.getpid()
+            with self._lock:
+                f = self._files.get(k)
+                if f is None:
+                    f = self._files[k] = open(self.path(k), "rb")  # noqa: SIM115 (kept open: random access)
+                f.seek(offset)
+                data = f.read(size)
         if len(data) != size:
-            raise ArtifactError(f"shard {self.entries[k]['name']}: truncated at byte {offset}")
+            raise ArtifactError(f"shard {self.entries[k]['name']}: shorter than {MANIFEST} says at byte {offset} "
+                                "(changed since `vitnas data`?)")
         return data
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vitnas.errors import VitnasError
-from vitnas.files import output_mode, temp_beside
+from vitnas.files import atomic_file
 
 FORMATS = ("onnx", "pt2")
 # What every export carries, so `vitnas export` knows a file at --out is one it wrote: a pt2
@@ -102,11 +101,9 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, fmt:
     """Write `model` (eval mode, CPU) traced on `example` to `path` atomically (temp file + rename),
     marked as vitnas's (`is_vitnas_export`)."""
     check_format(fmt)
-    path = Path(path)
-    tmp = temp_beside(path)
     wrapped = _Input(model.cpu()).eval()
     try:
-        with torch.no_grad(), _quiet():
+        with atomic_file(path) as tmp, torch.no_grad(), _quiet():
             if fmt == "pt2":
                 program = torch.export.export(wrapped, (example,), dynamic_shapes=_dynamic(dynamic_batch))
                 torch.export.save(program, str(tmp), extra_files={_PT2_EXTRA: f'{{"format": "{EXPORT_FORMAT}"}}'})
@@ -117,15 +114,11 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, fmt:
                     dynamic_shapes=_dynamic(dynamic_batch), verbose=False, report=False)
                 onnx_program.model.metadata_props[_ONNX_KEY] = EXPORT_FORMAT
                 onnx_program.save(str(tmp))
-        os.chmod(tmp, output_mode())
-        os.replace(tmp, path)
     except ExportError:
         raise
     except Exception as e:  # the exporters raise many types
         msg = (str(e).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"{fmt} export failed ({type(e).__name__}: {msg})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _need_onnx(*modules: str) -> None:

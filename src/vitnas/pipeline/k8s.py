@@ -24,12 +24,17 @@ TAG = re.compile(r"[\w][\w.-]{0,127}")
 CAPS = {"--gpus": 64, "--proxy-shards": 1024, "--retries": 20, "--nodes": 1024}
 
 
+def _require(ok: bool, flag: str, value: str, what: str) -> str:
+    if not ok:
+        raise ConfigError(f"{flag} {value!r}: not {what}")
+    return value
+
+
 def check_dns_subdomain(flag: str, value: str) -> str:
     """Names of secrets, volumes claims and other objects."""
-    if len(value) > 253 or not DNS_SUBDOMAIN.fullmatch(value):
-        raise ConfigError(f"{flag} {value!r}: not a valid Kubernetes name (lower-case letters, digits, '-' and "
-                          "'.', starting and ending with a letter or digit, at most 253 characters)")
-    return value
+    return _require(len(value) <= 253 and DNS_SUBDOMAIN.fullmatch(value) is not None, flag, value,
+                    "a valid Kubernetes name (lower-case letters, digits, '-' and '.', starting and ending with a "
+                    "letter or digit, at most 253 characters)")
 
 
 def check_label_key(flag: str, key: str) -> str:
@@ -39,37 +44,29 @@ def check_label_key(flag: str, key: str) -> str:
     ok = len(name) <= 63 and re.fullmatch(_NAME, name) is not None
     if slash:
         ok = ok and len(prefix) <= 253 and DNS_SUBDOMAIN.fullmatch(prefix) is not None
-    if not ok:
-        raise ConfigError(f"{flag} {key!r}: not a valid Kubernetes label key ([prefix/]name: the name at most 63 "
-                          "letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")
-    return key
+    return _require(ok, flag, key, "a valid Kubernetes label key ([prefix/]name: the name at most 63 letters, "
+                    "digits, '-', '_' or '.', starting and ending with a letter or digit)")
 
 
 def check_label_value(flag: str, value: str) -> str:
-    if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
-        raise ConfigError(f"{flag} {value!r}: not a valid Kubernetes label value (at most 63 letters, digits, "
-                          "'-', '_' or '.', starting and ending with a letter or digit)")
-    return value
+    return _require(len(value) <= 63 and LABEL_VALUE.fullmatch(value) is not None, flag, value,
+                    "a valid Kubernetes label value (at most 63 letters, digits, '-', '_' or '.', starting and "
+                    "ending with a letter or digit)")
 
 
 def check_quantity(flag: str, value: str) -> str:
-    if not QUANTITY.fullmatch(value):
-        raise ConfigError(f"{flag} {value!r}: not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
-    return value
+    return _require(QUANTITY.fullmatch(value) is not None, flag, value, "a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
 
 
 def check_image(flag: str, ref: str) -> str:
-    if len(ref) > 512 or not IMAGE.fullmatch(ref):
-        raise ConfigError(f"{flag} {ref!r}: not a valid image reference ([registry/]repository[:tag][@digest], "
-                          "no spaces or control characters)")
-    return ref
+    return _require(len(ref) <= 512 and IMAGE.fullmatch(ref) is not None, flag, ref,
+                    "a valid image reference ([registry/]repository[:tag][@digest], no spaces or control "
+                    "characters)")
 
 
 def check_tag(flag: str, tag: str) -> str:
-    if not TAG.fullmatch(tag):
-        raise ConfigError(f"{flag} {tag!r}: not a valid image tag (letters, digits, '_', '.', '-', at most 128, "
-                          "not starting with '.' or '-')")
-    return tag
+    return _require(TAG.fullmatch(tag) is not None, flag, tag,
+                    "a valid image tag (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')")
 
 
 def check_count(flag: str, value: int, low: int) -> int:

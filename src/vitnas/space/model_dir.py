@@ -76,7 +76,8 @@ def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.devi
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ArtifactError(f"{path}: not a state dict of tensors")
     state = {k: v for k, v in state.items() if not drop(k)}
-    check_state_fits(arch, {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, path)
+    if not safetensors:  # a torch file has no header: its loaded tensors are checked before building
+        check_state_fits(arch, {k: (v.dtype, tuple(v.shape)) for k, v in state.items()}, path)
     model = build(arch)
     try:
         model.load_state_dict(state, strict=True)

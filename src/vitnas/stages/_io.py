@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vitnas.errors import ArtifactError
-from vitnas.files import output_mode, umask
+from vitnas.files import atomic_file, output_mode, umask
 from vitnas.stages.contract import STAGES
 
 MARKER = ".vitnas-output.json"
@@ -160,13 +160,8 @@ def starts_with(line: str) -> Callable[[Path], bool]:
 
 
 def _is_input(real: Path, inputs: Iterable[str | Path | None]) -> str | None:
-    for p in inputs:
-        if p is None or not str(p):
-            continue
-        q = Path(p).resolve()
-        if real == q or q in real.parents:
-            return str(p)
-    return None
+    """The input that `real` is, or lies inside."""
+    return next((str(p) for p in inputs if p is not None and str(p) and _contains(Path(p).resolve(), real)), None)
 
 
 def check_output_file(path: str | Path, kind: FileKind, *, force: bool = False,
@@ -219,16 +214,13 @@ def _is_our_leftover(entry: Path) -> bool:
         return False
 
 
-def remove_leftovers(out: Path) -> list[Path]:
+def remove_leftovers(out: Path) -> None:
     """Remove what an interrupted `atomic_dir` left beside `out` (tagged temp and old directories)
-    and nothing else; returns what was removed."""
-    removed = []
+    and nothing else."""
     for kind in ("tmp", "old"):
         for entry in out.parent.glob(f".{out.name}.{kind}-*"):
             if _is_our_leftover(entry):
                 shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-    return removed
 
 
 def _open_lock(lock_path: Path) -> tuple[int, bool]:
@@ -330,11 +322,8 @@ def atomic_dir(out: str | Path, stage: str) -> Iterator[Path]:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.chmod(tmp, output_mode())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
