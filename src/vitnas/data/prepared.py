@@ -26,6 +26,7 @@ from vitnas.data import store
 from vitnas.data.sources import RawDataset, RawPart
 from vitnas.data.transforms import eval_transform, train_transform
 from vitnas.errors import ArtifactError, DataError
+from vitnas.progress import progress
 from vitnas.space.arch import LIMITS
 
 SPLITS = ("train", "val", "test")
@@ -160,8 +161,9 @@ def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts
     try:
         for name in SPLITS:
             digests[name] = []
-            index, split_entries = shards_mod.write_split(name, _samples(raw, parts[name], opts, bad, digests[name]),
-                                                          folder, opts.shard_size)
+            samples = progress(_samples(raw, parts[name], opts, bad, digests[name]), total=len(parts[name]),
+                               desc=f"sharding {name}", unit="images", every_s=30)  # hours for ImageNet from S3
+            index, split_entries = shards_mod.write_split(name, samples, folder, opts.shard_size)
             np.savez(out / f"{name}.npz", **index)
             counts[name] = len(index["labels"])
             if remote:
