@@ -55,17 +55,28 @@ def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
     assert inputs["search_fitness"]["parameterType"] == "STRING"
     assert inputs["data_seed"]["defaultValue"] == 3
     assert inputs["supernet_epochs"]["description"] == "params.yaml supernet.epochs."
-    # nullable text keys are typed ("" for null); lists and nullable numbers stay in params_json
+    # nullable keys are typed as text ("" for null; numbers as YAML writes them); lists stay in params_json
     assert inputs["data_root"]["parameterType"] == "STRING" and inputs["data_root"]["defaultValue"] == ""
     assert inputs["data_shards"]["parameterType"] == "STRING"
+    assert inputs["slim_target_flops_ratio"]["parameterType"] == "STRING"
+    assert inputs["slim_target_flops_ratio"]["defaultValue"] == "0.5"
+    assert inputs["search_params_max"]["defaultValue"] == ""
+    assert inputs["data_max_train_images"]["description"] == "params.yaml data.max_train_images (int; empty for null)."
     rest = json.loads(inputs["params_json"]["defaultValue"])
-    assert rest["slim"]["target_flops_ratio"] == 0.5 and rest["search"]["params_max"] is None
-    assert "epochs" not in rest["supernet"] and rest["proxy"]["proxies"] == list(params.proxy.proxies)
+    assert "slim" not in rest and "search" not in rest  # all their keys are scalars
+    assert "supernet" not in rest and rest["proxy"]["proxies"] == list(params.proxy.proxies)
     typed = {k: v["defaultValue"] for k, v in inputs.items() if k != "params_json"}
     assert merge_params(inputs["params_json"]["defaultValue"], typed) == params
     root = merge_params(inputs["params_json"]["defaultValue"], {**typed, "data_root": "s3://b/imagenet",
                                                                  "data_dataset": "imagefolder"})
     assert root.data.root == "s3://b/imagenet"  # a per-run dataset is one typed parameter
+    run = merge_params(inputs["params_json"]["defaultValue"],
+                       {**typed, "data_max_train_images": "2e4", "supernet_ema_decay": "0.9998",
+                        "search_params_max": "6M", "space_rel_pos": "false", "slim_target_flops_ratio": ""})
+    assert (run.data.max_train_images, run.supernet.ema_decay, run.search.params_max, run.space.rel_pos,
+            run.slim.target_flops_ratio) == (20000, 0.9998, 6e6, False, None)
+    with pytest.raises(ConfigError, match="^data.max_train_images: "):
+        merge_params(inputs["params_json"]["defaultValue"], {**typed, "data_max_train_images": "many"})
     # every scalar key of the repo's params.yaml round-trips
     from vitnas.config import load_params
 
@@ -335,7 +346,7 @@ def test_submit_creates_a_run_on_the_kfp_api(tmp_path, repo, cli):
     assert {ex["container"]["image"] for ex in _executors(spec).values()} == {"reg.example/vitnas:abc1234"}
     assert "platform_spec" in run["pipeline_spec"]
     args = run["runtime_config"]["parameters"]
-    assert args["supernet_epochs"] == 3 and json.loads(args["params_json"])["search"]["params_max"] == 1e6
+    assert args["supernet_epochs"] == 3 and args["search_params_max"] == "1000000.0"
 
 
 @pytest.mark.slow

@@ -673,17 +673,23 @@ def _numbers(value: Any) -> Any:
     return value
 
 
+def read_value(text: str, where: str) -> Any:
+    """A value typed as text (`--set`, a text pipeline parameter): read as YAML (3, 1e-3, true, null,
+    [1, 2]); empty is null."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: cannot read {text!r} as a value") from None
+    return _numbers(value)  # YAML 1.1 reads 1e-3 as text; people mean the number (in lists too)
+
+
 def apply_override(raw: Any, item: str) -> dict[str, Any]:
     """`section.key=value` (the value read as YAML: 3, 1e-3, true, null, [1, 2]); a number in the path
     indexes a list (`transfer.targets.0.epochs=2`). Unknown keys are left to validation to name."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set supernet.epochs=3")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: cannot read {text!r} as a value") from None
-    value = _numbers(value)  # YAML 1.1 reads 1e-3 as text; people mean the number (in lists too)
+    value = read_value(text, f"--set {key}")
     root = copy.deepcopy(raw) if isinstance(raw, dict) else {}
     node: Any = root
     parts = key.strip().split(".")

@@ -4,10 +4,10 @@
                  \\-> proxy -----/
                     (or ParallelFor k < K: proxy shard k -> proxy merge, with `proxy_shards` K)
 
-Parameters: every non-nullable scalar key and every nullable text key of params.yaml is a typed
-pipeline parameter (`supernet_epochs: int`, `data_root: str` with "" for null); the rest travels as
-JSON in `params_json` (KFP parameters cannot hold null); defaults are the params.yaml given at
-compile time. The `init` step merges and validates
+Parameters: every scalar key of params.yaml is a typed pipeline parameter (`supernet_epochs: int`;
+nullable keys as text with "" for null: `data_root: str`, `data_max_train_images: str`); lists and
+transfer targets travel as JSON in `params_json` (KFP parameters cannot hold null); defaults are
+the params.yaml given at compile time. The `init` step merges and validates
 them and opens the MLflow parent run of this pipeline run.
 
 Cluster settings (image, GPUs, node selector, tolerations, /dev/shm, secret) are fixed at compile
@@ -186,7 +186,7 @@ def _param_docs() -> str:
     """Google-style docstring of the pipeline: KFP shows each Args entry as the parameter's description."""
     lines = ["The vitnas pipeline.", "", "Args:",
              "    params_json: every params.yaml key without a typed parameter, as JSON."]
-    lines += [f"    {p.name}: params.yaml {p.key}." for p in typed_params()]
+    lines += [f"    {p.name}: {p.description}" for p in typed_params()]
     return "\n".join(lines)
 
 

@@ -1,12 +1,13 @@
 """What component bodies call inside the stage containers (and kfp.local's subprocesses).
 
-- Typed pipeline parameters: every non-nullable scalar key of params.yaml (`supernet.epochs` ->
-  `supernet_epochs: int`) and every nullable text key (`data.root` -> `data_root: str`, empty for
-  null) is its own pipeline parameter, so the KFP UI shows and type-checks it; the rest (lists,
-  nullable numbers, transfer targets) travels in `params_json`. (KFP parameters cannot hold null,
-  and kfp.local cannot run an optional parameter without a default: text has "" to stand for null,
-  numbers have nothing.) The first
-  pipeline step merges both and validates them with `vitnas.config` before any GPU pod starts.
+- Typed pipeline parameters: every scalar key of params.yaml is its own pipeline parameter, so the
+  KFP UI shows it per run: `supernet.epochs` -> `supernet_epochs: int`, a nullable text key
+  `data.root` -> `data_root: str` (empty for null), a nullable number or switch
+  `data.max_train_images` -> `data_max_train_images: str` (its value as text, read as `--set`
+  reads it; empty for null). KFP parameters cannot hold null, and kfp.local cannot run an optional
+  parameter without a default, so text is the one type with a value ("") that stands for null. The
+  rest (lists, transfer targets) travels in `params_json`. The first pipeline step merges both and
+  validates them with `vitnas.config` before any GPU pod starts.
 - `run_stage`: calls `vitnas.stages.<stage>.run(...)` in this process, or under
   `torchrun --standalone --nproc_per_node N` when a training stage has several GPUs.
 
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
-from vitnas.config import Params, parse_params
+from vitnas.config import Params, parse_params, read_value
 from vitnas.errors import ConfigError
 
 PIPELINE_RUN_ENV = "VITNAS_PIPELINE_RUN_ID"
@@ -41,28 +43,38 @@ class TypedParam:
 
     name: str  # pipeline parameter: supernet_epochs
     key: str  # params.yaml key: supernet.epochs
-    type: type  # bool | int | float | str
-    nullable: bool = False  # a nullable text key: the empty string stands for null
+    type: type  # the parameter's type: bool | int | float | str
+    nullable: bool = False  # a nullable key: the empty string stands for null
+    value_type: type | None = None  # a nullable number or switch, carried as text: the key's own type
+
+    @property
+    def description(self) -> str:
+        if self.value_type is not None:
+            return f"params.yaml {self.key} ({self.value_type.__name__}; empty for null)."
+        return f"params.yaml {self.key}" + (" (empty for null)." if self.nullable else ".")
 
 
-def _scalar_type(annotation: Any) -> tuple[type, bool] | None:
-    """(bool/int/float/str, nullable) for a scalar field (Literal of strings -> str; `str | None` ->
-    nullable str), else None."""
+def _scalar_type(annotation: Any) -> tuple[type, bool, type | None] | None:
+    """(parameter type, nullable, value type) for a scalar field: Literal of strings -> str;
+    `str | None` -> nullable str; `int | None` (float, bool) -> nullable str carrying an int; else
+    None."""
     import types
 
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(annotation)) == 2:
             inner = _scalar_type(args[0])
-            return (str, True) if inner is not None and inner[0] is str else None
+            if inner is None:
+                return None
+            return (str, True, None) if inner[0] is str else (str, True, inner[0])
         return None
     if typing.get_origin(annotation) is typing.Annotated:
         return _scalar_type(typing.get_args(annotation)[0])
     if annotation in (bool, int, float, str):
-        return annotation, False
+        return annotation, False, None
     if typing.get_origin(annotation) is typing.Literal:
         values = typing.get_args(annotation)
-        return (str, False) if all(isinstance(v, str) for v in values) else None
+        return (str, False, None) if all(isinstance(v, str) for v in values) else None
     return None
 
 
@@ -89,7 +101,12 @@ def split_params(params: Params) -> tuple[dict[str, Any], str]:
         for k in parents:
             node = node[k]
         value = node.pop(leaf)
-        typed[p.name] = "" if value is None and p.nullable else p.type(value)
+        if value is None and p.nullable:
+            typed[p.name] = ""
+        elif p.value_type is not None:  # as YAML writes it: 0.9999, 2000000, true
+            typed[p.name] = yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+        else:
+            typed[p.name] = p.type(value)
     return typed, json.dumps(_prune(rest), sort_keys=True)
 
 
@@ -135,6 +152,8 @@ def _coerce(p: TypedParam, value: Any) -> Any:
     """KFP hands over JSON numbers (an int may arrive as 3.0); keep the declared type."""
     if value is None or (p.nullable and value == ""):
         return None  # validation says whether the key may be null; an empty optional string is null
+    if p.value_type is not None and isinstance(value, str):
+        return read_value(value, p.name)  # "2e6" -> 2000000, "true" -> True; validation types it
     if p.type is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if p.type is float and isinstance(value, int) and not isinstance(value, bool):
