@@ -12,7 +12,7 @@ from PIL import Image
 
 from vitnas.config import parse_params
 from vitnas.data import PreparedData, load_source, split_indices
-from vitnas.errors import ArtifactError, DataError
+from vitnas.errors import ArtifactError, ConfigError, DataError
 from vitnas.stages import data as data_stage
 
 
@@ -47,6 +47,29 @@ def test_max_train_images_subsets_train_only_and_keeps_val_and_test():
     assert np.bincount(labels[cut["train"]]).tolist() == [30] * 10  # stratified
     same = split_indices(labels, val_fraction=0.1, test_fraction=0.2, seed=0, max_train_images=10_000)
     np.testing.assert_array_equal(same["train"], full["train"])  # a limit above the split keeps it all
+
+
+def test_split_sizes_may_be_image_counts_as_in_sklearn():
+    labels = np.repeat(np.arange(10), 100)
+    s = split_indices(labels, val_fraction=50, test_fraction=200, seed=0)
+    assert (len(s["test"]), len(s["val"]), len(s["train"])) == (200, 50, 750)
+    assert np.bincount(labels[s["test"]]).tolist() == [20] * 10  # still stratified
+    with pytest.raises(ConfigError, match=r"^data.val_fraction: 900 images from 800 images to split leaves a "
+                                          r"split empty"):
+        split_indices(labels, val_fraction=900, test_fraction=200, seed=0)
+    assert parse_params({"data": {"val_fraction": 10000, "test_fraction": 0.2}}).data.val_fraction == 10000
+    with pytest.raises(ConfigError, match="^data.test_fraction: data.val_fraction"):
+        parse_params({"data": {"val_fraction": 0.5, "test_fraction": 0.5}})
+
+
+def test_a_val_split_too_big_for_memory_is_refused_naming_the_key(digits_dir, monkeypatch):
+    monkeypatch.setenv("VITNAS_MEMORY_LIMIT", "200K")  # val: 144 x 1 x 16 x 16 x 4 bytes = 144 KiB > half
+    with pytest.raises(ConfigError, match=r"^data.val_fraction: the val split is held in memory as float32 "
+                                          r"tensors here: 144 images of 1x16x16 need .*; set data.val_fraction "
+                                          r"to an image count such as 50$"):
+        PreparedData(digits_dir).eval_tensors("val")
+    monkeypatch.setenv("VITNAS_MEMORY_LIMIT", "400K")
+    assert len(PreparedData(digits_dir).eval_tensors("val")[1]) == 144
 
 
 def test_digits_stage_writes_the_contract(digits_dir):

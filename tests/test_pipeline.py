@@ -61,7 +61,7 @@ def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
     assert inputs["slim_target_flops_ratio"]["parameterType"] == "STRING"
     assert inputs["slim_target_flops_ratio"]["defaultValue"] == "0.5"
     assert inputs["search_params_max"]["defaultValue"] == ""
-    assert inputs["data_max_train_images"]["description"] == "params.yaml data.max_train_images (int; empty for null)."
+    assert inputs["data_max_train_images"]["description"] == "params.yaml data.max_train_images (integer; empty for null)."
     rest = json.loads(inputs["params_json"]["defaultValue"])
     assert "slim" not in rest and "search" not in rest  # all their keys are scalars
     assert "supernet" not in rest and rest["proxy"]["proxies"] == list(params.proxy.proxies)
@@ -73,6 +73,9 @@ def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
     run = merge_params(inputs["params_json"]["defaultValue"],
                        {**typed, "data_max_train_images": "2e4", "supernet_ema_decay": "0.9998",
                         "search_params_max": "6M", "space_rel_pos": "false", "slim_target_flops_ratio": ""})
+    assert inputs["data_val_fraction"]["defaultValue"] == "0.1"
+    assert merge_params(inputs["params_json"]["defaultValue"], {**typed, "data_val_fraction": "10000"}
+                        ).data.val_fraction == 10000  # a count
     assert (run.data.max_train_images, run.supernet.ema_decay, run.search.params_max, run.space.rel_pos,
             run.slim.target_flops_ratio) == (20000, 0.9998, 6e6, False, None)
     with pytest.raises(ConfigError, match="^data.max_train_images: "):

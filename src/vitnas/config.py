@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     model_validator,
 )
@@ -50,6 +51,22 @@ def _finite(v: Any) -> Any:
 Count = Annotated[float, BeforeValidator(_parse_count), AfterValidator(_finite), Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and torch seeds are 32-bit
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _split_size(v: Any) -> float | int:
+    """A fraction in (0, 1) or (an integer) an image count, as sklearn's `test_size`."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not 1 <= v <= 1_000_000_000:
+            raise ValueError("an image count must be in 1..1,000,000,000")
+        return v
+    if isinstance(v, float):
+        if not 0 < v < 1:
+            raise ValueError("a fraction must be > 0 and < 1 (or an integer: that many images)")
+        return v
+    raise ValueError("expected a fraction in (0, 1) or an integer image count")
+
+
+SplitSize = Annotated[float | int, PlainValidator(_split_size, json_schema_input_type=float | int)]
 MAX_COUNT = 1_000_000_000  # any count: far above real use, so a typo (1e15) is one line, not a run
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
@@ -84,8 +101,10 @@ class DataConfig(_Section):
     root: str | None = None
     download: bool = False
     img_size: Annotated[int, Field(gt=0, le=4096)] = 16
-    val_fraction: Fraction = 0.1
-    test_fraction: Fraction = 0.2
+    # A fraction of the images, or (an integer) that many images: at scale, a fixed val set such as
+    # 10000 keeps search and slimming (which hold val in memory) fast and bounded.
+    val_fraction: SplitSize = 0.1
+    test_fraction: SplitSize = 0.2
     max_train_images: PosInt | None = None  # at most this many train images (seeded, stratified subset); null: all
     seed: Seed = 0
     augment: AugmentConfig = AugmentConfig()
@@ -397,7 +416,8 @@ def _check(p: Params) -> None:
         v = getattr(d, key)
         if v is not None and len(v) != chans:
             raise ConfigError(f"data.{key}: {len(v)} values for {chans} channel(s)")
-    if d.val_fraction + d.test_fraction >= 1:
+    if isinstance(d.val_fraction, float) and isinstance(d.test_fraction, float) \
+            and d.val_fraction + d.test_fraction >= 1:
         raise ConfigError("data.test_fraction: data.val_fraction + data.test_fraction must be < 1")
     if d.augment.scale[0] > d.augment.scale[1]:
         raise ConfigError("data.augment.scale: lower bound must be <= upper bound")

@@ -398,6 +398,23 @@ class PreparedData:
         reader = shards_mod.ShardReader(self.path, split, self.manifest()) if part.index is not None else None
         return SplitDataset(part, self.meta.get("root"), self.in_chans, tf, reader)
 
+    def _check_eval_memory(self, split: str) -> None:
+        """Refuse, before reading an image, a split whose tensors would take more than half the
+        memory (an ImageNet-size val split at 224 px is tens of GiB)."""
+        from vitnas.errors import ConfigError
+        from vitnas.space.memory import LIMIT_ENV, gib, memory_limit
+
+        n = self.meta["splits"][split]
+        per_image = 4 * self.in_chans * self.img_size**2
+        limit = memory_limit()
+        if n * per_image > limit // 2:
+            key = {"train": "data.max_train_images", "val": "data.val_fraction", "test": "data.test_fraction"}[split]
+            fits = max(1, limit // 4 // per_image)
+            raise ConfigError(f"{key}: the {split} split is held in memory as float32 tensors here: {n:,} images "
+                              f"of {self.in_chans}x{self.img_size}x{self.img_size} need {gib(n * per_image)}, more "
+                              f"than half of the {gib(limit)} of memory ({LIMIT_ENV}); set {key} to an image count "
+                              f"such as {min(fits, 10_000):,}")
+
     def manifest(self) -> dict[str, Any]:
         """The shard manifest (`shards.json`) of a sharded dataset."""
         if self._manifest is None:
@@ -408,6 +425,7 @@ class PreparedData:
         """The whole split, eval-transformed, as (images, labels) tensors: for fast repeated eval
         of many subnets on small splits. Cached per split."""
         if split not in self._eval_cache:
+            self._check_eval_memory(split)
             ds = self.dataset(split)
             xs = torch.stack([ds[i][0] for i in range(len(ds))]) if len(ds) else \
                 torch.empty(0, self.in_chans, self.img_size, self.img_size)

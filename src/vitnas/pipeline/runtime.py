@@ -49,19 +49,22 @@ class TypedParam:
 
     @property
     def description(self) -> str:
-        if self.value_type is not None:
-            return f"params.yaml {self.key} ({self.value_type.__name__}; empty for null)."
-        return f"params.yaml {self.key}" + (" (empty for null)." if self.nullable else ".")
+        notes = [{int: "integer", float: "number", bool: "true or false"}[self.value_type]] if self.value_type else []
+        notes += ["empty for null"] if self.nullable else []
+        return f"params.yaml {self.key}" + (f" ({'; '.join(notes)})." if notes else ".")
 
 
 def _scalar_type(annotation: Any) -> tuple[type, bool, type | None] | None:
     """(parameter type, nullable, value type) for a scalar field: Literal of strings -> str;
-    `str | None` -> nullable str; `int | None` (float, bool) -> nullable str carrying an int; else
-    None."""
+    `str | None` -> nullable str; `int | None` (float, bool) -> nullable str carrying an int;
+    `float | int` -> str carrying a number; else None."""
     import types
 
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        kinds = {(_scalar_type(a) or (None,))[0] for a in args}
+        if len(args) == len(typing.get_args(annotation)) and kinds == {int, float}:
+            return str, False, float  # a fraction or a count (data.val_fraction): a number, as text
         if len(args) == 1 and len(typing.get_args(annotation)) == 2:
             inner = _scalar_type(args[0])
             if inner is None:

@@ -19,9 +19,9 @@ def _digits_parts(params: Params, raw: RawDataset, splits: dict) -> tuple[tuple,
 
     if raw.name != "digits":  # another main dataset: split the digits with the same settings
         cfg = params.data
-        raw = load_source("digits")
-        splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                               seed=cfg.seed)
+        raw = load_source("digits")  # the test fraction as set (a count may not fit 1,797 digits)
+        test = cfg.test_fraction if isinstance(cfg.test_fraction, float) else 0.2
+        splits = split_indices(raw.train.labels, val_fraction=0.1, test_fraction=test, seed=cfg.seed)
     train = np.sort(np.concatenate([splits["train"], splits["val"]]))
     images, labels = raw.train.images, raw.train.labels
     return (images[train], labels[train]), (images[splits["test"]], labels[splits["test"]])
