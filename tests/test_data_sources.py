@@ -252,7 +252,8 @@ def test_mnist_format_files_in_s3_are_read_like_a_local_root(s3, tmp_path):
 @pytest.mark.slow
 def test_the_pipeline_runs_through_kfp_local_with_the_dataset_only_in_s3(s3, tmp_path, monkeypatch):
     """An image folder that exists only in a bucket, sharded to another prefix: every step of the
-    Kubeflow pipeline (one subprocess each, as pods) reads it from S3, none from a local copy."""
+    Kubeflow pipeline (one subprocess each, as pods) reads it from S3, none from a local copy; the
+    training steps stream the shards (`data.shuffle_buffer`, a typed pipeline parameter)."""
     from vitnas.pipeline.dag import run_local
 
     _upload_folder(s3, "photos", per_class=(40, 10))
@@ -261,7 +262,7 @@ def test_the_pipeline_runs_through_kfp_local_with_the_dataset_only_in_s3(s3, tmp
     monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "kfp-local-s3")
     params = parse_params({
         "data": {"dataset": "imagefolder", "root": f"s3://{BUCKET}/photos", "img_size": 16, "store_size": 16,
-                 "shards": f"s3://{BUCKET}/photo-shards", "shard_size": 16},
+                 "shards": f"s3://{BUCKET}/photo-shards", "shard_size": 16, "shuffle_buffer": 32},
         "tracking": {"experiment": "kfp-local-s3"},
         "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16},
         "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2]},

@@ -61,7 +61,8 @@ def test_typed_parameters_mirror_params_yaml(tmp_path, repo):
     assert inputs["slim_target_flops_ratio"]["parameterType"] == "STRING"
     assert inputs["slim_target_flops_ratio"]["defaultValue"] == "0.5"
     assert inputs["search_params_max"]["defaultValue"] == ""
-    assert inputs["data_max_train_images"]["description"] == "params.yaml data.max_train_images (integer; empty for null)."
+    assert inputs["data_max_train_images"]["description"] == \
+        "params.yaml data.max_train_images (integer; empty for null)."
     rest = json.loads(inputs["params_json"]["defaultValue"])
     assert "slim" not in rest and "search" not in rest  # all their keys are scalars
     assert "supernet" not in rest and rest["proxy"]["proxies"] == list(params.proxy.proxies)

@@ -118,6 +118,11 @@ class DataConfig(_Section):
     store_size: Annotated[int, Field(ge=8, le=4096)] | None = None  # pre-resize file images (shorter side)
     shard_size: Annotated[int, Field(gt=0, le=1_000_000)] = 1000  # images per shard
     skip_bad_images: bool = False  # leave corrupt or non-image files out (counted) instead of stopping
+    # How training epochs read shards (read by the training stages, not the data stage): null, by
+    # random access (a full seeded permutation each epoch, as for arrays); a number, streamed
+    # (vitnas.data.stream: shards in a seeded order, a run of images per read, shuffled within
+    # windows of this many images held per DataLoader worker): for a split bigger than a node's disk.
+    shuffle_buffer: PosInt | None = None
     # Image folders: channels (1: greyscale, 3: RGB) and normalisation; null: 3 and ImageNet's mean/std
     # (array datasets: their own channels, mean/std from the train split unless given).
     in_chans: Annotated[int, Field(ge=1, le=64)] | None = None
@@ -407,6 +412,9 @@ def _check(p: Params) -> None:
     if d.store_size is not None and d.shards is None and not (d.dataset == "imagefolder" and (
             d.dvc_repo or (d.root and d.root.startswith("s3://")))):
         raise ConfigError("data.store_size: only used with data.shards (images are pre-resized into the shards)")
+    if d.shuffle_buffer is not None and d.shards is None and not (d.dataset == "imagefolder" and (
+            d.dvc_repo or (d.root and d.root.startswith("s3://")))):
+        raise ConfigError("data.shuffle_buffer: streaming reads shards; set data.shards (out or an s3:// prefix)")
     if d.in_chans is not None and d.dataset != "imagefolder" and d.in_chans != _DATA_SHAPES[d.dataset][1]:
         raise ConfigError(f"data.in_chans: {d.dataset} has {_DATA_SHAPES[d.dataset][1]} channel(s), got {d.in_chans}")
     if d.in_chans not in (None, 1, 3):

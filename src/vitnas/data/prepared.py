@@ -58,6 +58,7 @@ class ShardOptions:
     shard_size: int = 1000
     skip_bad: bool = False
     threads: int = 16
+    seed: int = 0  # the order samples are written in (shuffled: streamed windows mix classes)
 
 
 def write_prepared(raw: RawDataset, splits: Mapping[str, np.ndarray], out: Path, *, img_size: int,
@@ -160,10 +161,12 @@ def _write_shards(raw: RawDataset, parts: Mapping[str, RawPart], out: Path, opts
     bad = [0]
     try:
         for name in SPLITS:
-            digests[name] = []
-            samples = progress(_samples(raw, parts[name], opts, bad, digests[name]), total=len(parts[name]),
+            found: list[tuple[int, bytes]] = []
+            order = np.random.default_rng([opts.seed, SPLITS.index(name)]).permutation(len(parts[name]))
+            samples = progress(_samples(raw, parts[name], order, opts, bad, found), total=len(parts[name]),
                                desc=f"sharding {name}", unit="images", every_s=30)  # hours for ImageNet from S3
             index, split_entries = shards_mod.write_split(name, samples, folder, opts.shard_size)
+            digests[name] = [d for _, d in sorted(found)]
             np.savez(out / f"{name}.npz", **index)
             counts[name] = len(index["labels"])
             if remote:
@@ -204,10 +207,11 @@ def _check_shard_prefix(location: str) -> None:
                         f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give an empty prefix")
 
 
-def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int], digests: list[bytes]):
-    """The split's images as shard samples, in order; files are fetched and checked by a thread pool
-    (S3 reads and decoding overlap), `bad[0]` counts the ones skipped, `digests` gets a digest of
-    each kept image's original bytes."""
+def _samples(raw: RawDataset, part: RawPart, order: np.ndarray, opts: ShardOptions, bad: list[int],
+             digests: list[tuple[int, bytes]]):
+    """The split's images as shard samples, in `order` (positions in the split); files are fetched
+    and checked by a thread pool (S3 reads and decoding overlap), `bad[0]` counts the ones skipped,
+    `digests` gets (position, digest of the original bytes) of each kept image."""
     from concurrent.futures import ThreadPoolExecutor
 
     from vitnas.data.images import BadImage, encode_array, encode_file
@@ -215,9 +219,9 @@ def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int],
     from vitnas.data.sources import read_file
 
     if part.images is not None:
-        for img, label in zip(part.images, part.labels, strict=True):
-            digests.append(_digest(img.tobytes()))
-            yield Sample(encode_array(img), "png", int(label))
+        for i in order.tolist():
+            digests.append((i, _digest(part.images[i].tobytes())))
+            yield Sample(encode_array(part.images[i]), "png", int(part.labels[i]), i)
         return
 
     def load(i: int):
@@ -236,25 +240,37 @@ def _samples(raw: RawDataset, part: RawPart, opts: ShardOptions, bad: list[int],
     chunk = 1024
     with ThreadPoolExecutor(opts.threads) as pool:
         for start in range(0, len(part), chunk):
-            idx = range(start, min(start + chunk, len(part)))
+            idx = order[start:start + chunk].tolist()
             for i, got in zip(idx, pool.map(load, idx), strict=True):
                 if got is None:
                     bad[0] += 1
                     continue
-                digests.append(got[2])
-                yield Sample(got[0], got[1], int(part.labels[i]))
+                digests.append((i, got[2]))
+                yield Sample(got[0], got[1], int(part.labels[i]), i)
 
 
 class SplitDataset(Dataset):
     """One split as (image tensor, label), with the given transform."""
 
     def __init__(self, part: RawPart, root: str | None, in_chans: int, transform,
-                 reader: shards_mod.ShardReader | None = None) -> None:
+                 reader: shards_mod.ShardReader | None = None, shuffle_buffer: int | None = None) -> None:
         self.part, self.root, self.in_chans, self.transform = part, root, in_chans, transform
-        self.reader = reader
+        self.reader, self.shuffle_buffer = reader, shuffle_buffer
 
     def __len__(self) -> int:
         return len(self.part)
+
+    def stream_epoch(self, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int):
+        """This rank's share of one epoch as a streamed `IterableDataset` (`vitnas.data.stream`), or
+        None when the split is read by random access (no `shuffle_buffer`)."""
+        if self.shuffle_buffer is None:
+            return None
+        from vitnas.data.stream import StreamedEpoch, epoch_windows
+
+        counts = np.bincount(self.part.index["shard"], minlength=len(self.reader.entries)).tolist()
+        windows = epoch_windows(counts, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                                batch_size=batch_size, buffer=self.shuffle_buffer)
+        return StreamedEpoch(self, windows, seed=seed, epoch=epoch, rank=rank)
 
     def image(self, i: int) -> Image.Image:
         if self.part.images is not None:
@@ -262,13 +278,20 @@ class SplitDataset(Dataset):
             return Image.fromarray(a[..., 0], mode="L") if self.in_chans == 1 else Image.fromarray(a)
         if self.reader is not None:
             ix = self.part.index
-            src = io.BytesIO(self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i])))
+            data = self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i]))
+            k = int(ix["shard"][i])
+            src = io.BytesIO(shards_mod.check_crc(data, int(ix["crc"][i]) if "crc" in ix else None,
+                                                  f"shard {self.reader.entries[k]['name']}"))
         elif store.is_s3(self.root) or store.is_fs(self.root):
             from vitnas.data.sources import read_file
 
             src = io.BytesIO(read_file(self.root, str(self.part.paths[i])))
         else:
             src = Path(self.root) / str(self.part.paths[i])
+        return self.decode(src)
+
+    def decode(self, src) -> Image.Image:
+        """An encoded image (a path or a file object) as the split's mode (greyscale or RGB)."""
         with Image.open(src) as im:
             return im.convert("L" if self.in_chans == 1 else "RGB")
 
@@ -344,7 +367,8 @@ class PreparedData:
                 with np.load(f, allow_pickle=False) as z:
                     part = RawPart(labels=z["labels"], images=z["images"] if "images" in z else None,
                                    paths=z["paths"] if "paths" in z else None,
-                                   index={k: z[k] for k in ("shard", "offset", "size")} if "shard" in z else None)
+                                   index={k: z[k] for k in ("shard", "offset", "size", "crc") if k in z}
+                                   if "shard" in z else None)
             except FileNotFoundError:
                 raise ArtifactError(f"{f}: not found (re-run `vitnas data`)") from None
             except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
@@ -387,8 +411,15 @@ class PreparedData:
             raise ArtifactError(f"{f}: holds neither images nor paths")
 
     def dataset(self, split: str, *, train: bool = False, augment: Mapping[str, Any] | None = None,
-                img_size: int | None = None) -> SplitDataset:
-        """A torch Dataset; `train=True` applies timm's training augmentation."""
+                img_size: int | None = None, shuffle_buffer: int | None = None) -> SplitDataset:
+        """A torch Dataset; `train=True` applies timm's training augmentation. `shuffle_buffer`:
+        training epochs stream the shards (`vitnas.data.stream`) instead of reading by random access."""
+        if shuffle_buffer is not None and self.meta.get("storage") != "shards":
+            from vitnas.errors import ConfigError
+
+            raise ConfigError(f"data.shuffle_buffer: streaming reads shards, but {self.path / 'dataset.json'} "
+                              f"stores the splits as {self.meta.get('storage')}; set data.shards and re-run "
+                              "`vitnas data`, or set data.shuffle_buffer to null")
         size = img_size or self.img_size
         mean, std = self.meta["mean"], self.meta["std"]
         aug = dict(augment or {})
@@ -396,7 +427,7 @@ class PreparedData:
             eval_transform(size, self.in_chans, mean, std, aug.get("interpolation", "bilinear"))
         part = self.part(split)
         reader = shards_mod.ShardReader(self.path, split, self.manifest()) if part.index is not None else None
-        return SplitDataset(part, self.meta.get("root"), self.in_chans, tf, reader)
+        return SplitDataset(part, self.meta.get("root"), self.in_chans, tf, reader, shuffle_buffer)
 
     def _check_eval_memory(self, split: str) -> None:
         """Refuse, before reading an image, a split whose tensors would take more than half the

@@ -1,19 +1,23 @@
-"""Prepared splits as WebDataset-format tar shards, read back by random access.
+"""Prepared splits as WebDataset-format tar shards, read back by random access or streamed.
 
 Writing: each sample is two tar members sharing a key, `<key>.<ext>` (the image: the original
 encoded bytes, or PNG of the array / of the image pre-resized to `store_size`) and `<key>.cls` (the
 label as text), in shards of `shard_size` samples (`train-000000.tar`, ...): the layout that
-`webdataset`, timm's `wds/` reader and the wider PyTorch ecosystem read as they are. A manifest
+`webdataset`, timm's `wds/` reader and the wider PyTorch ecosystem read as they are. Samples are
+written in a seeded random order (an image folder lists class by class; a streamed window of
+consecutive samples must hold many classes), and keyed by their position in the split. A manifest
 (`shards.json`) lists every shard with its split, sample count, size and sha256; each split's index
-(`<split>.npz`: label, shard, byte offset and size of each image) sits beside it.
+(`<split>.npz`: label, shard, byte offset, size and CRC-32 of each image, in split order) sits
+beside it.
 
-Reading: vitnas does not stream the shards through a shuffle buffer: it reads each image by its
-offset (`ShardReader.read`), so a shard split behaves exactly like an in-memory split (the same
-sampler, seeded order, rank split and bit-exact resume; any world size). Shards on S3 are fetched
-whole, once per machine, into a local cache (`VITNAS_SHARD_CACHE`, default under the temp dir) and
-checked against the manifest's digest before use; local shards are hashed on first use, once per
-machine and file version (a stamp in the cache folder). With `VITNAS_SHARD_CACHE=none` S3 shards
-are never copied: each image is one ranged GET (for datasets larger than a node's disk).
+Reading by random access (the default): `ShardReader.read` reads each image by its offset, so a
+shard split behaves exactly like an in-memory split (the same sampler, seeded order, rank split and
+bit-exact resume; any world size). Shards on S3 are fetched whole, once per machine, into a local
+cache (`VITNAS_SHARD_CACHE`, default under the temp dir) and checked against the manifest's digest
+before use; local shards are hashed on first use, once per machine and file version (a stamp in the
+cache folder). With `VITNAS_SHARD_CACHE=none` S3 shards are never copied: each read is one ranged
+GET, checked by the image's CRC-32 (for datasets larger than a node's disk). Streaming
+(`vitnas.data.stream`, `data.shuffle_buffer`) reads a run of consecutive images as one read.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import tarfile
 import tempfile
 import threading
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +49,12 @@ NO_CACHE = "none"  # VITNAS_SHARD_CACHE=none: read S3 shards by ranged GETs, nev
 
 @dataclass
 class Sample:
-    """One image to shard: its encoded bytes, file extension and label."""
+    """One image to shard: its encoded bytes, file extension, label and position in the split."""
 
     data: bytes
     ext: str
     label: int
+    pos: int
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
@@ -66,10 +72,11 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
 
 def write_split(split: str, samples: Iterable[Sample], folder: Path, shard_size: int
                 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Write `samples` as `folder/<split>-NNNNNN.tar`; returns (the split's index arrays: labels,
-    shard, offset, size; the shards' manifest entries). Shard numbers in the index are positions in
-    this split's list of shards."""
-    labels, shard_of, offsets, sizes = [], [], [], []
+    """Write `samples` (in the order given) as `folder/<split>-NNNNNN.tar`; returns (the split's
+    index arrays: labels, shard, offset, size, crc, sorted by the samples' positions in the split;
+    the shards' manifest entries). Shard numbers in the index are positions in this split's list of
+    shards."""
+    labels, shard_of, offsets, sizes, crcs, positions = [], [], [], [], [], []
     entries: list[dict[str, Any]] = []
     tar = None
     count = 0
@@ -82,25 +89,37 @@ def write_split(split: str, samples: Iterable[Sample], folder: Path, shard_size:
             entries[-1].update(bytes=path.stat().st_size, sha256=file_sha256(path), count=count)
             tar = None
 
-    for i, s in enumerate(samples):
+    for s in samples:
         if tar is None:
             name = f"{split}-{len(entries):06d}.tar"
             tar = tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT)
             entries.append({"name": name, "split": split})
             count = 0
-        key = f"{split}-{i:09d}"
+        key = f"{split}-{s.pos:09d}"
         offsets.append(_member(tar, f"{key}.{s.ext}", s.data))
         _member(tar, f"{key}.cls", str(s.label).encode())
         labels.append(s.label)
         sizes.append(len(s.data))
+        crcs.append(zlib.crc32(s.data))
+        positions.append(s.pos)
         shard_of.append(len(entries) - 1)
         count += 1
         if count == shard_size:
             close()
     close()
+    order = np.argsort(np.asarray(positions, dtype=np.int64), kind="stable")
     index = {"labels": np.asarray(labels, dtype=np.int64), "shard": np.asarray(shard_of, dtype=np.int32),
-             "offset": np.asarray(offsets, dtype=np.int64), "size": np.asarray(sizes, dtype=np.int64)}
-    return index, entries
+             "offset": np.asarray(offsets, dtype=np.int64), "size": np.asarray(sizes, dtype=np.int64),
+             "crc": np.asarray(crcs, dtype=np.int64)}
+    return {k: v[order] for k, v in index.items()}, entries
+
+
+def check_crc(data: bytes, crc: int | None, where: str) -> bytes:
+    """`data` if its CRC-32 is the index's (None: an index written before CRCs were kept)."""
+    if crc is not None and zlib.crc32(data) != crc:
+        raise ArtifactError(f"{where}: an image's bytes do not match its checksum in the shard index (changed or "
+                            "corrupt since `vitnas data`); re-run `vitnas data`")
+    return data
 
 
 def write_manifest(out: Path, location: str, entries: Sequence[Mapping[str, Any]], classes: Sequence[str],
@@ -220,8 +239,8 @@ def check_index(index: Mapping[str, np.ndarray], entries: Sequence[Mapping[str, 
     """Shard numbers in range and every image's bytes inside its shard (before anything is read)."""
     shard, offset, size = index["shard"], index["offset"], index["size"]
     n = len(index["labels"])
-    if not (len(shard) == len(offset) == len(size) == n) or any(a.dtype.kind not in "iu"
-                                                              for a in (shard, offset, size)):
+    arrays = [shard, offset, size] + ([index["crc"]] if "crc" in index else [])
+    if any(len(a) != n or a.dtype.kind not in "iu" for a in arrays):
         raise ArtifactError(f"{f}: shard index arrays must be integers of one length")
     if n == 0:
         return

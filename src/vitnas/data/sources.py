@@ -24,7 +24,7 @@ class RawPart:
     labels: np.ndarray  # int64 [N]
     images: np.ndarray | None = None  # uint8 [N, H, W, C]
     paths: np.ndarray | None = None  # str [N], relative to RawDataset.root
-    index: dict[str, np.ndarray] | None = None  # prepared shards only: shard, offset, size [N]
+    index: dict[str, np.ndarray] | None = None  # prepared shards only: shard, offset, size (, crc) [N]
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -27,6 +27,18 @@ def check_data(params: Params, data: PreparedData) -> None:
                             f"{params.data.img_size} in params; re-run `vitnas data`")
 
 
+def train_dataset(data: PreparedData, params: Params):
+    """The augmented train split as the training stages read it: streamed when
+    `data.shuffle_buffer` is set, else by random access."""
+    return data.dataset("train", train=True, augment=params.data.augment.model_dump(),
+                        shuffle_buffer=params.data.shuffle_buffer)
+
+
+def reading_fingerprint(params: Params) -> list:
+    """The read-time data keys a training checkpoint depends on (a change means a new run)."""
+    return [params.data.augment.model_dump(), params.data.shuffle_buffer]
+
+
 def calibration_images(data: PreparedData, n: int, seed: int = 0) -> torch.Tensor:
     """A fixed, seeded set of `n` eval-transformed train images: what recalibrates a GLiT subnet's
     BatchNorm statistics (never val or test images, which rank the subnets)."""

@@ -59,18 +59,29 @@ class Stage:
         return any(key == p or key.startswith(p + ".") for p in self.params)
 
 
+# data.* keys read where training reads the data, not where the data stage writes it: changing one
+# reruns the stages that train, never the data stage (which would re-shard the whole dataset).
+READ_TIME_DATA_KEYS = ("data.augment", "data.shuffle_buffer")
+
+
+def _data_stage_keys() -> tuple[str, ...]:
+    from vitnas.config import DataConfig
+
+    return tuple(k for k in (f"data.{f}" for f in DataConfig.model_fields) if k not in READ_TIME_DATA_KEYS)
+
+
 # shards.json lists every shard's digest: a changed shard changes it (the shards/ folder itself is
 # an output of the data stage, not a dependency of each stage).
 _DATA_SPLITS = ("train.npz", "val.npz", "dataset.json", "shards.json")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "vitnas data --out artifacts/data",
-          inputs={}, params=("data", "transfer.targets"),
+          inputs={}, params=(*_data_stage_keys(), "transfer.targets"),
           outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json", "shards", "shards.json"),
           code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py")),
     Stage("supernet", "vitnas supernet --data artifacts/data --out artifacts/supernet "
           "--checkpoints artifacts/checkpoints/supernet --resume",
-          inputs={"data": _DATA_SPLITS}, params=("space", "supernet", "data.img_size", "data.augment"),
+          inputs={"data": _DATA_SPLITS}, params=("space", "supernet", "data.img_size", *READ_TIME_DATA_KEYS),
           outputs=("supernet.pt", "history.json", "curves.png"),
           code=("src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/supernet.py"),
           plots=(Plot("supernet convergence", "history.json", "epoch",
@@ -87,7 +98,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("search", "vitnas search --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--out artifacts/search --checkpoints artifacts/checkpoints/search --resume",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",)},
-          params=("search", "space", "data.img_size", "data.augment", "proxy.batch_size", "proxy.seed", "supernet"),
+          params=("search", "space", "data.img_size", *READ_TIME_DATA_KEYS, "proxy.batch_size", "proxy.seed",
+                  "supernet"),
           outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json", "report.html"),
           code=("src/vitnas/search", "src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/train",
                 "src/vitnas/stages/search.py"),
@@ -100,7 +112,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("slim", "vitnas slim --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--arch artifacts/search/best_arch.json --out artifacts/slim",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",), "search": ("best_arch.json",)},
-          params=("slim", "data.augment"),
+          params=("slim", *READ_TIME_DATA_KEYS),
           outputs=("arch.json", "model.safetensors", "config.json", "widths.png"),
           code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/slim.py"),
           plots=(Plot("slimming widths", "widths.png"),)),
@@ -108,7 +120,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "--arch artifacts/slim --out artifacts/retrain --checkpoints artifacts/checkpoints/retrain --resume",
           inputs={"data": (*_DATA_SPLITS, "test.npz"), "supernet": ("supernet.pt",),
                   "slim": ("arch.json", "model.safetensors")},
-          params=("retrain", "data.augment"),
+          params=("retrain", *READ_TIME_DATA_KEYS),
           outputs=("arch.json", "model.safetensors", "config.json", "history.json", "confusion.json",
                    "curves.png"),
           code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/retrain.py",

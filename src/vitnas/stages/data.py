@@ -85,7 +85,7 @@ def shard_options(params: Params):
     if where is None:
         return None
     return ShardOptions(location=LOCAL_DIR if where == "out" else where, store_size=cfg.store_size,
-                        shard_size=cfg.shard_size, skip_bad=cfg.skip_bad_images)
+                        shard_size=cfg.shard_size, skip_bad=cfg.skip_bad_images, seed=cfg.seed)
 
 
 def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, float]:

@@ -29,7 +29,7 @@ from vitnas.progress import eta
 from vitnas.space import Arch, ArchError, build, count_flops, count_params
 from vitnas.space.model_dir import ARCH_FILE, load_model, save_model
 from vitnas.stages import _checkpoint
-from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model
+from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import arch_params, log_model_dir, model_example
 from vitnas.stages.contract import STAGES, logged_params
@@ -145,7 +145,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     for split in ("val", "test"):
         if not data.meta["splits"].get(split):
             raise ArtifactError(f"{data.path / 'dataset.json'}: the {split} split is empty; retrain needs it")
-    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    train_ds = train_dataset(data, params)
     steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "retrain.batch_size")
 
     reseed(cfg.seed, "init")
@@ -165,7 +165,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
 
     fp = _checkpoint.fingerprint(
         cfg.model_dump(exclude={"workers", "registered_model"}), arch.to_dict(), data.meta,
-        params.data.augment.model_dump(), dist.world_size, weights_digest(model) if cfg.init == "inherit" else None,
+        reading_fingerprint(params), dist.world_size, weights_digest(model) if cfg.init == "inherit" else None,
         weights_digest(teacher) if teacher is not None else None)
     start, history, best, spent = 0, [], {"epoch": 0, "val_acc": -1.0, "state": None}, 0.0
     val_acc_init = float("nan")

@@ -41,7 +41,7 @@ from vitnas.search.fitness import check_proxy
 from vitnas.search.report import candidate_rows, columns, html_report, plot_pareto
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
-from vitnas.stages._inputs import calibration_images, check_data, eval_batches
+from vitnas.stages._inputs import calibration_images, check_data, eval_batches, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import STAGES, logged_params
 from vitnas.supernet import Supernet, SupernetFileError
@@ -314,7 +314,7 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
                                                   calib_images=calib), constraints=constraints)
 
     fp = _checkpoint.fingerprint(_fingerprint(params, level1, data, Path(supernet_path), None),
-                                 scfg.model_dump(exclude={"workers"}), params.data.augment.model_dump(), epochs2)
+                                 scfg.model_dump(exclude={"workers"}), reading_fingerprint(params), epochs2)
     state: dict[str, Any] = {"fingerprint": fp, "seconds": 0.0}
     saved = _checkpoint.resume(ckpt_dir, fp) if resume else None
     if saved is not None:
@@ -421,7 +421,7 @@ def _train_level2(params: Params, data: PreparedData, space: SearchSpace, epochs
     cfg = params.supernet
     reseed(cfg.seed, "level2-init")
     net = Supernet(space, drop_path_rate=cfg.drop_path)
-    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    train_ds = train_dataset(data, params)
     steps = steps_per_epoch(len(train_ds), cfg.batch_size, 1, "supernet.batch_size")
     dist = DistInfo(device=device)
     trainer = trainer_from_config(net, cfg, dist, steps, epochs=epochs)

@@ -31,7 +31,7 @@ from vitnas.progress import eta
 from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
 from vitnas.space import Arch, count_flops, count_params
 from vitnas.space.model_dir import ARCH_FILE, save_model
-from vitnas.stages._inputs import check_fits_data, load_input_model
+from vitnas.stages._inputs import check_fits_data, load_input_model, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import log_model_dir, model_example
 from vitnas.stages.contract import STAGES, logged_params
@@ -116,7 +116,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         raise ConfigError(f"{target_key(kind)}: {ratio:g} is below the smallest model slimming can reach "
                           f"({min_ratio:.3f} of the {kind} at slim.round_to={cfg.round_to})")
 
-    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    train_ds = train_dataset(data, params)
     steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
     xv, yv = data.eval_tensors("val")
     eval_bs = max(cfg.batch_size, 256)

@@ -22,7 +22,7 @@ from vitnas.errors import ArtifactError
 from vitnas.progress import eta
 from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
-from vitnas.stages._inputs import calibration_images, check_data, eval_batches
+from vitnas.stages._inputs import calibration_images, check_data, eval_batches, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, init_from_timm
@@ -87,7 +87,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     check_data(params, data)
     space = supernet_space(params, data)
 
-    train_ds = data.dataset("train", train=True, augment=params.data.augment.model_dump())
+    train_ds = train_dataset(data, params)
     steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "supernet.batch_size")
 
     reseed(cfg.seed, "init")
@@ -104,7 +104,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
         if space.is_glit and dist.is_main else None
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
-                                 params.data.augment.model_dump(), dist.world_size)
+                                 reading_fingerprint(params), dist.world_size)
     start, history = 0, []
     state = _checkpoint.resume(ckpt_dir, fp, where=" after epoch {epoch}", verbose=dist.is_main) if resume else None
     if state is not None:

@@ -41,12 +41,21 @@ def reseed(*keys: object) -> int:
 
 def epoch_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, rank: int = 0,
                  world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """This rank's shard of a shuffled epoch; the order depends only on (seed, epoch)."""
+    """This rank's shard of a shuffled epoch; the order depends only on (seed, epoch) (and, for a
+    streamed dataset, on `workers`). A dataset with a `stream_epoch` method may hand back its own
+    epoch (an IterableDataset of this rank's share, in whole batches); else a seeded permutation
+    is split between the ranks."""
+    wg = torch.Generator().manual_seed(random.Random(repr(("workers", seed, epoch, rank))).getrandbits(63))
+    stream = getattr(dataset, "stream_epoch", None)
+    streamed = stream(seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                      batch_size=batch_size) if stream is not None else None
+    if streamed is not None:
+        return DataLoader(streamed, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                          generator=wg, persistent_workers=False)
     g = torch.Generator().manual_seed(random.Random(repr(("order", seed, epoch))).getrandbits(63))
     order = torch.randperm(len(dataset), generator=g)
     per_rank = len(order) // world_size  # equal shards keep ranks in lock step
     shard = order[rank * per_rank:(rank + 1) * per_rank].tolist()
-    wg = torch.Generator().manual_seed(random.Random(repr(("workers", seed, epoch, rank))).getrandbits(63))
     return DataLoader(Subset(dataset, shard), batch_size=batch_size, shuffle=False, drop_last=True,
                       num_workers=workers, pin_memory=pin_memory, generator=wg,
                       persistent_workers=False)
