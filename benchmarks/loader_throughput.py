@@ -1,6 +1,7 @@
 """Input-pipeline throughput: an image folder of JPEGs vs tar shards of the original bytes vs shards
 pre-resized (`data.store_size`), at 32 and 224 px, side by side in one run; then the same shards on
-S3 (moto's server on loopback standing in for MinIO/S3), with the requests each epoch makes; and the
+S3 (moto's server on loopback standing in for MinIO/S3), with the requests each epoch makes, read
+through the cache, by one ranged GET per image, or streamed (`data.shuffle_buffer`); and the
 model's own images/s, so the table says how many DataLoader workers keep one training step fed.
 
 The images: `--images` synthetic photos (smooth colour fields, shapes and sensor noise, `--size`
@@ -10,7 +11,7 @@ RandomResizedCrop, flip, to tensor, normalise) and collation, batch 64, over the
 Model images/s = forward + backward of one training step: the `demo` space's largest arch at 32 px,
 AutoFormer-T at 224 px (`--device`).
 
-    uv run python benchmarks/loader_throughput.py                  # about 6 min on 2 CPU cores
+    uv run python benchmarks/loader_throughput.py                  # about 5 min on 2 CPU cores
     uv run python benchmarks/loader_throughput.py --device cuda    # on a GPU machine
 """
 
@@ -38,6 +39,8 @@ from vitnas.stages import data as data_stage
 from vitnas.train.loop import epoch_loader, reseed
 
 RESULTS = Path(__file__).resolve().parent / "results"
+S3_ROWS = ("epoch 1 (fetch)", "epoch 2 (cached)", "no cache, random access (a ranged GET per image)",
+           "no cache, streamed (data.shuffle_buffer: 500)")
 
 
 def photo(rng: np.random.Generator, w: int, h: int) -> bytes:
@@ -79,9 +82,9 @@ def prepare(root: str, out: Path, img_size: int, shards: str | None, store_size:
     return PreparedData(out)
 
 
-def loader_rate(data: PreparedData, img_size: int, epochs: int = 1) -> list[float]:
+def loader_rate(data: PreparedData, img_size: int, epochs: int = 1, shuffle_buffer: int | None = None) -> list[float]:
     """Images/s of each epoch of the training input pipeline in this process."""
-    ds = data.dataset("train", train=True, img_size=img_size)
+    ds = data.dataset("train", train=True, img_size=img_size, shuffle_buffer=shuffle_buffer)
     rates = []
     for epoch in range(epochs):
         reseed(0, epoch)
@@ -100,9 +103,13 @@ def model_rate(arch: Arch, device: torch.device, batch: int, steps: int = 5) -> 
     return batch * steps / sum(train_step(model, params, x, y, device) for _ in range(steps))
 
 
+STREAM_BUFFER = 500
+
+
 def s3_rates(tmp: Path, folder: Path, img_size: int, store_size: int) -> dict:
     """The pre-resized shards on S3 (moto on loopback): first epoch (fetching every shard into the
-    cache), second epoch (from the cache), and the S3 requests each makes."""
+    cache), second epoch (from the cache), then with no cache (`VITNAS_SHARD_CACHE=none`) by random
+    access (a ranged GET per image) and streamed; and the S3 requests each makes."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -124,9 +131,11 @@ def s3_rates(tmp: Path, folder: Path, img_size: int, store_size: int) -> dict:
         data = prepare("s3://bench/photos", tmp / "s3data", img_size, "s3://bench/shards", store_size)
         prep = {"seconds": time.perf_counter() - t0, "requests": requests[0]}
         out = {"prepare": prep}
-        for label in ("epoch 1 (fetch)", "epoch 2 (cached)"):
+        for label in S3_ROWS:
+            if "no cache" in label:
+                os.environ["VITNAS_SHARD_CACHE"] = "none"
             requests[0] = 0
-            rate = loader_rate(data, img_size)[0]
+            rate = loader_rate(data, img_size, shuffle_buffer=STREAM_BUFFER if "streamed" in label else None)[0]
             out[label] = {"images_per_s": rate, "requests": requests[0]}
         return out
     finally:
@@ -143,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=400, help="image width in px (height 3/4 of it)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the loader runs in one process)")
+    ap.add_argument("--repeats", type=int, default=5, help="measurements of each loader (interleaved)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -152,17 +162,26 @@ def main(argv: list[str] | None = None) -> int:
         total = make_folder(tmp / "photos", args.images, args.size)
         print(f"{args.images} JPEGs of {args.size}x{args.size * 3 // 4} px, {total / args.images / 1024:.0f} KiB "
               f"each, in {tmp / 'photos'}", flush=True)
+        datasets = []
         for img_size, store_size in ((32, 36), (224, 256)):
             variants = [("image folder (JPEG files)", None, None), ("shards, original JPEG bytes", "out", None),
                         (f"shards, pre-resized to {store_size} px ({'PNG' if store_size <= 64 else 'JPEG q95'})",
                          "out", store_size)]
-            base = None
             for name, shards, size in variants:
-                data = prepare(str(tmp / "photos"), tmp / f"d{img_size}-{len(rows)}", img_size, shards, size)
-                rate = max(loader_rate(data, img_size, epochs=2))
-                base = base or rate
-                rows.append({"px": img_size, "input": name, "images_per_s": rate, "ratio": rate / base})
-                print(f"{img_size} px  {name}: {rate:.0f} images/s ({rate / base:.2f}x)", flush=True)
+                datasets.append((img_size, name, prepare(str(tmp / "photos"), tmp / f"d{img_size}-{len(datasets)}",
+                                                         img_size, shards, size)))
+        runs: dict[tuple[int, str], list[float]] = {(px, name): [] for px, name, _ in datasets}
+        for r in range(args.repeats):  # interleaved, so each repeat's ratios pair measurements taken together
+            for px, name, data in datasets:
+                runs[(px, name)].append(max(loader_rate(data, px, epochs=2)))
+            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{px} px {name}: {v[-1]:.0f}"
+                                                               for (px, name), v in runs.items()), flush=True)
+        for px, name, _ in datasets:
+            base = runs[(px, "image folder (JPEG files)")]
+            ratios = [a / b for a, b in zip(runs[(px, name)], base, strict=True)]
+            rows.append({"px": px, "input": name, "images_per_s": float(np.median(runs[(px, name)])),
+                         "runs": runs[(px, name)], "ratio": float(np.median(ratios)),
+                         "ratio_min": min(ratios), "ratio_max": max(ratios)})
         s3 = s3_rates(tmp, tmp / "photos", 32, 36)
     space = SearchSpace.preset("demo", img_size=32, num_classes=10, in_chans=3)
     models = {"demo largest, 32 px": model_rate(space.largest(), device, 64),
@@ -170,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"## Input pipeline vs model, {args.images} synthetic {args.size} px JPEGs, one loader process, "
              f"model on {device} ({args.threads} torch thread(s))", "",
-             "| input px | input | loader images/s | vs image folder |", "|---:|---|---:|---:|"]
-    lines += [f"| {r['px']} | {r['input']} | {r['images_per_s']:.0f} | {r['ratio']:.2f}x |" for r in rows]
+             f"Loader: median of {args.repeats} interleaved runs (each the best of 2 epochs); vs image folder: "
+             "the median and range of the per-run ratios.", "",
+             "| input px | input | loader images/s | vs image folder (min-max) |", "|---:|---|---:|---:|"]
+    lines += [f"| {r['px']} | {r['input']} | {r['images_per_s']:.0f} | {r['ratio']:.2f}x "
+              f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |" for r in rows]
     lines += ["", "| model (fwd + bwd) | images/s | loader processes to feed it (pre-resized shards / folder) |",
               "|---|---:|---|"]
     for name, rate in models.items():
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
               "| step | seconds or images/s | S3 requests |", "|---|---:|---:|",
               f"| prepare (list, get, shard, upload) | {s3['prepare']['seconds']:.1f} s | "
               f"{s3['prepare']['requests']} |"]
-    for label in ("epoch 1 (fetch)", "epoch 2 (cached)"):
+    for label in S3_ROWS:
         lines.append(f"| {label} | {s3[label]['images_per_s']:.0f} images/s | {s3[label]['requests']} |")
     text = "\n".join(lines)
     print("\n" + text)
