@@ -393,3 +393,23 @@ open({str(tmp_path)!r} + f"/seen-{{rank}}.json", "w").write(json.dumps(seen))
     assert r.returncode == 0, r.stderr[-3000:]
     seen = [json.loads((tmp_path / f"seen-{k}.json").read_text()) for k in range(2)]
     assert len(seen[0]) == len(seen[1]) == n // 2 and sorted(seen[0] + seen[1]) == list(range(n))
+
+
+def test_the_imagenet_s3_config_checks_its_bucket_and_compiles_a_pipeline_streaming_it(s3, tmp_path, cli):
+    """configs/imagenet-s3.yaml, as the README's recipe uses it: check-params reaches the bucket, and
+    the compiled pipeline takes the dataset's keys as typed per-run parameters."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "imagenet-s3.yaml"
+    r = cli("check-params", "-p", config)
+    assert r.returncode == 2 and r.stderr.strip() == "error: data.root: s3://my-bucket/imagenet: no such bucket"
+    s3.create_bucket(Bucket="my-bucket")
+    r = cli("check-params", "-p", config)
+    assert r.returncode == 0, r.stderr
+    r = cli("pipeline", "compile", "-p", config, "--out", tmp_path / "p.yaml", "--image", "reg.example/vitnas",
+            "--image-tag", "v1", "--gpus", "8", "--secret", "vitnas-credentials", "--data-pvc", "imagenet-ro")
+    assert r.returncode == 0, r.stderr
+    spec = yaml.safe_load_all((tmp_path / "p.yaml").read_text()).__next__()
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["data_root"]["defaultValue"] == "s3://my-bucket/imagenet"
+    assert inputs["data_shards"]["defaultValue"] == "s3://my-bucket/vitnas-shards/imagenet"
+    assert inputs["data_shuffle_buffer"]["defaultValue"] == "5000" and inputs["data_val_fraction"]["defaultValue"] \
+        == "10000"

@@ -1,6 +1,6 @@
 """Streamed shards (`data.shuffle_buffer`): each rank's share read once per epoch in whole batches,
-a seeded order, one read per run of images (one ranged GET on S3 without a cache), images checked
-by their CRC, and a training stage that streams resumes to the same result."""
+a seeded order, one read per run of images (one ranged GET on S3, never a copy in the cache), images
+checked by their CRC, and a training stage that streams resumes to the same result."""
 
 from __future__ import annotations
 
@@ -113,20 +113,27 @@ def bucket(moto_endpoint, monkeypatch):
     return client
 
 
-def test_streaming_from_s3_without_a_cache_is_one_ranged_get_per_run_and_checks_each_image(
+def test_streaming_from_s3_is_one_ranged_get_per_run_never_fills_the_cache_and_checks_each_image(
         bucket, tmp_path, monkeypatch):
     n = 120
-    write_prepared(_ids(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path,
+    (tmp_path / "d").mkdir()
+    write_prepared(_ids(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path / "d",
                    img_size=8, shards=ShardOptions(location=f"s3://{BUCKET}/ids", shard_size=25))
-    monkeypatch.setenv("VITNAS_SHARD_CACHE", "none")
-    ds = _streamed(tmp_path, buffer=40)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VITNAS_SHARD_CACHE", str(cache))
+    ds = _streamed(tmp_path / "d", buffer=40)
     gets = [0]
     store.client().meta.events.register("before-call.s3.GetObject", lambda **_: gets.__setitem__(0, gets[0] + 1))
     seen = _epoch(ds, batch_size=10, seed=5, epoch=0, world_size=1, workers=0)
     assert sorted(seen) == list(range(n))
     windows = epoch_windows([25, 25, 25, 25, 20], seed=5, epoch=0, rank=0, world_size=1, batch_size=10, buffer=40)
     assert gets[0] == sum(len(w) for w in windows) <= len(windows) + 5  # one GET per run, not per image
-    assert not (tmp_path / "cache").exists()
+    assert not list(cache.rglob("*.tar"))  # streaming never copies a shard to local disk
+    # a few scattered images (a proxy batch, calibration images): one GET each, nothing cached
+    gets[0] = 0
+    sparse = PreparedData(tmp_path / "d").dataset("train", sparse=True)
+    [sparse[i] for i in (3, 50, 99)]
+    assert gets[0] == 3 and not list(cache.rglob("*.tar"))
     # an image changed on the store (same length, so only its checksum can tell): refused
     key = "ids/train-000002.tar"
     body = bytearray(bucket.get_object(Bucket=BUCKET, Key=key)["Body"].read())
@@ -134,6 +141,10 @@ def test_streaming_from_s3_without_a_cache_is_one_ranged_get_per_run_and_checks_
     bucket.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
     with pytest.raises(ArtifactError, match=r"shard train-000002.tar: an image's bytes do not match its checksum"):
         _epoch(ds, batch_size=10, seed=5, epoch=0, world_size=1, workers=0)
+    # random access over a whole split fetches each shard whole into the cache (another shard here)
+    whole = PreparedData(tmp_path / "d").dataset("train")
+    whole[int(np.flatnonzero(whole.part.index["shard"] != 2)[0])]
+    assert len(list(cache.rglob("*.tar"))) == 1
 
 
 def test_a_supernet_trained_on_streamed_shards_resumes_to_the_same_result(digits_dir, tmp_path, monkeypatch):

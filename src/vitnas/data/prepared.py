@@ -253,9 +253,10 @@ class SplitDataset(Dataset):
     """One split as (image tensor, label), with the given transform."""
 
     def __init__(self, part: RawPart, root: str | None, in_chans: int, transform,
-                 reader: shards_mod.ShardReader | None = None, shuffle_buffer: int | None = None) -> None:
+                 reader: shards_mod.ShardReader | None = None, shuffle_buffer: int | None = None,
+                 sparse: bool = False) -> None:
         self.part, self.root, self.in_chans, self.transform = part, root, in_chans, transform
-        self.reader, self.shuffle_buffer = reader, shuffle_buffer
+        self.reader, self.shuffle_buffer, self.sparse = reader, shuffle_buffer, sparse
 
     def __len__(self) -> int:
         return len(self.part)
@@ -278,7 +279,8 @@ class SplitDataset(Dataset):
             return Image.fromarray(a[..., 0], mode="L") if self.in_chans == 1 else Image.fromarray(a)
         if self.reader is not None:
             ix = self.part.index
-            data = self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i]))
+            data = self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i]),
+                                    whole_shard=not self.sparse)
             k = int(ix["shard"][i])
             src = io.BytesIO(shards_mod.check_crc(data, int(ix["crc"][i]) if "crc" in ix else None,
                                                   f"shard {self.reader.entries[k]['name']}"))
@@ -411,9 +413,11 @@ class PreparedData:
             raise ArtifactError(f"{f}: holds neither images nor paths")
 
     def dataset(self, split: str, *, train: bool = False, augment: Mapping[str, Any] | None = None,
-                img_size: int | None = None, shuffle_buffer: int | None = None) -> SplitDataset:
+                img_size: int | None = None, shuffle_buffer: int | None = None, sparse: bool = False) -> SplitDataset:
         """A torch Dataset; `train=True` applies timm's training augmentation. `shuffle_buffer`:
-        training epochs stream the shards (`vitnas.data.stream`) instead of reading by random access."""
+        training epochs stream the shards (`vitnas.data.stream`) instead of reading by random access.
+        `sparse`: only a few images will be read (a proxy batch, calibration images), so S3 shards
+        are read by ranged GETs, not fetched whole into the cache."""
         if shuffle_buffer is not None and self.meta.get("storage") != "shards":
             from vitnas.errors import ConfigError
 
@@ -427,7 +431,7 @@ class PreparedData:
             eval_transform(size, self.in_chans, mean, std, aug.get("interpolation", "bilinear"))
         part = self.part(split)
         reader = shards_mod.ShardReader(self.path, split, self.manifest()) if part.index is not None else None
-        return SplitDataset(part, self.meta.get("root"), self.in_chans, tf, reader, shuffle_buffer)
+        return SplitDataset(part, self.meta.get("root"), self.in_chans, tf, reader, shuffle_buffer, sparse)
 
     def _check_eval_memory(self, split: str) -> None:
         """Refuse, before reading an image, a split whose tensors would take more than half the

@@ -177,12 +177,16 @@ class ShardReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def _cached(self, k: int) -> Path:
+        e = self.entries[k]
+        return cache_dir() / e["sha256"][:2] / f"{e['sha256']}.tar"
+
     def path(self, k: int) -> Path:
         """The local, digest-checked file of shard `k` (fetched into the cache first when on S3)."""
         e = self.entries[k]
         location = self.manifest["location"]
         if store.is_s3(location):
-            local = cache_dir() / e["sha256"][:2] / f"{e['sha256']}.tar"
+            local = self._cached(k)
             if not local.is_file():  # fetched and checked once per machine; the name is the digest
                 local.parent.mkdir(parents=True, exist_ok=True)
                 tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.part")
@@ -213,11 +217,16 @@ class ShardReader:
             raise ArtifactError(f"{where}: shard does not match its digest in {MANIFEST} (changed or truncated); "
                                 "re-run `vitnas data`")
 
-    def read(self, k: int, offset: int, size: int) -> bytes:
+    def read(self, k: int, offset: int, size: int, *, whole_shard: bool = True) -> bytes:
+        """`size` bytes at `offset` of shard `k`. On S3 a shard is fetched whole into the cache when
+        `whole_shard` (its every image will be read: an epoch or a whole split by random access);
+        else, and always with `VITNAS_SHARD_CACHE=none`, one ranged GET reads just these bytes
+        (streamed windows, a few scattered images), unless the shard is cached already."""
         location = self.manifest["location"]
-        if store.is_s3(location) and os.environ.get(CACHE_ENV) == NO_CACHE:
-            # no local copy (a dataset bigger than the node's disk): one ranged GET per image; the
-            # shard's digest cannot be checked without reading it whole, its size is
+        if store.is_s3(location) and (os.environ.get(CACHE_ENV) == NO_CACHE
+                                      or (not whole_shard and not self._cached(k).is_file())):
+            # no local copy: the shard's digest cannot be checked without reading it whole; the
+            # caller checks each image's CRC-32
             uri = store.S3Uri.parse(location, "data.shards").join(self.entries[k]["name"])
             data = store.get_range(uri, offset, size, "data.shards")
         else:

@@ -3,8 +3,8 @@ within windows (`data.shuffle_buffer`).
 
 Random access (the default reader) needs each image's bytes on its own: from a local copy of every
 shard, or one ranged GET per image. Streaming is for a split bigger than a node's disk: each read
-fetches a run of consecutive images of one shard (with `VITNAS_SHARD_CACHE=none`, one ranged GET
-per run instead of per image), and only a window of images is held at a time.
+fetches a run of consecutive images of one shard (on S3 one ranged GET per run, never a copy in the
+shard cache), and only a window of images is held at a time.
 
 An epoch's plan is a pure function of the shards' image counts, the seed, the epoch, the rank and
 world size, the batch size and the buffer, so a resumed run replays it exactly:
@@ -91,7 +91,7 @@ class StreamedEpoch(IterableDataset):
         ids = self._file_order[self._starts[run.shard] + run.start:self._starts[run.shard] + run.stop]
         offsets, sizes = ix["offset"][ids], ix["size"][ids]
         first = int(offsets[0])
-        blob = reader.read(run.shard, first, int(offsets[-1] + sizes[-1]) - first)
+        blob = reader.read(run.shard, first, int(offsets[-1] + sizes[-1]) - first, whole_shard=False)
         where = f"shard {reader.entries[run.shard]['name']}"
         out = []
         for i, o, n in zip(ids.tolist(), offsets.tolist(), sizes.tolist(), strict=True):

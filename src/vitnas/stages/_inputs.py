@@ -42,7 +42,7 @@ def reading_fingerprint(params: Params) -> list:
 def calibration_images(data: PreparedData, n: int, seed: int = 0) -> torch.Tensor:
     """A fixed, seeded set of `n` eval-transformed train images: what recalibrates a GLiT subnet's
     BatchNorm statistics (never val or test images, which rank the subnets)."""
-    ds = data.dataset("train")
+    ds = data.dataset("train", sparse=True)
     idx = sorted(random.Random(repr(("bn-calibration", seed))).sample(range(len(ds)), min(n, len(ds))))
     return torch.stack([ds[i][0] for i in idx])
 

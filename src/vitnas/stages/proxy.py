@@ -216,7 +216,7 @@ def _rewrite(path: Path, records: list[dict]) -> None:
 # ---- inputs ------------------------------------------------------------------------------------
 def _data_batch(data: PreparedData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, seeded batch of train images (eval transform) for the data-dependent proxies."""
-    ds = data.dataset("train")
+    ds = data.dataset("train", sparse=True)
     if batch_size > len(ds):
         raise ConfigError(f"proxy.batch_size: {batch_size} is larger than the train split ({len(ds)} images)")
     return fixed_batch(ds, batch_size, seed)

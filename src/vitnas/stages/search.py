@@ -87,7 +87,7 @@ def proxy_batch(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, to
     """The proxy stage's fixed, seeded batch of `n` eval-transformed train images."""
     from vitnas.proxies.scorer import fixed_batch
 
-    return fixed_batch(data.dataset("train"), n, seed)
+    return fixed_batch(data.dataset("train", sparse=True), n, seed)
 
 
 def write_figures(directory: Path, history: list[dict[str, Any]], stats: list[dict[str, Any]], best: dict[str, Any],
