@@ -87,3 +87,43 @@ def moto_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+S3_BUCKET = "datasets"
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """An empty bucket `datasets` on the session's moto server, with this process's AWS_*
+    environment pointing at it; yields a boto3 client."""
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    if S3_BUCKET in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        for obj in client.list_objects_v2(Bucket=S3_BUCKET).get("Contents", []):
+            client.delete_object(Bucket=S3_BUCKET, Key=obj["Key"])
+    else:
+        client.create_bucket(Bucket=S3_BUCKET)
+    return client
+
+
+@pytest.fixture
+def id_images():
+    """A factory of RawDatasets of n 8x8 grey images whose first two pixels spell their index
+    (labels: index % 2), so a test can tell which images a loader delivered."""
+    import numpy as np
+
+    from vitnas.data import RawDataset
+    from vitnas.data.sources import RawPart
+
+    def make(n: int) -> RawDataset:
+        images = np.zeros((n, 8, 8, 1), dtype=np.uint8)
+        images[:, 0, 0, 0] = np.arange(n) % 256
+        images[:, 0, 1, 0] = np.arange(n) // 256
+        return RawDataset(name="ids", classes=["even", "odd"], in_chans=1,
+                          train=RawPart(labels=(np.arange(n) % 2).astype(np.int64), images=images))
+
+    return make

@@ -9,7 +9,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import torch
@@ -17,33 +16,13 @@ import yaml
 from PIL import Image
 
 from vitnas.config import parse_params
-from vitnas.data import PreparedData, RawDataset, write_prepared
+from vitnas.data import PreparedData, write_prepared
 from vitnas.data.prepared import ShardOptions, SplitDataset
-from vitnas.data.sources import RawPart
 from vitnas.errors import ArtifactError, DataError
 from vitnas.stages import data as data_stage
 from vitnas.train.loop import epoch_loader, reseed
 
-BUCKET = "datasets"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture
-def s3(moto_endpoint, monkeypatch):
-    """A fresh bucket on the session's moto server, with this process's AWS_* environment pointing at it."""
-    for k, v in CREDENTIALS.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []) if _exists(client) else []:
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    if not _exists(client):
-        client.create_bucket(Bucket=BUCKET)
-    return client
-
-
-def _exists(client) -> bool:
-    return any(b["Name"] == BUCKET for b in client.list_buckets().get("Buckets", []))
+BUCKET = "datasets"  # the `s3` fixture's bucket (conftest.py)
 
 
 def _jpeg(rng, h=30, w=40) -> bytes:
@@ -114,23 +93,14 @@ def test_shards_on_s3_leave_the_output_small_and_are_fetched_once_and_verified(s
     assert not (tmp_path / "d3").exists()
 
 
-def test_a_local_shard_changed_after_prepare_is_refused(tmp_path):
-    raw = _array_raw(40)
+def test_a_local_shard_changed_after_prepare_is_refused(tmp_path, id_images):
+    raw = id_images(40)
     write_prepared(raw, {"train": np.arange(30), "val": np.arange(30, 40), "test": np.arange(0)}, tmp_path,
                    img_size=8, shards=ShardOptions(shard_size=16))
     shard = tmp_path / "shards" / "train-000001.tar"
     shard.write_bytes(shard.read_bytes()[:-1024])
     with pytest.raises(ArtifactError, match="train-000001.tar: shard does not match its digest"):
         PreparedData(tmp_path).eval_tensors("train")
-
-
-def _array_raw(n: int) -> RawDataset:
-    """n 8x8 grey images whose first two pixels spell their index."""
-    images = np.zeros((n, 8, 8, 1), dtype=np.uint8)
-    images[:, 0, 0, 0] = np.arange(n) % 256
-    images[:, 0, 1, 0] = np.arange(n) // 256
-    return RawDataset(name="ids", classes=["even", "odd"], in_chans=1,
-                      train=RawPart(labels=(np.arange(n) % 2).astype(np.int64), images=images))
 
 
 def test_digits_as_shards_equal_the_in_memory_splits(digits_dir, tmp_path):
@@ -150,9 +120,9 @@ def test_digits_as_shards_equal_the_in_memory_splits(digits_dir, tmp_path):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_two_ranks_with_two_workers_each_see_every_image_once(tmp_path):
+def test_two_ranks_with_two_workers_each_see_every_image_once(tmp_path, id_images):
     n = 64
-    write_prepared(_array_raw(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path,
+    write_prepared(id_images(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path,
                    img_size=8, shards=ShardOptions(shard_size=10))
     d = PreparedData(tmp_path)
     base = d.dataset("train")
@@ -362,7 +332,7 @@ def test_a_local_folder_gets_the_same_checks_as_a_bucket(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_torchrun_ranks_with_two_workers_each_read_every_sharded_image_once(tmp_path):
+def test_two_torchrun_ranks_with_two_workers_each_read_every_sharded_image_once(tmp_path, id_images):
     """The same split as above, read by 2 real processes under torchrun, each with 2 DataLoader
     workers over the shards (fork-safe file handles): every image once per epoch."""
     import os
@@ -371,7 +341,7 @@ def test_two_torchrun_ranks_with_two_workers_each_read_every_sharded_image_once(
 
     n = 64
     (tmp_path / "data").mkdir()
-    write_prepared(_array_raw(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)},
+    write_prepared(id_images(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)},
                    tmp_path / "data", img_size=8, shards=ShardOptions(shard_size=10))
     script = tmp_path / "read.py"
     script.write_text(f"""

@@ -6,30 +6,19 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import numpy as np
 import pytest
 import torch
 
 from vitnas.config import parse_params
-from vitnas.data import PreparedData, RawDataset, store, write_prepared
+from vitnas.data import PreparedData, store, write_prepared
 from vitnas.data.prepared import ShardOptions, SplitDataset
-from vitnas.data.sources import RawPart
 from vitnas.data.stream import epoch_windows
 from vitnas.errors import ArtifactError, ConfigError
 from vitnas.stages import data as data_stage
 from vitnas.train.loop import epoch_loader, steps_per_epoch
 
-BUCKET = "streams"
-
-
-def _ids(n: int) -> RawDataset:
-    """n 8x8 grey images whose first two pixels spell their index."""
-    images = np.zeros((n, 8, 8, 1), dtype=np.uint8)
-    images[:, 0, 0, 0] = np.arange(n) % 256
-    images[:, 0, 1, 0] = np.arange(n) // 256
-    return RawDataset(name="ids", classes=["even", "odd"], in_chans=1,
-                      train=RawPart(labels=(np.arange(n) % 2).astype(np.int64), images=images))
+BUCKET = "datasets"  # the `s3` fixture's bucket (conftest.py)
 
 
 def _streamed(path, buffer: int) -> SplitDataset:
@@ -68,9 +57,9 @@ def test_epoch_windows_split_each_epoch_into_equal_rank_shares_of_whole_batches(
     assert [sum(r.stop - r.start for r in w) for w in one] == [4] * 7  # a buffer under a batch: one batch
 
 
-def test_two_ranks_with_two_workers_stream_every_image_once_in_a_seeded_order(tmp_path):
+def test_two_ranks_with_two_workers_stream_every_image_once_in_a_seeded_order(tmp_path, id_images):
     n = 64
-    write_prepared(_ids(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path,
+    write_prepared(id_images(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path,
                    img_size=8, shards=ShardOptions(shard_size=10))
     ds = _streamed(tmp_path, buffer=16)
     kw = {"batch_size": 8, "seed": 0, "world_size": 2, "workers": 2}
@@ -100,24 +89,11 @@ def test_prepared_arrays_refuse_streaming_naming_the_key(digits_dir):
         PreparedData(digits_dir).dataset("train", shuffle_buffer=100)
 
 
-@pytest.fixture
-def bucket(moto_endpoint, monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}.items():
-        monkeypatch.setenv(k, v)
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-        client.create_bucket(Bucket=BUCKET)
-    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    return client
-
-
 def test_streaming_from_s3_is_one_ranged_get_per_run_never_fills_the_cache_and_checks_each_image(
-        bucket, tmp_path, monkeypatch):
+        s3, tmp_path, monkeypatch, id_images):
     n = 120
     (tmp_path / "d").mkdir()
-    write_prepared(_ids(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path / "d",
+    write_prepared(id_images(n), {"train": np.arange(n), "val": np.arange(0), "test": np.arange(0)}, tmp_path / "d",
                    img_size=8, shards=ShardOptions(location=f"s3://{BUCKET}/ids", shard_size=25))
     cache = tmp_path / "cache"
     monkeypatch.setenv("VITNAS_SHARD_CACHE", str(cache))
@@ -136,9 +112,9 @@ def test_streaming_from_s3_is_one_ranged_get_per_run_never_fills_the_cache_and_c
     assert gets[0] == 3 and not list(cache.rglob("*.tar"))
     # an image changed on the store (same length, so only its checksum can tell): refused
     key = "ids/train-000002.tar"
-    body = bytearray(bucket.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     body[512 + 60] ^= 0xFF  # inside the first image's bytes (its PNG data follows one 512-byte header)
-    bucket.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
     with pytest.raises(ArtifactError, match=r"shard train-000002.tar: an image's bytes do not match its checksum"):
         _epoch(ds, batch_size=10, seed=5, epoch=0, world_size=1, workers=0)
     # random access over a whole split fetches each shard whole into the cache (another shard here)
