@@ -34,6 +34,33 @@ def test_dvc_yaml_is_generated_from_the_contract():
         assert f"src/vitnas/stages/{name}.py" in entry["deps"] and "src/vitnas/config.py" in entry["deps"]
 
 
+@pytest.mark.slow
+def test_each_stage_depends_on_the_code_it_imports():
+    """dvc.yaml's code deps of a stage cover every vitnas file that importing the stage loads (in a
+    fresh interpreter per stage), and lazy imports too; the shared helpers the stages import are
+    deps (editing `_inputs.py` reruns slim and retrain); what config imports only to validate is not
+    (editing the search does not retrain the supernet)."""
+    from vitnas.stages._code_deps import code_deps
+
+    show = ("import sys, vitnas.stages.{}; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
+            "if m.__name__.split('.')[0] == 'vitnas' and getattr(m, '__file__', None)))")
+    procs = {s: subprocess.Popen([sys.executable, "-c", show.format(s)], stdout=subprocess.PIPE, text=True)
+             for s in STAGES}
+    for stage, proc in procs.items():
+        loaded = proc.communicate(timeout=600)[0].split()
+        assert proc.returncode == 0 and loaded
+        deps = code_deps(stage)
+        for f in loaded:
+            rel = Path(f).resolve().relative_to(REPO).as_posix()
+            assert any(rel == d or rel.startswith(d + "/") for d in deps), (stage, rel)
+    for stage in ("supernet", "search", "slim", "retrain"):
+        assert "src/vitnas/stages/_inputs.py" in code_deps(stage)
+    assert "src/vitnas/stages/_model_log.py" in code_deps("retrain")
+    assert "src/vitnas/data" in code_deps("supernet")  # data/stream.py: imported inside a function
+    assert not any(d.startswith("src/vitnas/search") for d in code_deps("supernet"))
+    assert not any(d.startswith("src/vitnas/supernet") for d in code_deps("data"))
+
+
 def test_supernet_declares_what_it_reads_and_has_its_own_keys():
     s = STAGES["supernet"]
     assert not any(p.startswith("search") for p in s.params)

@@ -18,8 +18,6 @@ from typing import Any
 
 ARTIFACTS = "artifacts"
 UNDECLARED_OK = ("tracking",)
-# Library code every stage runs; changes to it rerun every stage.
-COMMON_CODE = ("src/vitnas/config.py", "src/vitnas/space", "src/vitnas/data", "src/vitnas/stages/_io.py")
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,6 @@ class Stage:
     inputs: Mapping[str, tuple[str, ...]]  # upstream stage -> files of its output read
     params: tuple[str, ...]  # params.yaml sections or dotted keys read
     outputs: tuple[str, ...]  # files (or folders) written into the stage's directory, metrics.json aside
-    code: tuple[str, ...]  # source paths beyond COMMON_CODE whose change reruns the stage
     plots: tuple[Plot, ...] = ()
     checkpoints: bool = False  # per-epoch checkpoints under artifacts/checkpoints/<stage> (persisted)
     persist: tuple[str, ...] = ()  # outputs kept across runs (resumed in place)
@@ -77,13 +74,11 @@ _DATA_SPLITS = ("train.npz", "val.npz", "dataset.json", "shards.json")
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "vitnas data --out artifacts/data",
           inputs={}, params=(*_data_stage_keys(), "transfer.targets"),
-          outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json", "shards", "shards.json"),
-          code=("src/vitnas/transfer/targets.py", "src/vitnas/stages/data.py")),
+          outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json", "shards", "shards.json")),
     Stage("supernet", "vitnas supernet --data artifacts/data --out artifacts/supernet "
           "--checkpoints artifacts/checkpoints/supernet --resume",
           inputs={"data": _DATA_SPLITS}, params=("space", "supernet", "data.img_size", *READ_TIME_DATA_KEYS),
           outputs=("supernet.pt", "history.json", "curves.png"),
-          code=("src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/supernet.py"),
           plots=(Plot("supernet convergence", "history.json", "epoch",
                       ("val_acc_smallest", "val_acc_largest", "val_acc_random_mean"), "epoch", "val top-1"),
                  Plot("supernet curves", "curves.png")),
@@ -93,7 +88,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           params=("proxy", "space", "data.img_size", "search.params_min", "search.params_max", "search.flops_min",
                   "search.flops_max"),
           outputs=("scores.jsonl", "top_k.json"),
-          code=("src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/stages/proxy.py"),
           persist=("scores.jsonl",), extra_outputs=(".scores.fingerprint",)),
     Stage("search", "vitnas search --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--out artifacts/search --checkpoints artifacts/checkpoints/search --resume",
@@ -101,8 +95,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           params=("search", "space", "data.img_size", *READ_TIME_DATA_KEYS, "proxy.batch_size", "proxy.seed",
                   "supernet"),
           outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json", "report.html"),
-          code=("src/vitnas/search", "src/vitnas/proxies", "src/vitnas/supernet", "src/vitnas/train",
-                "src/vitnas/stages/search.py"),
           plots=(Plot("search progress", "generations.json", "generation",
                       ("best_fitness", "population_mean_fitness"), "generation", "fitness (val top-1)"),
                  Plot("search pareto front", "pareto.png")),
@@ -114,7 +106,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",), "search": ("best_arch.json",)},
           params=("slim", *READ_TIME_DATA_KEYS),
           outputs=("arch.json", "model.safetensors", "config.json", "widths.png"),
-          code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/slim.py"),
           plots=(Plot("slimming widths", "widths.png"),)),
     Stage("retrain", "vitnas retrain --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--arch artifacts/slim --out artifacts/retrain --checkpoints artifacts/checkpoints/retrain --resume",
@@ -123,8 +114,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           params=("retrain", *READ_TIME_DATA_KEYS),
           outputs=("arch.json", "model.safetensors", "config.json", "history.json", "confusion.json",
                    "curves.png"),
-          code=("src/vitnas/slim", "src/vitnas/supernet", "src/vitnas/train", "src/vitnas/stages/retrain.py",
-                "src/vitnas/tracking.py"),
           plots=(Plot("retrain curves", "history.json", "epoch", ("val_acc",), "epoch", "val top-1"),
                  Plot("retrain loss and accuracy", "curves.png")),
           checkpoints=True),
@@ -132,8 +121,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"data": ("transfer",), "retrain": ("arch.json", "model.safetensors")},
           params=("transfer",),
           outputs=("detections.png",),
-          code=("src/vitnas/transfer", "src/vitnas/train",
-                "src/vitnas/stages/transfer.py"),
           plots=(Plot("detections", "detections.png"),)),
 )}
 ORDER = tuple(STAGES)
@@ -162,12 +149,13 @@ def logged_params(params: Any, stage: str) -> dict[str, Any]:
 # ---- dvc.yaml ----------------------------------------------------------------------------------
 def dvc_yaml() -> dict[str, Any]:
     """The content of dvc.yaml, stage by stage."""
+    from vitnas.stages._code_deps import code_deps
+
     stages: dict[str, Any] = {}
     for s in STAGES.values():
         base = f"{ARTIFACTS}/{s.name}"
         deps = [f"{ARTIFACTS}/{up}/{f}" for up, files in s.inputs.items() for f in files]
-        deps += sorted(set(COMMON_CODE) | set(s.code) | ({"src/vitnas/stages/_checkpoint.py"} if s.checkpoints
-                                                         else set()))
+        deps += code_deps(s.name)  # the source files the stage's module imports, found from its imports
         outs: list[Any] = []
         for f in s.outputs:
             if f in s.persist:

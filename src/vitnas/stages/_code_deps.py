@@ -1,0 +1,106 @@
+"""The source files a stage runs, found from its imports: what dvc.yaml lists as its code deps.
+
+A hand-kept list drifts (a shared helper the stages import was in none, so editing it never made
+`dvc repro` rerun them). Every `import vitnas...` in a module (at the top or inside a function, as
+lazy imports are) is followed from `vitnas.stages.<stage>`, with the `__init__` of every package on
+the way (importing a module runs them). Two exceptions, whose function-level imports are not
+followed: `vitnas.config` imports the search and proxy modules inside its cross-checks to validate
+their keys (validation decides whether a stage runs, never what it computes; else editing the
+search would retrain the supernet), and `vitnas.stages.contract` imports this module to write
+dvc.yaml. A package whose every file is reached is listed as its folder, else its
+files one by one.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1]  # src/vitnas
+ROOT = "vitnas"
+TOP_LEVEL_ONLY = frozenset({"vitnas.config", "vitnas.stages.contract"})  # lazy imports not followed
+
+
+def _top_level(tree: ast.Module) -> list[ast.AST]:
+    """The statements run at import: the module body, into `if`/`try` blocks, not into functions."""
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, (ast.If, ast.Try)):
+            todo += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                     *(h for handler in getattr(node, "handlers", []) for h in handler.body)]
+    return out
+
+
+def _file(module: str) -> Path | None:
+    """The source file of a `vitnas...` module, None for a name that is not a module."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return PACKAGE / "__init__.py"
+    rel = Path(*parts)
+    for candidate in (PACKAGE / rel / "__init__.py", PACKAGE / rel.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def _imported(module: str) -> frozenset[str]:
+    """The `vitnas` modules `module` imports anywhere in its source (names that are not modules,
+    as in `from vitnas.x import name`, resolve to `vitnas.x`)."""
+    path = _file(module)
+    if path is None:
+        return frozenset()
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    tree = ast.parse(path.read_text(), str(path))
+    for node in _top_level(tree) if module in TOP_LEVEL_ONLY else ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == ROOT)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up level - 1
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != ROOT:
+                continue
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names if _file(f"{base}.{a.name}") is not None)
+    return frozenset(m for m in found if _file(m) is not None)
+
+
+def closure(module: str) -> set[Path]:
+    """Every source file importing `module` runs: its own, what it imports, transitively, and the
+    `__init__.py` of each package on the way."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        parts = m.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the parent packages
+        todo += _imported(m)
+    return {f for m in seen if (f := _file(m)) is not None}
+
+
+def _collapse(files: set[Path], folder: Path) -> list[Path]:
+    """`files` under `folder`, with each subfolder whose every source file is in `files` as one entry."""
+    sources = sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+    if folder != PACKAGE and sources and all(p in files for p in sources):
+        return [folder]
+    out = [p for p in sorted(folder.glob("*.py")) if p in files]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        out += _collapse(files, sub)
+    return out
+
+
+def code_deps(stage: str, prefix: str = "src") -> list[str]:
+    """The code deps of `vitnas.stages.<stage>`, as repository paths (`src/vitnas/...`)."""
+    files = closure(f"{ROOT}.stages.{stage}")
+    return [f"{prefix}/{ROOT}/{p.relative_to(PACKAGE)}".rstrip("/.") if p != PACKAGE else f"{prefix}/{ROOT}"
+            for p in _collapse(files, PACKAGE)]
