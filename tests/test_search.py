@@ -12,6 +12,7 @@ import torch
 
 from vitnas import Arch, SearchSpace, count_flops, count_params
 from vitnas.errors import ArtifactError, ConfigError
+from vitnas.numbers import human
 from vitnas.search import (
     CachedFitness,
     Constraints,
@@ -25,7 +26,6 @@ from vitnas.search import (
     mutate,
     pareto_front,
 )
-from vitnas.search.constraints import human
 from vitnas.supernet import Supernet
 
 DEMO = SearchSpace.preset("demo")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 
-from vitnas.search.report import best_index, candidate_rows, columns, html_report, human, plot_pareto
+from vitnas.numbers import human
+from vitnas.search.report import best_index, candidate_rows, columns, html_report, plot_pareto
 
 ARCH = {"embed_dim": 32, "depth": 2, "num_heads": [2, 2], "mlp_ratio": [2.0, 2.0], "img_size": 16}
 

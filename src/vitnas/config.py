@@ -42,13 +42,13 @@ def _parse_count(v: Any) -> Any:
     return v
 
 
-def _finite(v: Any) -> Any:
+def _reject_non_finite(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         raise ValueError("must be a finite number")
     return v
 
 
-Count = Annotated[float, BeforeValidator(_parse_count), AfterValidator(_finite), Field(gt=0)]
+Count = Annotated[float, BeforeValidator(_parse_count), AfterValidator(_reject_non_finite), Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and torch seeds are 32-bit
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 

@@ -12,17 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitnas.errors import ConfigError
+from vitnas.numbers import human
 from vitnas.search.latency import LatencyTable
 from vitnas.space import Arch, SearchSpace, count_flops, count_params
-
-
-def human(n: float) -> str:
-    """14400 -> '14.4k', 203000 -> '203k', 5.8e6 -> '5.8M' (3 significant digits)."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale * 0.9995:
-            v = n / scale
-            return f"{v:.3g}{suffix}" if v < 999.5 else f"{round(v)}{suffix}"
-    return f"{n:.3g}" if n != int(n) else str(int(n))
 
 
 def _given(v: float) -> str:

@@ -72,14 +72,6 @@ class SupernetFitness:
         return out
 
 
-def proxy_names() -> list[str] | None:
-    """Names registered in `vitnas.proxies` (None when the registry is not installed)."""
-    try:
-        return list(importlib.import_module("vitnas.proxies").names())
-    except ImportError:
-        return None
-
-
 def check_proxy(name: str, key: str = "search.proxy") -> None:
     """Fail fast with a `ConfigError` when the proxy registry is missing or lacks `name`."""
     try:

@@ -178,11 +178,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> float:
-    """Median wall time of `fn()` in ms, after `warmup` untimed calls."""
-    return interleaved_median_ms([fn], device, warmup=warmup, repeats=repeats, rounds=1)[0]
-
-
 def interleaved_median_ms(fns: Sequence[Callable[[], Any]], device: torch.device, *, warmup: int, repeats: int,
                           rounds: int = 5, progress: Callable[[Iterable], Iterable] | None = None) -> list[float]:
     """Median wall time (ms) of each of `fns`, timed round-robin in `rounds` passes of

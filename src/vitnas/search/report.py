@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vitnas.numbers import human
 from vitnas.search.evolution import _num, pareto_front
 
 COSTS = (("params", "params"), ("flops", "FLOPs (multiply-adds)"), ("latency_ms", "predicted latency (ms)"))
@@ -55,17 +56,6 @@ def columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         if any(isinstance(v, str) for v in values) and any(isinstance(v, (int, float)) for v in values):
             out[k] = [None if v is None else str(v) for v in values]
     return out
-
-
-def human(v: float) -> str:
-    """60.7k, 12.3M, 0.812: counts and fitness the way people read them."""
-    if not math.isfinite(v):
-        return str(v)
-    a = abs(v)
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if a >= div:
-            return f"{v / div:.3g}{suffix}"
-    return f"{v:.0f}" if float(v).is_integer() else f"{v:.4g}"
 
 
 def arch_summary(arch: Mapping[str, Any]) -> str:

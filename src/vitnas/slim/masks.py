@@ -94,9 +94,6 @@ class MaskedViT(nn.Module):
     def mask_parameters(self) -> list[nn.Parameter]:
         return [*self.attn_masks, *self.mlp_masks, *self.token_scores]
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return list(self.model.parameters())
-
     def token_masks(self) -> list[torch.Tensor]:
         """Effective per-block patch-token masks in [0, 1]: cumulative min over depth of tanh(score)."""
         if not self.tokens:

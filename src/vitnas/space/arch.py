@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vitnas.errors import VitnasError
+from vitnas.numbers import plain
 
 _PLAIN_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "mlp_hidden", "head_dim",
@@ -394,8 +395,8 @@ class Arch:
         ratios = self.mlp_ratio or tuple(round(m / self.embed_dim, 2) for m in self.mlp_hidden)
         if self.units is not None:
             return (f"Arch(GLiT embed={self.embed_dim}, depth={self.depth}, local={list(self.local_units)}/"
-                    f"{self.units}, e_v={_short(self.qkv_ratio)}, k={list(self.kernel_size)}, "
-                    f"e_c={_short(self.local_expansion)}, mlp={_short(ratios)}{model_summary(self.model_fields())})")
+                    f"{self.units}, e_v={plain(self.qkv_ratio)}, k={list(self.kernel_size)}, "
+                    f"e_c={plain(self.local_expansion)}, mlp={plain(ratios)}{model_summary(self.model_fields())})")
         return (f"Arch(embed={self.embed_dim}, depth={self.depth}, heads={list(self.num_heads)}, "
                 f"mlp={list(ratios)}, head_dim={self.to_dict()['head_dim']}"
                 + (f", tokens={list(self.keep_tokens)}" if self.keep_tokens is not None else "")
@@ -416,10 +417,6 @@ class Arch:
             raise ArchError(f"{name}: unknown published arch; known: {known}") from None
         d.update(overrides)
         return Arch.from_dict(d)
-
-
-def _short(values: Sequence[float]) -> list:
-    return [int(v) if float(v).is_integer() else v for v in values]
 
 
 def _glit_fields(embed_dim: int, depth: int, units: Any, local_units: Any, qkv_ratio: Any, kernel_size: Any,

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from vitnas.numbers import plain
 from vitnas.space.arch import LIMITS, Arch, ArchError, check_model_fields, model_summary
 from vitnas.space.cost import count_flops, count_params
 from vitnas.space.published import AUTOFORMER_MODEL
@@ -377,18 +378,14 @@ class SearchSpace:
         if self.is_glit:
             split = f"split {list(self.split)}" if self.split is not None else f"local units {list(self.local_units)}"
             return (f"SearchSpace({self.name}: GLiT embed {list(self.embed_dim)}, depth {list(self.depth)}, "
-                    f"{self.units} units, {split}, e_v {_short(self.qkv_ratio)}, kernel {list(self.kernel_size)}, "
-                    f"e_c {_short(self.local_expansion)}, mlp {_short(self.mlp_ratio)}, {self.glit_grid} grid, "
+                    f"{self.units} units, {split}, e_v {plain(self.qkv_ratio)}, kernel {list(self.kernel_size)}, "
+                    f"e_c {plain(self.local_expansion)}, mlp {plain(self.mlp_ratio)}, {self.glit_grid} grid, "
                     f"{self.img_size}px/{self.patch_size}{model_summary(self.model_fields())}, "
                     f"10^{self.log10_size():.1f} archs)")
         return (f"SearchSpace({self.name}: embed {list(self.embed_dim)}, depth {list(self.depth)}, "
                 f"heads {list(self.num_heads)}, mlp {list(self.mlp_ratio)}, head_dim {self.head_dim}, "
                 f"{self.img_size}px/{self.patch_size}{model_summary(self.model_fields())}, "
                     f"10^{self.log10_size():.1f} archs)")
-
-
-def _short(values: Sequence[float]) -> list:
-    return [int(v) if float(v).is_integer() else v for v in values]
 
 
 def _middle(values: Sequence) -> Any:

@@ -411,7 +411,7 @@ def _score(scorer: Scorer, todo: list[tuple[str, Arch]], done: dict[str, dict], 
         for _, arch in items:
             res = scorer(arch)
             rec: dict[str, Any] = {"arch": arch.to_dict(), "params": count_params(arch), "flops": count_flops(arch),
-                                   "scores": {k: _finite(v) for k, v in res.scores.items()}}
+                                   "scores": {k: _json_number(v) for k, v in res.scores.items()}}
             if res.terms is not None:
                 rec["terms"] = res.terms
             recs.append(rec)
@@ -436,7 +436,7 @@ def _score(scorer: Scorer, todo: list[tuple[str, Arch]], done: dict[str, dict], 
             pbar.close()
 
 
-def _finite(v: float) -> float | None:
+def _json_number(v: float) -> float | None:
     """JSON has no NaN/Inf: a proxy that is not finite for a candidate is recorded as null (and ranks last)."""
     return float(v) if math.isfinite(v) else None
 

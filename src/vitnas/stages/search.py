@@ -97,7 +97,8 @@ def write_figures(directory: Path, history: list[dict[str, Any]], stats: list[di
     (directory / "report.html").write_text(html_report(history, stats, best, label, title=title, summary=metrics))
 
 
-def _finite(v: float) -> float:
+def _or_minus_inf(v: float) -> float:
+    """A fitness or cost that is not a finite number ranks last."""
     return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
 
 
@@ -219,7 +220,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                                           "world_size": info.world_size}
         if proxy is not None or cfg.fitness == "proxy":
             values["proxy_evaluations"] = search.proxy_evaluations if proxy is not None else search.evaluations
-        metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
+        metrics = flat_metrics({k: v for k, v in values.items() if _or_minus_inf(v) != -math.inf})
         if not main:  # rank 0 writes, logs and reports
             info.barrier()
             return {}
@@ -264,7 +265,7 @@ def search_values(search: Search) -> dict[str, Any]:
     if "proxy" in best:
         values["best_proxy"] = best["proxy"]
     return values | {
-        "population_mean_fitness": sum(_finite(r["fitness"]) for r in pop) / len(pop),
+        "population_mean_fitness": sum(_or_minus_inf(r["fitness"]) for r in pop) / len(pop),
         "evaluations": search.evaluations,
         "budget": search.config.budget,
         "shortfall": search.shortfall,
@@ -369,7 +370,7 @@ def run_hierarchical(params: Params, data: PreparedData, space: SearchSpace, sup
             "level2_supernet_train_seconds": round(train_seconds, 2),
             "seconds": round(elapsed + time.time() - t0, 2),
         }
-        metrics = flat_metrics({k: v for k, v in values.items() if _finite(v) != -math.inf})
+        metrics = flat_metrics({k: v for k, v in values.items() if _or_minus_inf(v) != -math.inf})
         history = [r | {"level": 1} for r in search1.history] + [r | {"level": 2} for r in search2.history]
         with atomic_dir(out, "search") as tmp:
             write_json(tmp / "best_arch.json", best["arch"])
