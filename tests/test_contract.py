@@ -28,7 +28,7 @@ def test_dvc_yaml_is_generated_from_the_contract():
     assert list(dvc["stages"]) == list(contract.ORDER)
     for name, s in STAGES.items():
         entry = dvc["stages"][name]
-        assert entry["params"] == list(s.params)
+        assert entry["params"] == s.dvc_params()
         for up, files in s.inputs.items():  # every upstream file it opens is a dependency
             assert {f"artifacts/{up}/{f}" for f in files} <= set(entry["deps"])
         assert f"src/vitnas/stages/{name}.py" in entry["deps"] and "src/vitnas/config.py" in entry["deps"]
@@ -59,6 +59,22 @@ def test_each_stage_depends_on_the_code_it_imports():
     assert "src/vitnas/data" in code_deps("supernet")  # data/stream.py: imported inside a function
     assert not any(d.startswith("src/vitnas/search") for d in code_deps("supernet"))
     assert not any(d.startswith("src/vitnas/supernet") for d in code_deps("data"))
+
+
+def test_each_kfp_component_takes_what_its_stage_contract_says():
+    """A stage's GPU, torchrun, checkpoint and multi-node facts are declared in the contract; its
+    component takes the matching arguments (the pipeline derives pod settings from the same facts)."""
+    import inspect
+
+    from vitnas.pipeline import components, dag
+
+    for name, s in STAGES.items():
+        args = inspect.signature(getattr(components, f"{name}_op").python_func).parameters
+        assert ("nproc_per_node" in args) == s.data_parallel, name
+        assert ("checkpoint_root" in args) == s.checkpoints, name
+        assert ("trainjob" in args) == s.multinode, name
+        assert (name in dag.GPU_STAGES) == s.gpu and (name in dag.MULTINODE_STAGES) == s.multinode
+    assert all(s.gpu for s in STAGES.values() if s.data_parallel)  # torchrun is for GPUs
 
 
 def test_supernet_declares_what_it_reads_and_has_its_own_keys():

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from vitnas.errors import ConfigError, VitnasError
+from vitnas.stages.contract import ARTIFACTS, stage_dir
 
 app = typer.Typer(
     help="Vision Transformer architecture search: one command per pipeline stage.\n\n"
@@ -61,7 +62,7 @@ def _params(params: Path, out: Path, stage: str, force: bool, sets: list[str] | 
 
 @app.command(rich_help_panel="Stages")
 def data(params: Path = ParamsOpt, sets: list[str] | None = SetOpt,
-         out: Path = typer.Option(Path("artifacts/data"), "--out", "-o", help="Output directory."),
+         out: Path = typer.Option(stage_dir("data"), "--out", "-o", help="Output directory."),
          track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Prepare the dataset: seeded train/val/test splits + dataset.json."""
     from vitnas.stages import data as stage
@@ -72,8 +73,8 @@ def data(params: Path = ParamsOpt, sets: list[str] | None = SetOpt,
 
 @app.command(rich_help_panel="Stages")
 def supernet(params: Path = ParamsOpt, sets: list[str] | None = SetOpt,
-             data: Path = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output."),
-             out: Path = typer.Option(Path("artifacts/supernet"), "--out", "-o", help="Output directory."),
+             data: Path = typer.Option(stage_dir("data"), "--data", help="The data stage's output."),
+             out: Path = typer.Option(stage_dir("supernet"), "--out", "-o", help="Output directory."),
              checkpoints: Path | None = typer.Option(
                  None, help="Per-epoch checkpoints (default: OUT-checkpoints beside the output)."),
              resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint when it "
@@ -90,8 +91,8 @@ def supernet(params: Path = ParamsOpt, sets: list[str] | None = SetOpt,
                            resume=resume, device=device, track=track, force=force))
 
 
-DataOpt = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output.")
-SupernetOpt = typer.Option(Path("artifacts/supernet/supernet.pt"), "--supernet", help="The trained supernet.")
+DataOpt = typer.Option(stage_dir("data"), "--data", help="The data stage's output.")
+SupernetOpt = typer.Option(stage_dir("supernet") / "supernet.pt", "--supernet", help="The trained supernet.")
 DeviceOpt = typer.Option("auto", help="auto | cpu | cuda")
 
 
@@ -111,7 +112,7 @@ def _value(v) -> str:
 
 @app.command(rich_help_panel="Stages")
 def proxy(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
-          out: Path = typer.Option(Path("artifacts/proxy"), "--out", "-o", help="Output directory."),
+          out: Path = typer.Option(stage_dir("proxy"), "--out", "-o", help="Output directory."),
           supernet: Path | None = typer.Option(None, "--supernet",
                                                help="Score through this trained supernet instead of a "
                                                     "randomly initialised one (TF-TAS scores at init)."),
@@ -144,7 +145,7 @@ def _shard(spec: str | None) -> tuple[int, int] | None:
 @app.command(rich_help_panel="Stages")
 def search(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
            supernet: Path = SupernetOpt,
-           out: Path = typer.Option(Path("artifacts/search"), "--out", "-o", help="Output directory."),
+           out: Path = typer.Option(stage_dir("search"), "--out", "-o", help="Output directory."),
            checkpoints: Path | None = typer.Option(
                None, help="Per-generation checkpoints (default: OUT-checkpoints beside the output)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last generation checkpoint."),
@@ -161,7 +162,7 @@ def search(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path
 
 @app.command("latency-table", rich_help_panel="Tools")
 def latency_table(params: Path = ParamsOpt, data: Path = DataOpt,
-                  out: Path = typer.Option(Path("artifacts/latency.json"), "--out", "-o"),
+                  out: Path = typer.Option(Path(ARTIFACTS) / "latency.json", "--out", "-o"),
                   batch_size: int = typer.Option(1, min=1), repeats: int = typer.Option(50, min=1),
                   warmup: int = typer.Option(10, min=0), rounds: int = typer.Option(5, min=1),
                   check_archs: int = typer.Option(5, min=0, help="Full models measured to check the table."),
@@ -180,10 +181,10 @@ def latency_table(params: Path = ParamsOpt, data: Path = DataOpt,
 @app.command(rich_help_panel="Stages")
 def slim(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
          supernet: Path | None = SupernetOpt,
-         arch: Path = typer.Option(Path("artifacts/search/best_arch.json"), "--arch",
+         arch: Path = typer.Option(stage_dir("search") / "best_arch.json", "--arch",
                                    help="An arch.json (weights from --supernet) or a model directory "
                                         "(arch.json + model.safetensors)."),
-         out: Path = typer.Option(Path("artifacts/slim"), "--out", "-o", help="Output directory."),
+         out: Path = typer.Option(stage_dir("slim"), "--out", "-o", help="Output directory."),
          device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """ViT-Slim soft-mask search to a FLOPs/params budget, then physical pruning."""
     from vitnas.stages import slim as stage
@@ -195,10 +196,10 @@ def slim(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path =
 @app.command(rich_help_panel="Stages")
 def retrain(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
             supernet: Path | None = SupernetOpt,
-            arch: Path = typer.Option(Path("artifacts/slim"), "--arch",
+            arch: Path = typer.Option(stage_dir("slim"), "--arch",
                                       help="A model directory (arch.json + model.safetensors) or an arch.json "
                                            "(inherited weights from --supernet)."),
-            out: Path = typer.Option(Path("artifacts/retrain"), "--out", "-o", help="Output directory."),
+            out: Path = typer.Option(stage_dir("retrain"), "--out", "-o", help="Output directory."),
             checkpoints: Path | None = typer.Option(
                 None, help="Per-epoch checkpoints (default: OUT-checkpoints beside the output)."),
             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint when it "
@@ -216,9 +217,9 @@ def retrain(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Pat
 
 @app.command(rich_help_panel="Stages")
 def transfer(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path = DataOpt,
-             model: Path = typer.Option(Path("artifacts/retrain"), "--model",
+             model: Path = typer.Option(stage_dir("retrain"), "--model",
                                         help="Model directory (arch.json + model.safetensors), e.g. retrain's."),
-             out: Path = typer.Option(Path("artifacts/transfer"), "--out", "-o", help="Output directory."),
+             out: Path = typer.Option(stage_dir("transfer"), "--out", "-o", help="Output directory."),
              device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
     """Fine-tune on the transfer targets: CIFAR-format top-1, COCO-format detection AP (ViTDet backbone)."""
     from vitnas.stages import transfer as stage
@@ -295,7 +296,7 @@ def import_autoformer(
         space: str = typer.Option(..., "--space", help="The space it was trained on: autoformer-tiny | "
                                   "autoformer-small | autoformer-base, or a JSON file of a space (input size, "
                                   "channels and classes are read from the checkpoint)."),
-        out: Path = typer.Option(Path("artifacts/imported/supernet.pt"), "--out", "-o",
+        out: Path = typer.Option(Path(ARTIFACTS) / "imported" / "supernet.pt", "--out", "-o",
                                  help="The vitnas supernet file to write (for `vitnas search --supernet`)."),
         force: bool = typer.Option(False, "--force", help="Replace OUT when it is a supernet file vitnas wrote "
                                    "(never another file, a directory, a link or the checkpoint).")) -> None:
@@ -370,7 +371,7 @@ def export(model_dir: Path = ModelDirArg,
            dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (default: the "
                                               "exported model takes exactly --batch-size images)."),
            batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Batch of the exported model."),
-           data: Path = typer.Option(Path("artifacts/data"), "--data", help="Prepared data whose val split's "
+           data: Path = typer.Option(stage_dir("data"), "--data", help="Prepared data whose val split's "
                                      "first images check the exported file against the eager model."),
            tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="Largest allowed |exported - eager| "
                                            "over the logits."),
@@ -411,7 +412,7 @@ def export(model_dir: Path = ModelDirArg,
 
 @app.command(rich_help_panel="Tools")
 def validate(model_dir: Path = ModelDirArg,
-             data: Path = typer.Option(Path("artifacts/data"), "--data", help="The data stage's output."),
+             data: Path = typer.Option(stage_dir("data"), "--data", help="The data stage's output."),
              split: str = typer.Option("val", "--split", help="val | test | train."),
              batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
              device: str = DeviceOpt,

@@ -56,6 +56,7 @@ from vitnas.pipeline.k8s import (
 from vitnas.pipeline.runtime import PIPELINE_RUN_ENV, split_params, typed_params
 from vitnas.pipeline.trainjob import TrainJobSpec
 from vitnas.stages._io import FileKind, starts_with
+from vitnas.stages.contract import STAGES
 from vitnas.tracking import CODE_VERSION_ENV
 
 PIPELINE_NAME = "vitnas"
@@ -64,12 +65,11 @@ PIPELINE_NAME = "vitnas"
 PIPELINE_HEADER = "# vitnas pipeline, compiled by `vitnas pipeline compile`: recompile rather than edit\n"
 PIPELINE_FILE = FileKind("compiled vitnas pipeline", starts_with(PIPELINE_HEADER))
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
-GPU_STAGES = ("supernet", "proxy", "search", "slim", "retrain", "transfer")
-# data-parallel: all of `gpus` GPUs under torchrun (training: gradients averaged; search and proxy:
-# candidates shared out, the same result as one process)
-TORCHRUN_STAGES = ("supernet", "proxy", "search", "slim", "retrain")
-CHECKPOINT_STAGES = ("supernet", "search", "retrain")  # resumable: checkpoints on the PVC when one is given
-MULTINODE_STAGES = ("supernet", "retrain")  # with --nodes M: a Kubeflow Trainer TrainJob of M nodes
+# What each stage needs on the cluster comes from its contract (`vitnas.stages.contract`).
+GPU_STAGES = tuple(n for n, s in STAGES.items() if s.gpu)
+TORCHRUN_STAGES = tuple(n for n, s in STAGES.items() if s.data_parallel)  # all of `gpus` GPUs under torchrun
+CHECKPOINT_STAGES = tuple(n for n, s in STAGES.items() if s.checkpoints)  # checkpoints on the PVC when given
+MULTINODE_STAGES = tuple(n for n, s in STAGES.items() if s.multinode)  # --nodes M: a TrainJob of M nodes
 CHECKPOINT_MOUNT = "/vitnas-checkpoints"
 # Keys of the cluster secret handed to every pod as environment variables; all optional but
 # MLFLOW_TRACKING_URI (unless given with --mlflow-uri), so a wrong secret name fails at pod start.

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-ARTIFACTS = "artifacts"
+ARTIFACTS = "artifacts"  # each stage writes artifacts/<stage>/ (the CLI's defaults, dvc.yaml's outs)
 UNDECLARED_OK = ("tracking",)
 
 
@@ -41,10 +42,16 @@ class Stage:
     outputs: tuple[str, ...]  # files (or folders) written into the stage's directory, metrics.json aside
     plots: tuple[Plot, ...] = ()
     checkpoints: bool = False  # per-epoch checkpoints under artifacts/checkpoints/<stage> (persisted)
+    gpu: bool = False  # runs on a GPU when the cluster has them
+    data_parallel: bool = False  # under torchrun on all of a pod's GPUs (training: gradients averaged;
+    #                              search and proxy: candidates shared out, the same result as one process)
+    multinode: bool = False  # can run as a Kubeflow Trainer TrainJob of several nodes
     persist: tuple[str, ...] = ()  # outputs kept across runs (resumed in place)
     metrics: str = "metrics.json"
     report: str | None = None  # a self-contained HTML page of the outputs: the Kubeflow HTML view when given
     extra_outputs: tuple[str, ...] = field(default=())  # written in some configurations only
+    # keys inside a declared section that the stage does not read (data: how training reads the data)
+    excludes: tuple[str, ...] = ()
 
     @property
     def files(self) -> frozenset[str]:
@@ -52,19 +59,33 @@ class Stage:
         return frozenset((*self.outputs, *self.extra_outputs, self.metrics))
 
     def reads(self, key: str) -> bool:
-        """Whether dotted `key` is covered by a declared section or key."""
-        return any(key == p or key.startswith(p + ".") for p in self.params)
+        """Whether dotted `key` is covered by a declared section or key (and not excluded)."""
+        def under(k: str, prefixes: tuple[str, ...]) -> bool:
+            return any(k == p or k.startswith(p + ".") for p in prefixes)
+
+        return under(key, self.params) and not under(key, self.excludes)
+
+    def dvc_params(self) -> list[str]:
+        """`params` as dvc.yaml lists them: a section with exclusions spelled out key by key."""
+        if not self.excludes:
+            return list(self.params)
+        from vitnas.config import Params  # the sections' keys (lazy: the contract loads without torch)
+
+        out: list[str] = []
+        for p in self.params:
+            if not any(e.startswith(p + ".") for e in self.excludes):
+                out.append(p)
+                continue
+            model: Any = Params
+            for part in p.split("."):
+                model = model.model_fields[part].annotation
+            out += [f"{p}.{k}" for k in model.model_fields if f"{p}.{k}" not in self.excludes]
+        return out
 
 
 # data.* keys read where training reads the data, not where the data stage writes it: changing one
 # reruns the stages that train, never the data stage (which would re-shard the whole dataset).
 READ_TIME_DATA_KEYS = ("data.augment", "data.shuffle_buffer")
-
-
-def _data_stage_keys() -> tuple[str, ...]:
-    from vitnas.config import DataConfig
-
-    return tuple(k for k in (f"data.{f}" for f in DataConfig.model_fields) if k not in READ_TIME_DATA_KEYS)
 
 
 # shards.json lists every shard's digest: a changed shard changes it (the shards/ folder itself is
@@ -73,7 +94,7 @@ _DATA_SPLITS = ("train.npz", "val.npz", "dataset.json", "shards.json")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "vitnas data --out artifacts/data",
-          inputs={}, params=(*_data_stage_keys(), "transfer.targets"),
+          inputs={}, params=("data", "transfer.targets"), excludes=READ_TIME_DATA_KEYS,
           outputs=("transfer", "train.npz", "val.npz", "test.npz", "dataset.json", "shards", "shards.json")),
     Stage("supernet", "vitnas supernet --data artifacts/data --out artifacts/supernet "
           "--checkpoints artifacts/checkpoints/supernet --resume",
@@ -82,13 +103,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           plots=(Plot("supernet convergence", "history.json", "epoch",
                       ("val_acc_smallest", "val_acc_largest", "val_acc_random_mean"), "epoch", "val top-1"),
                  Plot("supernet curves", "curves.png")),
-          checkpoints=True),
+          checkpoints=True,
+          gpu=True, data_parallel=True, multinode=True),
     Stage("proxy", "vitnas proxy --data artifacts/data --out artifacts/proxy",
           inputs={"data": ("train.npz", "dataset.json", "shards.json")},
           params=("proxy", "space", "data.img_size", "search.params_min", "search.params_max", "search.flops_min",
                   "search.flops_max"),
           outputs=("scores.jsonl", "top_k.json"),
-          persist=("scores.jsonl",), extra_outputs=(".scores.fingerprint",)),
+          persist=("scores.jsonl",), extra_outputs=(".scores.fingerprint",),
+          gpu=True, data_parallel=True),
     Stage("search", "vitnas search --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--out artifacts/search --checkpoints artifacts/checkpoints/search --resume",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",)},
@@ -100,13 +123,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                  Plot("search pareto front", "pareto.png")),
           report="report.html",
           checkpoints=True,
-          extra_outputs=("level1_arch.json", "level1_pareto.png", "supernet_level2.pt")),
+          extra_outputs=("level1_arch.json", "level1_pareto.png", "supernet_level2.pt"),
+          gpu=True, data_parallel=True),
     Stage("slim", "vitnas slim --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--arch artifacts/search/best_arch.json --out artifacts/slim",
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",), "search": ("best_arch.json",)},
           params=("slim", *READ_TIME_DATA_KEYS),
           outputs=("arch.json", "model.safetensors", "config.json", "widths.png"),
-          plots=(Plot("slimming widths", "widths.png"),)),
+          plots=(Plot("slimming widths", "widths.png"),),
+          gpu=True, data_parallel=True),
     Stage("retrain", "vitnas retrain --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--arch artifacts/slim --out artifacts/retrain --checkpoints artifacts/checkpoints/retrain --resume",
           inputs={"data": (*_DATA_SPLITS, "test.npz"), "supernet": ("supernet.pt",),
@@ -116,14 +141,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                    "curves.png"),
           plots=(Plot("retrain curves", "history.json", "epoch", ("val_acc",), "epoch", "val top-1"),
                  Plot("retrain loss and accuracy", "curves.png")),
-          checkpoints=True),
+          checkpoints=True,
+          gpu=True, data_parallel=True, multinode=True),
     Stage("transfer", "vitnas transfer --data artifacts/data --model artifacts/retrain --out artifacts/transfer",
           inputs={"data": ("transfer",), "retrain": ("arch.json", "model.safetensors")},
           params=("transfer",),
           outputs=("detections.png",),
-          plots=(Plot("detections", "detections.png"),)),
+          plots=(Plot("detections", "detections.png"),),
+          gpu=True),
 )}
 ORDER = tuple(STAGES)
+
+
+def stage_dir(stage: str) -> Path:
+    """The stage's output directory in a project (`artifacts/<stage>`)."""
+    return Path(ARTIFACTS) / stage
 
 
 def stage_params(params: Any, stage: str) -> dict[str, Any]:
@@ -137,6 +169,12 @@ def stage_params(params: Any, stage: str) -> dict[str, Any]:
         for k in parents:
             src, dst = src[k], dst.setdefault(k, {})
         dst[leaf] = src[leaf]
+    for key in STAGES[stage].excludes:
+        *parents, leaf = key.split(".")
+        node = out
+        for k in parents:
+            node = node[k]
+        node.pop(leaf, None)
     return out
 
 
@@ -169,7 +207,7 @@ def dvc_yaml() -> dict[str, Any]:
         entry: dict[str, Any] = {
             "cmd": s.cmd.replace(f"vitnas {s.name} ", f"vitnas {s.name} --params params.yaml ", 1),
             "deps": deps,
-            "params": list(s.params),
+            "params": s.dvc_params(),
             "outs": outs,
             # metrics.json is tracked by git (see .gitignore), so `dvc exp show` and
             # `dvc metrics diff` find it for every commit and experiment
