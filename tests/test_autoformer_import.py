@@ -16,7 +16,7 @@ from vitnas import Arch, count_params
 from vitnas.config import parse_params
 from vitnas.space import SearchSpace
 from vitnas.supernet import Supernet, extract
-from vitnas.supernet.model import SupernetFileError
+from vitnas.supernet.file_format import SupernetFileError
 
 DATA = Path(__file__).parent / "data" / "autoformer"
 CKPT = DATA / "supernet-mini.pth"

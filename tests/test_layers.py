@@ -40,3 +40,11 @@ def test_nothing_in_the_package_imports_the_top_level_entry_points():
     for f in SRC.rglob("*.py"):
         bad = {m for m in imports(f) if m.split(".")[0] in ("components", "pipelines")}
         assert not bad, f"{f.relative_to(SRC)} imports {sorted(bad)}"
+
+
+def test_no_modules_import_each_other_around_a_circle():
+    """A circle of imports (a <-> b, or a -> b -> c -> a) makes import order matter and hides which
+    module owns what; lazy imports inside functions count too, `if TYPE_CHECKING:` ones do not."""
+    from vitnas.stages._code_deps import import_cycles
+
+    assert import_cycles() == []

@@ -306,7 +306,7 @@ def import_autoformer(
     from vitnas.space.cost import count_params
     from vitnas.stages._io import FileKind, check_output_file
     from vitnas.supernet import Supernet
-    from vitnas.supernet.model import SupernetFileError, is_supernet_file
+    from vitnas.supernet.file_format import SupernetFileError, is_supernet_file
 
     check_output_file(out, FileKind("vitnas supernet", is_supernet_file, replace_needs_force=True), force=force,
                       inputs=[checkpoint, space if space.endswith(".json") else None])

@@ -15,3 +15,7 @@ class DataError(VitnasError):
 
 class ArtifactError(VitnasError):
     """A stage input artifact that is missing or malformed."""
+
+
+class ArchError(VitnasError, ValueError):
+    """An architecture description that cannot be built."""

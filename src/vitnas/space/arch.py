@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitnas.errors import VitnasError
+from vitnas.errors import ArchError
 from vitnas.numbers import plain
 
 _PLAIN_KEYS = {
@@ -26,10 +26,6 @@ MODEL_DEFAULTS = {"global_pool": "token", "rel_pos": False, "rel_pos_clip": 14, 
 GLOBAL_POOLS = ("token", "avg")
 # GLiT global-local blocks (Chen et al., ICCV 2021); absent from plain ViT archs.
 GLIT_KEYS = ("units", "local_units", "qkv_ratio", "kernel_size", "local_expansion")
-
-
-class ArchError(VitnasError, ValueError):
-    """An architecture description that cannot be built."""
 
 
 def _per_layer(name: str, value: Any, depth: int, kind: type, zero_ok: bool = False) -> tuple:

@@ -21,7 +21,10 @@ multiply-adds (see `vitnas.space.relpos`), so `torch.utils.flop_counter` counts 
 
 from __future__ import annotations
 
-from vitnas.space.arch import Arch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: arch.py imports the memory check, which imports this
+    from vitnas.space.arch import Arch
 
 
 def count_params(arch: Arch) -> int:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-from vitnas.space.arch import Arch, ArchError
+from vitnas.errors import ArchError
 from vitnas.space.cost import count_params
+
+if TYPE_CHECKING:  # annotations only: arch.py imports this module to check what it loads
+    from vitnas.space.arch import Arch
 
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 LIMIT_ENV = "VITNAS_MEMORY_LIMIT"

@@ -22,13 +22,30 @@ ROOT = "vitnas"
 TOP_LEVEL_ONLY = frozenset({"vitnas.config", "vitnas.stages.contract"})  # lazy imports not followed
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` (annotations only: never runs)."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+                                         or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(tree: ast.AST) -> list[ast.AST]:
+    """Every node, but not inside `if TYPE_CHECKING:` blocks."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo += [c for c in ast.iter_child_nodes(node) if not _is_type_checking(c)]
+    return out
+
+
 def _top_level(tree: ast.Module) -> list[ast.AST]:
     """The statements run at import: the module body, into `if`/`try` blocks, not into functions."""
     out, todo = [], list(tree.body)
     while todo:
         node = todo.pop()
         out.append(node)
-        if isinstance(node, (ast.If, ast.Try)):
+        if isinstance(node, (ast.If, ast.Try)) and not _is_type_checking(node):
             todo += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
                      *(h for handler in getattr(node, "handlers", []) for h in handler.body)]
     return out
@@ -57,7 +74,7 @@ def _imported(module: str) -> frozenset[str]:
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
     tree = ast.parse(path.read_text(), str(path))
-    for node in _top_level(tree) if module in TOP_LEVEL_ONLY else ast.walk(tree):
+    for node in _top_level(tree) if module in TOP_LEVEL_ONLY else _walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == ROOT)
         elif isinstance(node, ast.ImportFrom):
@@ -67,9 +84,55 @@ def _imported(module: str) -> frozenset[str]:
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             if base.split(".")[0] != ROOT:
                 continue
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names if _file(f"{base}.{a.name}") is not None)
+            subs = {f"{base}.{a.name}" for a in node.names if _file(f"{base}.{a.name}") is not None}
+            found.update(subs)
+            if len(subs) < len(node.names):  # names defined in `base` itself (its parents run anyway)
+                found.add(base)
     return frozenset(m for m in found if _file(m) is not None)
+
+
+def modules() -> list[str]:
+    """Every module of the package."""
+    out = []
+    for p in sorted(PACKAGE.rglob("*.py")):
+        if "__pycache__" not in p.parts:
+            parts = [ROOT, *p.relative_to(PACKAGE).with_suffix("").parts]
+            out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def import_cycles() -> list[list[str]]:
+    """Modules that import each other, directly or around a circle (imports of a module's own
+    parent packages aside: Python runs those first anyway), as strongly connected components."""
+    graph = {m: {n for n in _imported(m) if not m.startswith(n + ".")} for m in modules()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for m in graph:
+        if m not in index:
+            visit(m)
+    return cycles
 
 
 def closure(module: str) -> set[Path]:

@@ -2,8 +2,9 @@
 weights for any arch of a space."""
 
 from vitnas.supernet.extract import extract, glit_views, timm_views
+from vitnas.supernet.file_format import FORMAT, SupernetFileError
 from vitnas.supernet.glit import batchnorms, recalibrate_bn
-from vitnas.supernet.model import FORMAT, Supernet, SupernetFileError, arch_mismatch
+from vitnas.supernet.model import Supernet, arch_mismatch
 from vitnas.supernet.pretrained import TimmInit, init_from_timm
 
 __all__ = ["FORMAT", "Supernet", "SupernetFileError", "TimmInit", "arch_mismatch", "batchnorms", "extract",

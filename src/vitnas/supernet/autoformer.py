@@ -26,14 +26,18 @@ rows and columns are dropped. The space must describe the model the checkpoint w
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vitnas.space.search_space import SearchSpace
-from vitnas.supernet.model import FORMAT, Supernet, SupernetFileError, read_torch_file
+from vitnas.supernet.file_format import FORMAT, SupernetFileError, read_torch_file
+
+if TYPE_CHECKING:  # the model imports this module (Supernet.from_autoformer) and passes itself in
+    from vitnas.supernet.model import Supernet
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _BLOCK_KEYS = {
@@ -145,16 +149,17 @@ def checkpoint_space(sd: Mapping[str, torch.Tensor], space: SearchSpace, name: s
                    num_classes=int(head.shape[0]))
 
 
-def from_autoformer(path: str | Path, space: SearchSpace, *, map_location: str | torch.device = "cpu",
-                    adapt_shape: bool = False) -> Supernet:
-    """The vitnas supernet of `space` carrying an AutoFormer checkpoint's weights (see the module doc);
-    every subnet computes what AutoFormer's code computes for it. `adapt_shape`: take the input size,
-    channels, patch and classes from the checkpoint instead of requiring the space's."""
+def from_autoformer(path: str | Path, space: SearchSpace, *, make: Callable[..., Supernet],
+                    map_location: str | torch.device = "cpu", adapt_shape: bool = False) -> Supernet:
+    """The vitnas supernet of `space` (built by `make`: the `Supernet` class) carrying an AutoFormer
+    checkpoint's weights (see the module doc); every subnet computes what AutoFormer's code computes
+    for it. `adapt_shape`: take the input size, channels, patch and classes from the checkpoint
+    instead of requiring the space's."""
     path = Path(path)
     sd = _read(path)
     if adapt_shape:
         space = checkpoint_space(sd, space, str(path))
-    net = Supernet(space, qkv_bias_layout="prefix")
+    net = make(space, qkv_bias_layout="prefix")
     state = autoformer_state(sd, net, str(path))
     net.load_state_dict(state, strict=True)
     net.meta = {"imported_from": "autoformer", "checkpoint": path.name}

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 
 from vitnas.files import output_mode
-from vitnas.safe_load import torch_load
 from vitnas.space.arch import Arch, ArchError
 from vitnas.space.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.search_space import SearchSpace
+from vitnas.supernet.file_format import FORMAT, SupernetFileError, read_torch_file
 from vitnas.supernet.glit import GlitSuperBlock
 from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it used to live here)
     SlicedLayerNorm,
@@ -37,37 +37,8 @@ from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it us
     top_left,
 )
 
-FORMAT = "vitnas-supernet/1"
 QKV_BIAS_LAYOUTS = ("grouped", "prefix")
 _PLAN_CACHE_SIZE = 4096
-
-
-def is_supernet_file(path: str | Path, max_pickle: int = 64 * 2**20) -> bool:
-    """Whether `path` is a supernet file vitnas wrote: a torch archive whose pickle (read as bytes,
-    never unpickled) holds the format string."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl")]
-            if len(pickles) != 1 or pickles[0].file_size > max_pickle:
-                return False
-            return FORMAT.encode() in z.read(pickles[0])
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-class SupernetFileError(ValueError):
-    """A supernet file that is missing, unreadable or not a vitnas supernet."""
-
-
-def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(weights_only=True)`: tensors and plain containers only, any failure one line."""
-    try:
-        return torch_load(path, map_location)
-    except Exception as e:  # torch raises many types for corrupt or foreign files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise SupernetFileError(f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
 
 
 class SuperAttention(nn.Module):
@@ -335,7 +306,7 @@ class Supernet(nn.Module):
         see `vitnas.supernet.autoformer`."""
         from vitnas.supernet.autoformer import from_autoformer
 
-        return from_autoformer(path, space, map_location=map_location, adapt_shape=adapt_shape)
+        return from_autoformer(path, space, make=cls, map_location=map_location, adapt_shape=adapt_shape)
 
     @classmethod
     def load(cls, path: str | Path, *, map_location: str | torch.device = "cpu",
