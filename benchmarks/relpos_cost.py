@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from _timing import train_step
 
 import vitnas
-from vitnas.space.build import RelPosAttention
+from vitnas.models.build import RelPosAttention
 
 TARGETS = {"supernet/static": 1.3, "supernet/timm": 1.5, "static/timm": 1.25}
 

@@ -25,7 +25,7 @@ import yaml
 
 from vitnas import cli
 from vitnas.config import parse_params
-from vitnas.space import build
+from vitnas.models import build
 from vitnas.supernet import Supernet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from vitnas.config import parse_params
 from vitnas.data import PreparedData
 from vitnas.deploy import export as export_mod
 from vitnas.deploy.export import ExportError, check_parity, export, run_exported
-from vitnas.space.model_dir import load_model
+from vitnas.models.model_dir import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = Arch.create(embed_dim=16, depth=2, num_heads=[2, 1], mlp_ratio=2.0, head_dim=8, patch_size=4, img_size=16,

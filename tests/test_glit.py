@@ -18,8 +18,8 @@ import vitnas
 from vitnas import Arch, ArchError, SearchSpace, Supernet, build, count_flops, count_params, extract
 from vitnas.config import parse_params
 from vitnas.errors import ConfigError
+from vitnas.models.build import GlitBlock, LocalUnits
 from vitnas.search import Constraints, EvolutionConfig, Search, SupernetFitness, crossover, mutate
-from vitnas.space.build import GlitBlock, LocalUnits
 from vitnas.space.cost import count_flops_glit
 from vitnas.supernet import glit_views, init_from_timm, recalibrate_bn
 from vitnas.supernet.trainer import SupernetTrainer

@@ -15,8 +15,8 @@ from timm.data import resolve_model_data_config
 import vitnas
 from vitnas import Arch
 from vitnas.errors import ArtifactError
-from vitnas.space import hub
-from vitnas.space.model_dir import load_model, save_model
+from vitnas.models import hub
+from vitnas.models.model_dir import load_model, save_model
 
 DIGITS = {"name": "digits", "mean": [0.305], "std": [0.376], "classes": [str(i) for i in range(10)]}
 SMALL = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10)

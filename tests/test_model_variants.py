@@ -14,8 +14,8 @@ import vitnas
 from vitnas import Arch, SearchSpace, count_params, proxies
 from vitnas.config import parse_params
 from vitnas.errors import ConfigError
+from vitnas.models.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.arch import ArchError
-from vitnas.space.relpos import RelPosTables, rel_pos_attention
 
 AF = {"global_pool": "avg", "rel_pos": True, "rel_pos_clip": 2, "norm_eps": 1e-5}
 PER_CANDIDATE = [n for n in proxies.names() if not proxies.is_set_level(n)]

@@ -12,7 +12,7 @@ from vitnas._timm_registry import install as _install_timm_registration
 
 __version__ = "0.1.0"
 _LAZY = {"Arch": "vitnas.space", "ArchError": "vitnas.space", "SearchSpace": "vitnas.space",
-         "build": "vitnas.space", "count_flops": "vitnas.space", "count_params": "vitnas.space",
+         "build": "vitnas.models", "count_flops": "vitnas.space", "count_params": "vitnas.space",
          "Supernet": "vitnas.supernet", "extract": "vitnas.supernet"}
 __all__ = [*_LAZY, "__version__"]
 

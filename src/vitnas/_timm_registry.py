@@ -14,7 +14,7 @@ import sys
 
 def _register() -> None:
     try:
-        from vitnas.space.timm_entry import register
+        from vitnas.models.timm_entry import register
 
         register()
     except Exception as e:  # never break `import timm` over vitnas's extra registration

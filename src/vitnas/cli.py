@@ -353,7 +353,7 @@ ModelDirArg = typer.Argument(..., help="A model directory (config.json/arch.json
 def _model_and_data(model_dir: Path, data_dir: Path):
     """The model directory's model and the prepared data it must fit (input size, channels, classes)."""
     from vitnas.data import PreparedData
-    from vitnas.space.model_dir import load_model
+    from vitnas.models.model_dir import load_model
     from vitnas.stages._inputs import check_fits_data
 
     model, arch = load_model(model_dir)

@@ -27,9 +27,10 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
-from vitnas.space import Arch, SearchSpace, build
+from vitnas.models import build
+from vitnas.models.build import Block
+from vitnas.space import Arch, SearchSpace
 from vitnas.space.arch import MODEL_DEFAULTS
-from vitnas.space.build import Block
 
 FORMAT = "vitnas-latency/1"
 _SHAPE_KEYS = ("head_dim", "patch_size", "img_size", "in_chans", "num_classes", *MODEL_DEFAULTS)

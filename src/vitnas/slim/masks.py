@@ -35,9 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from vitnas.models.build import RelPosAttention
+from vitnas.models.relpos import rel_pos_attention
 from vitnas.space.arch import Arch, ArchError
-from vitnas.space.build import RelPosAttention
-from vitnas.space.relpos import rel_pos_attention
 
 TOKEN_INIT = 3.0
 

@@ -23,10 +23,10 @@ import math
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from vitnas.models.build import REL_POS_KEYS, build
+from vitnas.models.model_dir import ARCH_FILE, WEIGHTS_FILE, load_model, load_weights, save_model  # noqa: F401 (re-exported)
 from vitnas.slim.budget import SlimPlan
 from vitnas.slim.masks import MaskedViT
-from vitnas.space.build import REL_POS_KEYS, build
-from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE, load_model, load_weights, save_model  # noqa: F401 (re-exported)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ each with a vertical and a horizontal table of `2 * clip + 2` rows of head-dim e
 `4 * (2 * clip + 2) * head_dim` parameters. Its multiply-adds are counted as the model defines them
 (AutoFormer's formulation): `q_i . r_k[i, j]` and `sum_j attn_ij r_v[i, j]` for every token pair,
 `2 * t * t * q` per layer. vitnas computes the same terms on the small tables with fewer
-multiply-adds (see `vitnas.space.relpos`), so `torch.utils.flop_counter` counts less on it.
+multiply-adds (see `vitnas.models.relpos`), so `torch.utils.flop_counter` counts less on it.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import torch
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
+from vitnas.models.model_dir import ARCH_FILE, WEIGHTS_FILE, load_model
 from vitnas.space import Arch, ArchError
-from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE, load_model
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import batches
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from vitnas.models.hub import CONFIG_FILE
+from vitnas.models.model_dir import ARCH_FILE, WEIGHTS_FILE
 from vitnas.space import Arch, count_flops, count_params
-from vitnas.space.hub import CONFIG_FILE
-from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE
 
 MODEL_FILES = (CONFIG_FILE, ARCH_FILE, WEIGHTS_FILE)
 

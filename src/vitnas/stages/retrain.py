@@ -25,9 +25,10 @@ from vitnas import tracking
 from vitnas.config import Params, RetrainConfig
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError, ConfigError
+from vitnas.models import build
+from vitnas.models.model_dir import ARCH_FILE, load_model, save_model
 from vitnas.progress import eta
-from vitnas.space import Arch, ArchError, build, count_flops, count_params
-from vitnas.space.model_dir import ARCH_FILE, load_model, save_model
+from vitnas.space import Arch, ArchError, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json

@@ -27,10 +27,10 @@ from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ConfigError
+from vitnas.models.model_dir import ARCH_FILE, save_model
 from vitnas.progress import eta
 from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
 from vitnas.space import Arch, count_flops, count_params
-from vitnas.space.model_dir import ARCH_FILE, save_model
 from vitnas.stages._inputs import check_fits_data, load_input_model, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import log_model_dir, model_example

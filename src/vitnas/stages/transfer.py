@@ -24,7 +24,7 @@ import torch
 from vitnas import tracking
 from vitnas.config import Params, TransferTarget
 from vitnas.errors import ArtifactError
-from vitnas.space.model_dir import load_model
+from vitnas.models.model_dir import load_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages.contract import logged_params
 from vitnas.train.distributed import resolve_device

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from vitnas.models.build import REL_POS_KEYS, build
 from vitnas.space.arch import Arch
-from vitnas.space.build import REL_POS_KEYS, build
 from vitnas.supernet.glit import recalibrate_bn
 from vitnas.supernet.model import Supernet
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 
 from vitnas.files import output_mode
+from vitnas.models.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.arch import Arch, ArchError
-from vitnas.space.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.search_space import SearchSpace
 from vitnas.supernet.file_format import FORMAT, SupernetFileError, read_torch_file
 from vitnas.supernet.glit import GlitSuperBlock

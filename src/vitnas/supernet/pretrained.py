@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
 
+from vitnas.models.build import REL_POS_KEYS
 from vitnas.safe_load import torch_load
-from vitnas.space.build import REL_POS_KEYS
 from vitnas.supernet.extract import timm_views
 from vitnas.supernet.model import Supernet
 

@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vitnas.models.hub import ARCHITECTURE, CONFIG_FILE, pretrained_cfg
 from vitnas.space.arch import Arch, ArchError
-from vitnas.space.hub import ARCHITECTURE, CONFIG_FILE, pretrained_cfg
 
 
 def _from_arch(arch: Mapping[str, Any], *, img_size: int | None = None, in_chans: int | None = None,
                num_classes: int | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0, **_ignored):
     """The model for timm's `build_model_with_cfg`: `arch` with timm's requested input and classes."""
-    from vitnas.space.build import build
+    from vitnas.models.build import build
     from vitnas.space.memory import check_fits
 
     a = Arch.from_dict(arch)
@@ -60,9 +60,9 @@ def _check_local_dir(arch: Arch, cfg: Any) -> None:
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
     if get("source") != "local-dir" or not get("file"):
         return
+    from vitnas.models.model_dir import ARCH_FILE, WEIGHTS_FILE, check_config_agrees
+    from vitnas.models.weights import check_safetensors_fit
     from vitnas.space.memory import check_fits
-    from vitnas.space.model_dir import ARCH_FILE, WEIGHTS_FILE, check_config_agrees
-    from vitnas.space.weights import check_safetensors_fit
 
     directory = Path(get("file"))
     check_fits(arch, f"{directory / CONFIG_FILE}: the model")

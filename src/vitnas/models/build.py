@@ -19,9 +19,9 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 
-from vitnas.space import hub
+from vitnas.models import hub
+from vitnas.models.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.arch import Arch
-from vitnas.space.relpos import RelPosTables, rel_pos_attention
 
 # A relative-position block's table weights, relative to the block (the same in every layer).
 REL_POS_KEYS = tuple(f"attn.rel_pos_{k}.table_{a}" for k in "kv" for a in "vh")
@@ -29,7 +29,7 @@ REL_POS_KEYS = tuple(f"attn.rel_pos_{k}.table_{a}" for k in "kv" for a in "vh")
 
 class RelPosAttention(Attention):
     """timm's Attention plus AutoFormer's 2-D relative position (`rel_pos_k`, `rel_pos_v`; see
-    `vitnas.space.relpos`). Its token count is fixed: CLS + the `grid` x `grid` patches."""
+    `vitnas.models.relpos`). Its token count is fixed: CLS + the `grid` x `grid` patches."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, *, grid: int, clip: int, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
@@ -185,7 +185,7 @@ def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
     """The standalone model of `arch`, randomly initialised with timm's ViT init (GLiT's depthwise
     convs and BatchNorm keep torch's default init; relative-position tables AutoFormer's).
 
-    The model carries timm's `pretrained_cfg` (`vitnas.space.hub.pretrained_cfg`): its input size
+    The model carries timm's `pretrained_cfg` (`vitnas.models.hub.pretrained_cfg`): its input size
     and channels, bilinear resize with no crop margin, and `dataset`'s mean/std and class names
     (a `dataset.json` mapping) when given.
 

@@ -1,4 +1,4 @@
-"""A model directory: `config.json` + `model.safetensors` (timm's hub layout, see `vitnas.space.hub`)
+"""A model directory: `config.json` + `model.safetensors` (timm's hub layout, see `vitnas.models.hub`)
 plus `arch.json`, what every stage that writes a model writes and what `vitnas.build` models load
 from (beside `vitnas.build`, not inside slimming)."""
 
@@ -13,11 +13,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
+from vitnas.models import hub
+from vitnas.models.build import build
+from vitnas.models.weights import check_state_fits, safetensors_header
 from vitnas.safe_load import torch_load
-from vitnas.space import hub
 from vitnas.space.arch import Arch, ArchError
-from vitnas.space.build import build
-from vitnas.space.weights import check_state_fits, safetensors_header
 
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "model.safetensors"

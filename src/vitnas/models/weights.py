@@ -63,7 +63,7 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
 
 def expected_state(arch: Arch) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """{name: (dtype, shape)} of `vitnas.build(arch)`'s state dict, built on the meta device."""
-    from vitnas.space.build import build
+    from vitnas.models.build import build
 
     with torch.device("meta"):
         model = build(arch)
