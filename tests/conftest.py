@@ -127,3 +127,85 @@ def id_images():
                           train=RawPart(labels=(np.arange(n) % 2).astype(np.int64), images=images))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def supernet_file(tmp_path_factory) -> Path:
+    """An untrained supernet of the default (demo) space sized for digits, made once per session:
+    enough for the plumbing of the stages that read one (a module may define its own)."""
+    import torch
+
+    from vitnas.config import parse_params
+    from vitnas.supernet import Supernet
+
+    space = parse_params({}).search_space(num_classes=10, in_chans=1)
+    torch.manual_seed(0)
+    return Supernet(space).save(tmp_path_factory.mktemp("supernet") / "supernet.pt")
+
+
+class StageRunRecorder:
+    """Stands in for the MLflow facade's StageRun (the facade itself is tested in test_tracking):
+    records the stage, its run's arguments, metrics with their steps, artifacts (each must exist
+    when logged), tables and the logged model."""
+
+    def __init__(self):
+        self.stage, self.kwargs, self.model = None, {}, None
+        self.metrics: list[tuple[dict, int | None]] = []
+        self.artifacts: list[str] = []
+        self.tables: dict[str, dict] = {}
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((dict(metrics), step))
+
+    def log_artifact(self, path, artifact_path=None):
+        assert Path(path).exists()  # logged once it is complete
+        self.artifacts.append(Path(path).name)
+
+    def log_table(self, columns, name):
+        self.tables[name] = columns
+
+    def log_model(self, model, **kwargs):
+        assert all(Path(f).is_file() for f in kwargs.get("files", ()))  # once the directory is in place
+        self.model = kwargs
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+@pytest.fixture
+def stage_runs(monkeypatch) -> StageRunRecorder:
+    """Stages log into a `StageRunRecorder` instead of MLflow."""
+    from contextlib import contextmanager
+
+    from vitnas import tracking
+
+    rec = StageRunRecorder()
+
+    @contextmanager
+    def stage_run(stage_name, **kwargs):
+        rec.stage, rec.kwargs = stage_name, kwargs
+        yield rec
+
+    monkeypatch.setattr(tracking, "stage_run", stage_run)
+    return rec
+
+
+@pytest.fixture
+def interrupt(monkeypatch):
+    """interrupt(cls, "method", when) makes `cls.method` raise KeyboardInterrupt (as a kill would)
+    on the call whose arguments satisfy `when(*args)`, or on the when-th call for an int; returns a
+    function that undoes it."""
+    def arm(cls, name, when):
+        real = getattr(cls, name)
+        calls = [0]
+
+        def interrupted(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == when if isinstance(when, int) else when(*args, **kwargs):
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, interrupted)
+        return lambda: monkeypatch.setattr(cls, name, real)
+
+    return arm

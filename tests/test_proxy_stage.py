@@ -168,38 +168,13 @@ def test_scores_equal_scoring_the_seeded_supernet_directly(digits_dir, tmp_path)
         assert r["scores"]["dss"] == pytest.approx(proxies.score("dss", vitnas.extract(net, arch)), rel=1e-4)
 
 
-class Recorder:
-    """Stands in for the MLflow facade's StageRun (the facade itself is tested in test_tracking)."""
-
-    def __init__(self):
-        self.metrics, self.artifacts, self.kwargs = [], [], {}
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append(dict(metrics))
-
-    def log_artifact(self, path, artifact_path=None):
-        assert path.exists()  # logged after it is complete
-        self.artifacts.append(path.name)
-
-
-def test_stage_logs_metrics_and_artifacts(digits_dir, tmp_path, monkeypatch):
-    from contextlib import contextmanager
-
-    from vitnas import tracking
-
-    rec = Recorder()
-
-    @contextmanager
-    def stage_run(stage_name, **kwargs):
-        rec.stage, rec.kwargs = stage_name, kwargs
-        yield rec
-
-    monkeypatch.setattr(tracking, "stage_run", stage_run)
+def test_stage_logs_metrics_and_artifacts(digits_dir, tmp_path, stage_runs):
+    rec = stage_runs
     p = params(proxies=["dss", "params"], num_candidates=3)
     metrics = stage.run(p, digits_dir, tmp_path / "m", track=True, progress=False)
     assert rec.stage == "proxy" and rec.kwargs["enabled"] is True
     assert rec.kwargs["params"]["proxy.num_candidates"] == 3 and "search.params_max" in rec.kwargs["params"]
-    assert rec.metrics == [metrics]
+    assert rec.metrics == [(metrics, None)]
     assert set(rec.artifacts) == {"scores.jsonl", "top_k.json"}
 
 

@@ -103,24 +103,17 @@ def test_scratch_needs_no_supernet_and_never_reads_the_weights(digits_dir, arch_
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
 
 
-def test_resume_is_bit_exact(digits_dir, supernet_file, arch_file, tmp_path, monkeypatch):
+def test_resume_is_bit_exact(digits_dir, supernet_file, arch_file, tmp_path, interrupt):
     """EMA, mixup, drop path and distillation from the supernet's largest subnet all resume exactly."""
     p = params(epochs=3, mixup=0.2, drop_path=0.1, ema_decay=0.9, distill=True, keep="last")
     full = stage.run(p, digits_dir, supernet_file, arch_file, tmp_path / "full", progress=False)
     assert full["distill"] == 1
 
-    real = ClassifierTrainer.train_epoch
-
-    def interrupted(self, loader, epoch, progress=True):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, loader, epoch, progress)
-
-    monkeypatch.setattr(ClassifierTrainer, "train_epoch", interrupted)
+    restore = interrupt(ClassifierTrainer, "train_epoch", lambda loader, epoch, *_: epoch == 2)
     with pytest.raises(KeyboardInterrupt):
         stage.run(p, digits_dir, supernet_file, arch_file, tmp_path / "part", progress=False)
     assert not (tmp_path / "part").exists()  # nothing half written
-    monkeypatch.setattr(ClassifierTrainer, "train_epoch", real)
+    restore()
     part = stage.run(p, digits_dir, supernet_file, arch_file, tmp_path / "part", resume=True, progress=False)
 
     assert (tmp_path / "full/model.safetensors").read_bytes() == (tmp_path / "part/model.safetensors").read_bytes()

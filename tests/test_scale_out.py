@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from vitnas.config import parse_params
@@ -19,7 +18,6 @@ from vitnas.search import SupernetFitness
 from vitnas.stages import _checkpoint
 from vitnas.stages import proxy as proxy_stage
 from vitnas.stages import search as search_stage
-from vitnas.supernet import Supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,13 +28,6 @@ PROXY = {"num_candidates": 10, "proxies": ["dss", "snip", "dss_rank"], "batch_si
 
 def raw(**sections) -> dict:
     return {"tracking": {"enabled": False}, "search": SEARCH, "proxy": PROXY} | sections
-
-
-@pytest.fixture(scope="module")
-def supernet_file(tmp_path_factory) -> Path:
-    space = parse_params({}).search_space(num_classes=10, in_chans=1)
-    torch.manual_seed(0)
-    return Supernet(space).save(tmp_path_factory.mktemp("supernet") / "supernet.pt")
 
 
 def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:

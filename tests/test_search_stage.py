@@ -26,14 +26,6 @@ def params(**search):
     return parse_params({"tracking": {"enabled": False}, "search": BUDGET | search})
 
 
-@pytest.fixture(scope="module")
-def supernet_file(tmp_path_factory) -> Path:
-    """An untrained supernet of the default (demo) space sized for digits: enough for plumbing."""
-    space = parse_params({}).search_space(num_classes=10, in_chans=1)
-    torch.manual_seed(0)
-    return Supernet(space).save(tmp_path_factory.mktemp("supernet") / "supernet.pt")
-
-
 def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
 
@@ -67,26 +59,19 @@ def test_stage_writes_the_contract_and_every_candidate_is_feasible(digits_dir, s
     assert "src=" not in report and "href" not in report  # nothing fetched from anywhere
 
 
-def test_resume_after_interruption_equals_uninterrupted(digits_dir, supernet_file, tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_uninterrupted(digits_dir, supernet_file, tmp_path, monkeypatch,
+                                                       interrupt):
     p = params(strategy="evolution", seed=5)
     stage.run(p, digits_dir, supernet_file, tmp_path / "full", progress=False)
     stage.run(p, digits_dir, supernet_file, tmp_path / "again", progress=False)
     assert _history(tmp_path / "full") == _history(tmp_path / "again")  # seeded runs reproduce
 
-    real = SupernetFitness.__call__
-    calls = {"n": 0}
-
-    def interrupted(self, archs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # generation 2
-            raise KeyboardInterrupt
-        return real(self, archs)
-
-    monkeypatch.setattr(SupernetFitness, "__call__", interrupted)
+    restore = interrupt(SupernetFitness, "__call__", 3)  # generation 2
     with pytest.raises(KeyboardInterrupt):
         stage.run(p, digits_dir, supernet_file, tmp_path / "part", progress=False)
     assert not (tmp_path / "part").exists()  # nothing half written
-    monkeypatch.setattr(SupernetFitness, "__call__", real)
+    restore()
+    real = SupernetFitness.__call__
     counted = {"archs": 0}
 
     def counting(self, archs):
@@ -212,47 +197,12 @@ def test_real_proxy_registry_end_to_end(digits_dir, supernet_file, tmp_path):
     assert all(r["proxy"] > 0 for r in hist)  # DSS of a random init is positive
 
 
-class Recorder:
-    """Stands in for the MLflow facade's StageRun (the facade itself is tested in test_tracking)."""
-
-    def __init__(self):
-        self.metrics: list[tuple[dict, int | None]] = []
-        self.artifacts: list[str] = []
-        self.tables: dict[str, dict] = {}
-        self.stage = None
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((dict(metrics), step))
-
-    def log_artifact(self, path, artifact_path=None):
-        assert Path(path).exists()
-        self.artifacts.append(Path(path).name)
-
-    def log_table(self, columns, name):
-        self.tables[name] = columns
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-
-def test_random_strategy_and_tracking(digits_dir, supernet_file, tmp_path, monkeypatch):
-    from contextlib import contextmanager
-
-    from vitnas import tracking
-
-    rec = Recorder()
-
-    @contextmanager
-    def stage_run(stage_name, **kwargs):
-        rec.stage = stage_name
-        rec.enabled = kwargs.get("enabled")
-        yield rec
-
-    monkeypatch.setattr(tracking, "stage_run", stage_run)
+def test_random_strategy_and_tracking(digits_dir, supernet_file, tmp_path, stage_runs):
+    rec = stage_runs
     p = parse_params({"search": BUDGET | {"strategy": "random"}})
     m = stage.run(p, digits_dir, supernet_file.parent, tmp_path / "r", progress=False)  # the stage's output dir
     assert m["evaluations"] == 24 and {r["origin"] for r in _history(tmp_path / "r")} == {"random"}
-    assert rec.stage == "search" and rec.enabled is True
+    assert rec.stage == "search" and rec.kwargs["enabled"] is True
     per_gen = [(mm, step) for mm, step in rec.metrics if step is not None]
     assert [step for _, step in per_gen] == [0, 1, 2, 3]
     assert all({"best_fitness", "population_mean_fitness"} <= set(mm) for mm, _ in per_gen)
@@ -286,19 +236,8 @@ def glit_level1_file(tmp_path_factory) -> Path:
     return Supernet(space).save(tmp_path_factory.mktemp("glit") / "supernet.pt")
 
 
-def test_hierarchical_search_writes_both_levels(digits_dir, glit_level1_file, tmp_path, monkeypatch):
-    from contextlib import contextmanager
-
-    from vitnas import tracking
-
-    rec = Recorder()
-
-    @contextmanager
-    def stage_run(stage_name, **kwargs):
-        rec.stage = stage_name
-        yield rec
-
-    monkeypatch.setattr(tracking, "stage_run", stage_run)
+def test_hierarchical_search_writes_both_levels(digits_dir, glit_level1_file, tmp_path, stage_runs):
+    rec = stage_runs
     space = hier_params().search_space(num_classes=10, in_chans=1)
     budget = sum(space.level1().cost_range()[2:]) / 2
     out = tmp_path / "search"
@@ -331,23 +270,14 @@ def test_hierarchical_search_writes_both_levels(digits_dir, glit_level1_file, tm
     assert m2["evaluations"] == 24 and "level" not in _history(tmp_path / "evo")[0]
 
 
-def test_hierarchical_resume_equals_uninterrupted(digits_dir, glit_level1_file, tmp_path, monkeypatch):
+def test_hierarchical_resume_equals_uninterrupted(digits_dir, glit_level1_file, tmp_path, monkeypatch, interrupt):
     p = hier_params(seed=3)
     stage.run(p, digits_dir, glit_level1_file, tmp_path / "full", progress=False)
-    real = SupernetFitness.__call__
-    calls = {"n": 0}
-
-    def interrupted(self, archs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # level 2, generation 1 (level 1 made 3 calls)
-            raise KeyboardInterrupt
-        return real(self, archs)
-
-    monkeypatch.setattr(SupernetFitness, "__call__", interrupted)
+    restore = interrupt(SupernetFitness, "__call__", 5)  # level 2, generation 1 (level 1 made 3 calls)
     with pytest.raises(KeyboardInterrupt):
         stage.run(p, digits_dir, glit_level1_file, tmp_path / "part", progress=False)
     assert not (tmp_path / "part").exists()
-    monkeypatch.setattr(SupernetFitness, "__call__", real)
+    restore()
     from vitnas.supernet.trainer import SupernetTrainer
 
     def no_training(*a, **k):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from vitnas.errors import ArtifactError, ConfigError
 from vitnas.slim import load_model
 from vitnas.stages import slim as stage
 from vitnas.stages._io import MARKER
-from vitnas.supernet import Supernet
 from vitnas.train import batches, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,14 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def params(**slim):
     return parse_params({"tracking": {"enabled": False}, "slim": {"epochs": 1, "batch_size": 128} | slim})
-
-
-@pytest.fixture(scope="module")
-def supernet_file(tmp_path_factory) -> Path:
-    """An untrained supernet of the default (demo) space sized for digits: enough for plumbing."""
-    space = parse_params({}).search_space(num_classes=10, in_chans=1)
-    torch.manual_seed(0)
-    return Supernet(space).save(tmp_path_factory.mktemp("supernet") / "supernet.pt")
 
 
 @pytest.fixture(scope="module")
@@ -107,33 +97,8 @@ def test_stage_is_seeded(digits_dir, supernet_file, arch_file, tmp_path):
     assert a["val_acc_after"] == b["val_acc_after"]
 
 
-class Recorder:
-    def __init__(self):
-        self.metrics, self.artifacts, self.stage = [], [], None
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((dict(metrics), step))
-
-    def log_artifact(self, path, artifact_path=None):
-        assert Path(path).exists()
-        self.artifacts.append(Path(path).name)
-
-    def log_model(self, model, **kwargs):
-        assert all(Path(f).is_file() for f in kwargs["files"])  # logged once the directory is in place
-        self.model = kwargs
-
-
-def test_stage_tracks_metrics_figure_and_arch(digits_dir, supernet_file, arch_file, tmp_path, monkeypatch):
-    from vitnas import tracking
-
-    rec = Recorder()
-
-    @contextmanager
-    def stage_run(name, **kwargs):
-        rec.stage, rec.kwargs = name, kwargs
-        yield rec
-
-    monkeypatch.setattr(tracking, "stage_run", stage_run)
+def test_stage_tracks_metrics_figure_and_arch(digits_dir, supernet_file, arch_file, tmp_path, stage_runs):
+    rec = stage_runs
     p = parse_params({"slim": {"epochs": 2, "batch_size": 128}})
     m = stage.run(p, digits_dir, supernet_file, arch_file, tmp_path / "slim", progress=False)
     assert rec.stage == "slim" and rec.kwargs["enabled"] is True

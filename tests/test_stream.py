@@ -123,7 +123,7 @@ def test_streaming_from_s3_is_one_ranged_get_per_run_never_fills_the_cache_and_c
     assert len(list(cache.rglob("*.tar"))) == 1
 
 
-def test_a_supernet_trained_on_streamed_shards_resumes_to_the_same_result(digits_dir, tmp_path, monkeypatch):
+def test_a_supernet_trained_on_streamed_shards_resumes_to_the_same_result(digits_dir, tmp_path, interrupt):
     from vitnas.stages import supernet as stage
     from vitnas.supernet.trainer import SupernetTrainer
 
@@ -134,17 +134,10 @@ def test_a_supernet_trained_on_streamed_shards_resumes_to_the_same_result(digits
     params = parse_params(raw)
     data_stage.run(params, tmp_path / "data", track=False)
     stage.run(params, tmp_path / "data", tmp_path / "full", progress=False)
-    real = SupernetTrainer.train_epoch
-
-    def interrupted(self, loader, epoch, progress=True):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, loader, epoch, progress)
-
-    monkeypatch.setattr(SupernetTrainer, "train_epoch", interrupted)
+    restore = interrupt(SupernetTrainer, "train_epoch", lambda loader, epoch, *_: epoch == 1)
     with pytest.raises(KeyboardInterrupt):
         stage.run(params, tmp_path / "data", tmp_path / "part", progress=False)
-    monkeypatch.setattr(SupernetTrainer, "train_epoch", real)
+    restore()
     stage.run(params, tmp_path / "data", tmp_path / "part", resume=True, progress=False)
     a, b = (torch.load(tmp_path / d / "supernet.pt", weights_only=True)["state_dict"] for d in ("full", "part"))
     assert all(torch.equal(a[k], b[k]) for k in a)

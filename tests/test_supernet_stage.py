@@ -48,22 +48,15 @@ def test_stage_writes_contract_and_validates_subnets(digits_dir, tmp_path):
     assert (tmp_path / "supernet-checkpoints" / "checkpoint.pt").exists()
 
 
-def test_resume_continues_to_the_same_result(digits_dir, tmp_path, monkeypatch):
+def test_resume_continues_to_the_same_result(digits_dir, tmp_path, interrupt):
     params = parse_params(tiny(epochs=3, mixup=0.2, drop_path=0.1))
     stage.run(params, digits_dir, tmp_path / "full", progress=False)
 
-    real = SupernetTrainer.train_epoch
-
-    def interrupted(self, loader, epoch, progress=True):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, loader, epoch, progress)
-
-    monkeypatch.setattr(SupernetTrainer, "train_epoch", interrupted)
+    restore = interrupt(SupernetTrainer, "train_epoch", lambda loader, epoch, *_: epoch == 2)
     with pytest.raises(KeyboardInterrupt):
         stage.run(params, digits_dir, tmp_path / "part", progress=False)
     assert not (tmp_path / "part").exists()  # nothing half written
-    monkeypatch.setattr(SupernetTrainer, "train_epoch", real)
+    restore()
     stage.run(params, digits_dir, tmp_path / "part", resume=True, progress=False)
 
     a = torch.load(tmp_path / "full" / "supernet.pt", weights_only=True)["state_dict"]
