@@ -64,6 +64,7 @@ def cli(monkeypatch, capsys):
     from vitnas.cli import main
 
     def run(*args, cwd=None):
+        capsys.readouterr()  # only this call's output
         monkeypatch.setattr(sys, "argv", ["vitnas", *map(str, args)])
         if cwd is not None:
             monkeypatch.chdir(cwd)

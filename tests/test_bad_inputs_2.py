@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,12 @@ import torch
 import yaml
 from test_bad_inputs import assets, expect_error, with_changes, ws  # noqa: F401 (fixtures)
 
-from vitnas import cli
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["vitnas", *map(str, argv)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+def _run(argv: list[str], cli) -> tuple[int, str, str]:
+    r = cli(*argv)  # the in-process `vitnas` (conftest.py)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _compile(*extra: str, out: str = "pl.yaml") -> list[str]:
@@ -43,7 +33,7 @@ def _compile(*extra: str, out: str = "pl.yaml") -> list[str]:
 
 
 # ---- 1. no command destroys what vitnas did not write ------------------------------------------------
-def test_compile_never_replaces_a_foreign_file_its_params_or_a_link_target(ws, capsys, monkeypatch):
+def test_compile_never_replaces_a_foreign_file_its_params_or_a_link_target(ws, capsys, monkeypatch, cli):
     (ws / "theirs.yaml").write_text("apiVersion: v1\nkind: ConfigMap\n")
     expect_error(ws, _compile(out="theirs.yaml"), "theirs.yaml: not replaced", capsys, monkeypatch)
     expect_error(ws, _compile(out="p.yaml"), "p.yaml: refusing to write the compiled vitnas pipeline there: it "
@@ -53,10 +43,10 @@ def test_compile_never_replaces_a_foreign_file_its_params_or_a_link_target(ws, c
     expect_error(ws, _compile(out="link.yaml"), "link.yaml: is a symbolic link", capsys, monkeypatch)
     expect_error(ws, _compile(out="data"), "data: is a directory", capsys, monkeypatch)
     # a pipeline vitnas compiled is replaced (no --force needed), and says so in its first line
-    assert _run(_compile(), monkeypatch, capsys)[0] == 0
+    assert _run(_compile(), cli)[0] == 0
     first = (ws / "pl.yaml").read_text().splitlines()[0]
     assert first.startswith("# vitnas pipeline")
-    code, _, err = _run(_compile("--gpus", "2"), monkeypatch, capsys)
+    code, _, err = _run(_compile("--gpus", "2"), cli)
     assert code == 0, err
     assert "nvidia.com/gpu" in (ws / "pl.yaml").read_text()
 
@@ -85,7 +75,7 @@ def test_compile_checks_cluster_settings_up_front(ws, extra, names, capsys, monk
     expect_error(ws, _compile(*extra), names, capsys, monkeypatch, seconds=10)
 
 
-def test_leftovers_and_locks_vitnas_cannot_prove_it_made_are_kept(ws, capsys, monkeypatch):
+def test_leftovers_and_locks_vitnas_cannot_prove_it_made_are_kept(ws, capsys, monkeypatch, cli):
     """A plain `vitnas data --out out` keeps a user's `.out.old-*` directory, `.out.tmp-*` file and
     `.out.lock` file, and removes the leftover an interrupted vitnas run tagged as its own."""
     from vitnas.stages._io import LEFTOVER_FORMAT, LEFTOVER_TAG
@@ -101,7 +91,7 @@ def test_leftovers_and_locks_vitnas_cannot_prove_it_made_are_kept(ws, capsys, mo
     copied = ws / ".out.old-copy"  # a tag copied from elsewhere names another directory: kept
     copied.mkdir()
     (copied / LEFTOVER_TAG).write_text(json.dumps({"format": LEFTOVER_FORMAT, "name": ours.name}))
-    code, _, err = _run(["data", "--params", "p.yaml", "--no-track", "--out", "out"], monkeypatch, capsys)
+    code, _, err = _run(["data", "--params", "p.yaml", "--no-track", "--out", "out"], cli)
     assert code == 0, err
     assert (backup / "thesis.tex").read_text() == "years of work"
     assert (ws / ".out.tmp-notes.txt").read_text() == "notes"
@@ -122,16 +112,16 @@ def test_a_lock_vitnas_created_is_removed_and_a_dead_runs_lock_is_reused(ws):
     assert not (ws / ".o.lock").exists()
 
 
-def test_dvc_yaml_never_writes_through_a_link_or_over_a_foreign_file(ws, capsys, monkeypatch):
+def test_dvc_yaml_never_writes_through_a_link_or_over_a_foreign_file(ws, capsys, monkeypatch, cli):
     (ws / "real.yaml").write_text("stages: {}\n")
     (ws / "dvc.yaml").symlink_to(ws / "real.yaml")
     expect_error(ws, ["dvc-yaml", "--out", "dvc.yaml"], "dvc.yaml: is a symbolic link", capsys, monkeypatch)
     (ws / "latin1.yaml").write_bytes("stages:\n  caf\xe9: {}\n".encode("latin1"))
     expect_error(ws, ["dvc-yaml", "--out", "latin1.yaml"], "latin1.yaml: not replaced", capsys, monkeypatch)
     expect_error(ws, ["dvc-yaml", "--check", "--out", "latin1.yaml"], "latin1.yaml: differs", capsys, monkeypatch)
-    assert _run(["dvc-yaml", "--out", "gen.yaml"], monkeypatch, capsys)[0] == 0
-    assert _run(["dvc-yaml", "--out", "gen.yaml"], monkeypatch, capsys)[0] == 0  # its own: replaced
-    assert _run(["dvc-yaml", "--check", "--out", "gen.yaml"], monkeypatch, capsys)[0] == 0
+    assert _run(["dvc-yaml", "--out", "gen.yaml"], cli)[0] == 0
+    assert _run(["dvc-yaml", "--out", "gen.yaml"], cli)[0] == 0  # its own: replaced
+    assert _run(["dvc-yaml", "--check", "--out", "gen.yaml"], cli)[0] == 0
 
 
 def _export(*extra: str, out: str = "m.pt2") -> list[str]:
@@ -147,7 +137,7 @@ def test_export_never_replaces_its_inputs_or_a_foreign_file(ws, capsys, monkeypa
     expect_error(ws, _export("--force", out="theirs.pt2"), "theirs.pt2: not replaced", capsys, monkeypatch)
 
 
-def test_export_appears_only_after_its_parity_check_and_own_files_need_force(ws, capsys, monkeypatch):
+def test_export_appears_only_after_its_parity_check_and_own_files_need_force(ws, capsys, monkeypatch, cli):
     from vitnas.deploy import export as export_mod
 
     real = export_mod.check_parity
@@ -158,14 +148,14 @@ def test_export_appears_only_after_its_parity_check_and_own_files_need_force(ws,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export_mod, "check_parity", killed)
-    assert _run(_export(), monkeypatch, capsys)[0] != 0  # click turns the interrupt into "Aborted!"
+    assert _run(_export(), cli)[0] != 0  # click turns the interrupt into "Aborted!"
     assert seen and seen[0][0] != "m.pt2" and seen[0][1] is False
     assert not (ws / "m.pt2").exists() and not list(ws.glob(".m*"))
     monkeypatch.setattr(export_mod, "check_parity", real)
-    assert _run(_export(), monkeypatch, capsys)[0] == 0
+    assert _run(_export(), cli)[0] == 0
     assert export_mod.is_vitnas_export(ws / "m.pt2")
     expect_error(ws, _export(), "m.pt2: exists (vitnas wrote it)", capsys, monkeypatch)
-    assert _run(_export("--force"), monkeypatch, capsys)[0] == 0
+    assert _run(_export("--force"), cli)[0] == 0
 
 
 # ---- 2. bounded before building ---------------------------------------------------------------------
@@ -241,13 +231,13 @@ def test_limits_are_checked_before_anything_grows_with_them(ws, argv, names, cap
 
 # ---- 3. one line, never a traceback, never silent --------------------------------------------------
 @pytest.fixture
-def shards(ws, capsys, monkeypatch):
+def shards(ws, cli):
     """Two proxy shard outputs of three candidates (a small params file, p.yaml)."""
     small = with_changes({"proxy.num_candidates": 3, "proxy.proxies": ["dss", "params"], "tracking.enabled": False})
     (ws / "p.yaml").write_text(yaml.safe_dump(small))
     for k in range(2):
         code, _, err = _run(["proxy", "--params", "p.yaml", "--data", "data", "--shard", f"{k}/2", "--out", f"s{k}"],
-                            monkeypatch, capsys)
+                            cli)
         assert code == 0, err
     return ws
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import yaml
+from _helpers import vitnas_process
 
-VITNAS = [str(Path(sys.executable).parent / "vitnas")]
-
-
-def run(*args, cwd=None):
-    return subprocess.run(VITNAS + list(args), capture_output=True, text=True, cwd=cwd)
+run = vitnas_process
 
 
 def test_help_lists_the_stages():

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from _helpers import vitnas_process
 
 import vitnas
 from vitnas import Arch
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = Arch.create(embed_dim=16, depth=2, num_heads=[2, 1], mlp_ratio=2.0, head_dim=8, patch_size=4, img_size=16,
                    in_chans=1, num_classes=10)
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
-
-
-def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    """A fresh process: what a user's shell sees, warnings included."""
-    return subprocess.run([sys.executable, "-m", "vitnas", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +69,7 @@ def test_export_writes_a_file_that_agrees_with_the_eager_model(retrained, digits
     out = tmp_path / f"model.{fmt}"
     args = ("export", model_dir, "--format", fmt, "--dynamic-batch", "--data", digits_dir, "--out", out)
     # onnx in a fresh process, as a user's shell sees it: the exporters' warnings must not leak
-    r = _cli(*args, cwd=tmp_path) if fmt == "onnx" else cli(*args, cwd=tmp_path)
+    r = vitnas_process(*args, cwd=tmp_path) if fmt == "onnx" else cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and f"wrote {out}" in r.stdout and "max |exported - eager|" in r.stdout
     assert not list(tmp_path.glob(".*tmp*"))  # no temp files left

@@ -16,12 +16,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from _helpers import vitnas_process
 
 from vitnas import tracking
 from vitnas.config import parse_params
 from vitnas.errors import ConfigError
 
-VITNAS = str(Path(sys.executable).parent / "vitnas")
 STAGES = ("data", "supernet", "proxy", "search", "slim", "retrain", "transfer")
 
 
@@ -355,9 +355,8 @@ def test_submit_creates_a_run_on_the_kfp_api(tmp_path, repo, cli):
 
 @pytest.mark.slow
 def test_submit_to_an_unreachable_host_fails_in_one_line(tmp_path, repo):
-    r = subprocess.run([VITNAS, "pipeline", "submit", "--host", "http://127.0.0.1:9", "--params",
-                        str(repo / "params.yaml"), "--image-tag", "x", "--mlflow-uri", "http://m:5000"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = vitnas_process("pipeline", "submit", "--host", "http://127.0.0.1:9", "--params", repo / "params.yaml",
+                       "--image-tag", "x", "--mlflow-uri", "http://m:5000", cwd=tmp_path, timeout=120)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach Kubeflow Pipelines at http://127.0.0.1:9:")
