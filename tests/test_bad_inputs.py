@@ -539,7 +539,7 @@ ARTIFACT_CASES = [
      _stage("proxy", "--data", "data", "--supernet", "supernet.pt", "--out", "out"),
      "supernet.pt: not a readable torch file"),
     ("arch-missing", lambda ws: _slim("nope.json"), "nope.json: architecture file not found"),
-    ("arch-not-json", _arch_file("{embed"), "arch.json: not valid JSON"),
+    ("arch-not-json", _arch_file("{embed"), "arch.json: corrupt architecture file (not valid JSON"),
     ("arch-nan", _arch_file('{"embed_dim": NaN}'), "arch.json"),
     ("arch-embed-1e7", _arch_changes(embed_dim=10_000_000), "arch.json: embed_dim"),
     ("arch-memory", _arch_changes(embed_dim=60000, mlp_ratio=None, mlp_hidden=[600000] * 2),

@@ -78,7 +78,7 @@ def test_vitnas_models_load_back_with_their_saved_preprocessing(tmp_path):
     model, arch = load_model(tmp_path)
     assert arch == a and resolve_model_data_config(model)["std"] == [0.376]
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match="config.json: unreadable"):
+    with pytest.raises(ArtifactError, match=r"config.json: corrupt model config \(not valid JSON"):
         load_model(tmp_path)
 
 

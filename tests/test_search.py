@@ -246,7 +246,7 @@ def test_latency_table_files_fail_clearly(tmp_path):
         LatencyTable.load(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ArtifactError, match=r"bad.json: corrupt latency table"):
+    with pytest.raises(ArtifactError, match=r"bad.json: corrupt latency table \(not valid JSON"):
         LatencyTable.load(bad)
     bad.write_text(json.dumps({"format": "other"}))
     with pytest.raises(ArtifactError, match=r"bad.json: not a vitnas latency table"):

@@ -311,9 +311,12 @@ def import_autoformer(
     check_output_file(out, FileKind("vitnas supernet", is_supernet_file, replace_needs_force=True), force=force,
                       inputs=[checkpoint, space if space.endswith(".json") else None])
     if space.endswith(".json"):
+        from vitnas.files import read_json
+
+        doc = read_json(space, ArtifactError, "search space file")
         try:
-            preset = SearchSpace.from_dict(json.loads(Path(space).read_text()))
-        except (ValueError, TypeError) as e:  # JSON errors are ValueErrors
+            preset = SearchSpace.from_dict(doc)
+        except (ValueError, TypeError) as e:
             raise ArtifactError(f"{space}: not a search space ({e})") from None
     else:
         preset = SearchSpace.preset(space)

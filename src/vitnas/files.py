@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def umask() -> int:
@@ -45,3 +46,27 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | Path, error: type[Exception], what: str, *, missing: str | None = None,
+              max_bytes: int | None = None) -> Any:
+    """The JSON document at `path`. A missing, unreadable, oversized, non-UTF-8 or non-JSON file
+    raises `error` with one line naming it and `what` it should be ("latency table"); `missing`
+    replaces the "not found" line (to say which command writes the file)."""
+    import json
+
+    path = Path(path)
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise error(f"{path}: a {what} of over {max_bytes / 2**20:g} MiB; refused before reading")
+        text = path.read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: {missing or what + ' not found'}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: corrupt {what} (not a text (UTF-8) file)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: corrupt {what} (not valid JSON: {e.msg} at line {e.lineno})") from None

@@ -26,6 +26,7 @@ from vitnas.data import store
 from vitnas.data.sources import RawDataset, RawPart
 from vitnas.data.transforms import eval_transform, train_transform
 from vitnas.errors import ArtifactError, DataError
+from vitnas.files import read_json
 from vitnas.progress import progress
 from vitnas.space.arch import LIMITS
 
@@ -340,14 +341,8 @@ class PreparedData:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         meta_file = self.path / "dataset.json"
-        try:
-            self.meta = json.loads(meta_file.read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"{meta_file}: not found (run `vitnas data` first)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ArtifactError(f"{meta_file}: corrupt (not JSON)") from None
-        except OSError as e:
-            raise ArtifactError(f"{meta_file}: cannot read ({e.strerror or type(e).__name__})") from None
+        self.meta = read_json(meta_file, ArtifactError, "dataset description",
+                              missing="not found (run `vitnas data` first)")
         if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
             raise ArtifactError(f"{meta_file}: not a vitnas dataset description (format != {FORMAT})")
         _check_meta(self.meta, meta_file)

@@ -39,6 +39,7 @@ import numpy as np
 from vitnas.data import store
 from vitnas.digests import file_sha256
 from vitnas.errors import ArtifactError
+from vitnas.files import read_json
 
 MANIFEST = "shards.json"
 FORMAT = "vitnas-shards/1"
@@ -132,12 +133,7 @@ def write_manifest(out: Path, location: str, entries: Sequence[Mapping[str, Any]
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
     path = data_dir / MANIFEST
-    try:
-        m = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found (the data stage writes it with its shards)") from None
-    except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise ArtifactError(f"{path}: corrupt ({type(e).__name__})") from None
+    m = read_json(path, ArtifactError, "shard manifest", missing="not found (the data stage writes it with its shards)")
     ok = isinstance(m, dict) and m.get("format") == FORMAT and isinstance(m.get("location"), str) \
         and isinstance(m.get("shards"), list)
     if ok:

@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
+from vitnas.files import read_json
 from vitnas.models import hub
 from vitnas.models.build import build
 from vitnas.models.weights import check_state_fits, safetensors_header
@@ -118,13 +119,8 @@ def check_config_agrees(directory: str | Path, arch: Arch) -> dict[str, Any] | N
     path = Path(directory) / hub.CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        if path.stat().st_size > 16 * 2**20:
-            raise ValueError("over 16 MiB")
-        config = json.loads(path.read_text())
-        cfg = config.get("pretrained_cfg")
-    except (ValueError, OSError, AttributeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}: unreadable ({type(e).__name__})") from None
+    config = read_json(path, ArtifactError, "model config", max_bytes=16 * 2**20)
+    cfg = config.get("pretrained_cfg") if isinstance(config, dict) else None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("input_size"), list):
         raise ArtifactError(f"{path}: no pretrained_cfg with an input_size")
     want = _json_normal(hub.hub_config(arch, cfg))

@@ -27,6 +27,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.errors import ArtifactError
+from vitnas.files import read_json
 from vitnas.models import build
 from vitnas.models.build import Block
 from vitnas.space import Arch, SearchSpace
@@ -153,12 +154,8 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: latency table not found (run `vitnas latency-table`)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{path}: corrupt latency table ({type(e).__name__})") from None
+        d = read_json(path, ArtifactError, "latency table",
+                      missing="latency table not found (run `vitnas latency-table`)")
         return cls.from_dict(d, path)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vitnas.errors import ArchError
+from vitnas.files import read_json
 from vitnas.numbers import plain
 
 _PLAIN_KEYS = {
@@ -289,16 +290,7 @@ class Arch:
     @classmethod
     def load(cls, path: str | Path) -> Arch:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ArchError(f"{path}: architecture file not found") from None
-        except json.JSONDecodeError as e:
-            raise ArchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        except UnicodeDecodeError:
-            raise ArchError(f"{path}: not a text (UTF-8) file") from None
-        except OSError as e:
-            raise ArchError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+        d = read_json(path, ArchError, "architecture file")
         try:
             arch = cls.from_dict(d)
             from vitnas.space.memory import check_fits

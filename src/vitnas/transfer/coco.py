@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vitnas.errors import ArtifactError
+from vitnas.files import read_json
 
 # COCOeval.stats, in order (AP over IoU .5:.95 unless named; S/M/L by area; AR at 1/10/100 dets)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -68,14 +68,7 @@ def load_coco(ann_file: str | Path):
     from pycocotools.coco import COCO
 
     ann_file = Path(ann_file)
-    try:
-        doc = json.loads(ann_file.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{ann_file}: not found (COCO instances json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ArtifactError(f"{ann_file}: corrupt (not JSON)") from None
-    except OSError as e:
-        raise ArtifactError(f"{ann_file}: unreadable ({e.strerror or type(e).__name__})") from None
+    doc = read_json(ann_file, ArtifactError, "COCO annotation file", missing="not found (COCO instances json)")
     _check_instances(doc, ann_file)
     for i, a in enumerate(doc["annotations"]):
         a.setdefault("id", i + 1)
