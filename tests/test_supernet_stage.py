@@ -57,7 +57,9 @@ def test_resume_continues_to_the_same_result(digits_dir, tmp_path, interrupt):
         stage.run(params, digits_dir, tmp_path / "part", progress=False)
     assert not (tmp_path / "part").exists()  # nothing half written
     restore()
-    stage.run(params, digits_dir, tmp_path / "part", resume=True, progress=False)
+    before = torch.load(tmp_path / "part-checkpoints" / "checkpoint.pt", weights_only=True)["seconds"]
+    resumed = stage.run(params, digits_dir, tmp_path / "part", resume=True, progress=False)
+    assert before > 0 and resumed["train_seconds"] >= before  # time before the kill counts, as in retrain
 
     a = torch.load(tmp_path / "full" / "supernet.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "part" / "supernet.pt", weights_only=True)["state_dict"]

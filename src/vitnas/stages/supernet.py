@@ -105,11 +105,11 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
                                  reading_fingerprint(params), dist.world_size)
-    start, history = 0, []
+    start, history, spent = 0, [], 0.0  # spent: training seconds before a resume (train_seconds counts them)
     state = _checkpoint.resume(ckpt_dir, fp, where=" after epoch {epoch}", verbose=dist.is_main) if resume else None
     if state is not None:
         trainer.load_state_dict(state["trainer"])
-        start, history = int(state["epoch"]), list(state["history"])
+        start, history, spent = int(state["epoch"]), list(state["history"]), float(state.get("seconds", 0.0))
 
     enabled = (params.tracking.enabled if track is None else track) and dist.is_main
     t0 = time.time()
@@ -142,7 +142,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
                     record["val_acc_random_mean"] = sum(rand) / len(rand)
                 history.append(record)
                 _checkpoint.save(ckpt_dir, {"fingerprint": fp, "epoch": epoch + 1, "history": history,
-                                            "trainer": trainer.state_dict()})
+                                            "trainer": trainer.state_dict(), "seconds": spent + time.time() - t0})
                 run_.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
                 print(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
                       f"val smallest {accs['smallest']:.3f}  largest {accs['largest']:.3f}"
@@ -160,7 +160,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
                 "params_largest": count_params(space.largest()),
                 "flops_smallest": count_flops(space.smallest()),
                 "flops_largest": count_flops(space.largest()),
-                "train_seconds": round(time.time() - t0, 2),
+                "train_seconds": round(spent + time.time() - t0, 2),
             })
             with atomic_dir(out, "supernet") as tmp:
                 meta = {"epochs": cfg.epochs, "history": history, "dataset": data.name,
