@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import drop_path, trunc_normal_
 
-from vitnas.supernet.layers import SlicedLayerNorm, SuperMlp, top_left
+from vitnas.supernet.layers import SlicedLayerNorm, SuperMlp, prefixed, top_left
 
 
 def _narrow_end(w: torch.Tensor, dim: int, n: int) -> torch.Tensor:
@@ -46,11 +46,15 @@ class HeadQKV(nn.Module):
         trunc_normal_(self.weight, std=0.02)  # timm's ViT init of a Linear
         nn.init.zeros_(self.bias)
 
+    def views(self, heads: int, head_dim: int, dim: int) -> dict[str, torch.Tensor]:
+        return {"weight": top_left(self.weight, 3, heads, head_dim, dim),
+                "bias": top_left(self.bias, 3, heads, head_dim)}
+
     def forward(self, x: torch.Tensor, heads: int, head_dim: int, dim: int) -> torch.Tensor:
         """[..., 3 * heads * head_dim] laid out like timm's qkv (q heads, k heads, v heads)."""
         out = 3 * heads * head_dim
-        w = top_left(self.weight, 3, heads, head_dim, dim).reshape(out, dim)
-        return F.linear(x, w, top_left(self.bias, 3, heads, head_dim).reshape(out))
+        v = self.views(heads, head_dim, dim)
+        return F.linear(x, v["weight"].reshape(out, dim), v["bias"].reshape(out))
 
 
 class HeadProj(nn.Module):
@@ -62,9 +66,12 @@ class HeadProj(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim_max))
         trunc_normal_(self.weight, std=0.02)
 
+    def views(self, heads: int, head_dim: int, dim: int) -> dict[str, torch.Tensor]:
+        return {"weight": top_left(self.weight, dim, heads, head_dim), "bias": top_left(self.bias, dim)}
+
     def forward(self, x: torch.Tensor, heads: int, head_dim: int, dim: int) -> torch.Tensor:
-        w = top_left(self.weight, dim, heads, head_dim).reshape(dim, heads * head_dim)
-        return F.linear(x, w, top_left(self.bias, dim))
+        v = self.views(heads, head_dim, dim)
+        return F.linear(x, v["weight"].reshape(dim, heads * head_dim), v["bias"])
 
 
 class GlitSuperAttention(nn.Module):
@@ -74,6 +81,10 @@ class GlitSuperAttention(nn.Module):
         super().__init__()
         self.qkv = HeadQKV(dim_max, heads_max, head_dim_max)
         self.proj = HeadProj(dim_max, heads_max, head_dim_max)
+
+    def views(self, heads: int, head_dim: int, dim: int) -> dict[str, torch.Tensor]:
+        return {**prefixed("qkv.", self.qkv.views(heads, head_dim, dim)),
+                **prefixed("proj.", self.proj.views(heads, head_dim, dim))}
 
     def forward(self, x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
         B, N, dim = x.shape
@@ -103,14 +114,21 @@ class SlicedBatchNorm1d(nn.Module):
         self.running_var.fill_(1.0)
         self.num_batches_tracked.zero_()
 
+    def views(self, n: int) -> dict[str, torch.Tensor]:
+        """Affine and running statistics of the first `n` channels (contiguous prefixes: views
+        batch_norm updates in place), and the shared batch count."""
+        return {"weight": top_left(self.weight, n), "bias": top_left(self.bias, n),
+                "running_mean": top_left(self.running_mean, n), "running_var": top_left(self.running_var, n),
+                "num_batches_tracked": self.num_batches_tracked}
+
     def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
         factor = 0.0
         if self.training:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        # The running-stat slices are contiguous prefixes: batch_norm updates them in place.
-        return F.batch_norm(x, top_left(self.running_mean, n), top_left(self.running_var, n),
-                            top_left(self.weight, n), top_left(self.bias, n), self.training, factor, self.eps)
+        v = self.views(n)
+        return F.batch_norm(x, v["running_mean"], v["running_var"], v["weight"], v["bias"], self.training, factor,
+                            self.eps)
 
     def extra_repr(self) -> str:
         return f"dim_max={self.dim_max}, eps={self.eps}, momentum={self.momentum}"
@@ -137,18 +155,26 @@ class SuperLocalUnits(nn.Module):
         nn.init.kaiming_uniform_(self.dw.weight, a=math.sqrt(5))  # nn.Conv1d's default
         nn.init.uniform_(self.dw.bias, -1 / math.sqrt(kernel_max), 1 / math.sqrt(kernel_max))
 
-    def forward(self, x: torch.Tensor, hidden: int, kernel: int) -> torch.Tensor:
-        B, N, dim = x.shape
-        w1 = _narrow_end(top_left(self.pw1.weight, 2, hidden), 2, dim).reshape(2 * hidden, dim)
-        h = F.glu(F.linear(x, w1, top_left(self.pw1.bias, 2, hidden).reshape(2 * hidden)), dim=-1)
-        off = (self.kernel_max - kernel) // 2
+    def views(self, dim: int, hidden: int, kernel: int) -> dict[str, torch.Tensor]:
+        """The slices a subnet's local units use (the last `dim` channels, the first `hidden`, the
+        centred `kernel` taps: see the module docstring), by state-dict name."""
         wd = top_left(self.dw.weight, hidden)
         if kernel != self.kernel_max:
-            wd = wd.narrow(2, off, kernel)
-        h = F.conv1d(h.transpose(1, 2), wd, top_left(self.dw.bias, hidden), padding=kernel // 2, groups=hidden)
+            wd = wd.narrow(2, (self.kernel_max - kernel) // 2, kernel)
+        return {"pw1.weight": _narrow_end(top_left(self.pw1.weight, 2, hidden), 2, dim),
+                "pw1.bias": top_left(self.pw1.bias, 2, hidden),
+                "dw.weight": wd, "dw.bias": top_left(self.dw.bias, hidden),
+                **prefixed("bn.", self.bn.views(hidden)),
+                "pw2.weight": _narrow_end(top_left(self.pw2.weight, self.dim_max, hidden), 0, dim),
+                "pw2.bias": _narrow_end(self.pw2.bias, 0, dim)}
+
+    def forward(self, x: torch.Tensor, hidden: int, kernel: int) -> torch.Tensor:
+        B, N, dim = x.shape
+        v = self.views(dim, hidden, kernel)
+        h = F.glu(F.linear(x, v["pw1.weight"].reshape(2 * hidden, dim), v["pw1.bias"].reshape(2 * hidden)), dim=-1)
+        h = F.conv1d(h.transpose(1, 2), v["dw.weight"], v["dw.bias"], padding=kernel // 2, groups=hidden)
         h = F.silu(self.bn(h, hidden)).transpose(1, 2)
-        return F.linear(h, _narrow_end(top_left(self.pw2.weight, self.dim_max, hidden), 0, dim),
-                        _narrow_end(self.pw2.bias, 0, dim))
+        return F.linear(h, v["pw2.weight"], v["pw2.bias"])
 
 
 class GlitSuperBlock(nn.Module):
@@ -163,6 +189,17 @@ class GlitSuperBlock(nn.Module):
         self.local = SuperLocalUnits(local_max * unit_max, local_hidden_max, kernel_max) if local_max else None
         self.norm2 = SlicedLayerNorm(dim_max, eps)
         self.mlp = SuperMlp(dim_max, hidden_max)
+
+    def views(self, dim: int, hidden: int, attn_dim: int, heads: int, head_dim: int, local_dim: int,
+              local_hidden: int, kernel: int) -> dict[str, torch.Tensor]:
+        """What a subnet block uses, by the static GLiT block's state-dict names."""
+        v = {**prefixed("norm1.", self.norm1.views(dim)), **prefixed("norm2.", self.norm2.views(dim)),
+             **prefixed("mlp.", self.mlp.views(hidden, dim))}
+        if heads:
+            v.update(prefixed("attn.", self.attn.views(heads, head_dim, attn_dim)))
+        if local_dim:
+            v.update(prefixed("local.", self.local.views(local_dim, local_hidden, kernel)))
+        return v
 
     def forward(self, x: torch.Tensor, dim: int, hidden: int, attn_dim: int, heads: int, head_dim: int,
                 local_hidden: int, kernel: int, drop: float) -> torch.Tensor:

@@ -28,6 +28,11 @@ def top_left(w: torch.Tensor, *sizes: int) -> torch.Tensor:
     return w
 
 
+def prefixed(prefix: str, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A submodule's views under its name in the parent (`prefixed("fc1.", ...)`)."""
+    return {prefix + k: v for k, v in views.items()}
+
+
 class SlicedLinear(nn.Module):
     """`nn.Linear(in_max, out_max)` whose subnet uses `weight[:out, :in]`, `bias[:out]`."""
 
@@ -44,9 +49,16 @@ class SlicedLinear(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def views(self, out_dim: int, in_dim: int) -> dict[str, torch.Tensor]:
+        """The slice a subnet uses, by state-dict name (views: writing into them writes the supernet)."""
+        v = {"weight": top_left(self.weight, out_dim, in_dim)}
+        if self.bias is not None:
+            v["bias"] = top_left(self.bias, out_dim)
+        return v
+
     def forward(self, x: torch.Tensor, out_dim: int, in_dim: int) -> torch.Tensor:
-        b = top_left(self.bias, out_dim) if self.bias is not None else None
-        return F.linear(x, top_left(self.weight, out_dim, in_dim), b)
+        v = self.views(out_dim, in_dim)
+        return F.linear(x, v["weight"], v.get("bias"))
 
     def extra_repr(self) -> str:
         return f"in_max={self.in_max}, out_max={self.out_max}, bias={self.bias is not None}"
@@ -65,8 +77,12 @@ class SlicedLayerNorm(nn.Module):
         nn.init.ones_(self.weight)
         nn.init.zeros_(self.bias)
 
+    def views(self, dim: int) -> dict[str, torch.Tensor]:
+        return {"weight": top_left(self.weight, dim), "bias": top_left(self.bias, dim)}
+
     def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        return F.layer_norm(x, (dim,), top_left(self.weight, dim), top_left(self.bias, dim), self.eps)
+        v = self.views(dim)
+        return F.layer_norm(x, (dim,), v["weight"], v["bias"], self.eps)
 
     def extra_repr(self) -> str:
         return f"dim_max={self.dim_max}, eps={self.eps}"
@@ -103,9 +119,13 @@ class SlicedQKV(nn.Module):
         of the weight. Measured on CPU (tiny space, 224 px) as fast as three GEMMs on views, and
         it keeps the kernel count of the static model.
         """
+        v = self.views(heads, in_dim)
         q = heads * self.head_dim
-        w = top_left(self.weight, 3, q, in_dim).reshape(3 * q, in_dim)
-        return F.linear(x, w, self.sliced_bias(heads))
+        return F.linear(x, v["weight"].reshape(3 * q, in_dim), v["bias"].reshape(3 * q))
+
+    def views(self, heads: int, in_dim: int) -> dict[str, torch.Tensor]:
+        """The weight `[3, heads * head_dim, in_dim]` and bias (`bias_view`) a subnet uses."""
+        return {"weight": top_left(self.weight, 3, heads * self.head_dim, in_dim), "bias": self.bias_view(heads)}
 
     def sliced_bias(self, heads: int) -> torch.Tensor:
         """The flat `[3 * heads * head_dim]` bias a subnet with `heads` heads adds (q, k, v)."""
@@ -141,8 +161,12 @@ class SlicedPatchEmbed(nn.Module):
         bound = 1.0 / math.sqrt(self.in_chans * self.patch_size**2)
         nn.init.uniform_(self.bias, -bound, bound)
 
+    def views(self, dim: int) -> dict[str, torch.Tensor]:
+        return {"weight": top_left(self.weight, dim), "bias": top_left(self.bias, dim)}
+
     def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        x = F.conv2d(x, top_left(self.weight, dim), top_left(self.bias, dim), stride=self.patch_size)
+        v = self.views(dim)
+        x = F.conv2d(x, v["weight"], v["bias"], stride=self.patch_size)
         return x.flatten(2).transpose(1, 2)  # [B, N, d], as timm's PatchEmbed
 
     def extra_repr(self) -> str:
@@ -156,6 +180,9 @@ class SuperMlp(nn.Module):
         super().__init__()
         self.fc1 = SlicedLinear(dim_max, hidden_max)
         self.fc2 = SlicedLinear(hidden_max, dim_max)
+
+    def views(self, hidden: int, dim: int) -> dict[str, torch.Tensor]:
+        return {**prefixed("fc1.", self.fc1.views(hidden, dim)), **prefixed("fc2.", self.fc2.views(dim, hidden))}
 
     def forward(self, x: torch.Tensor, hidden: int, dim: int) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x, hidden, dim)), dim, hidden)

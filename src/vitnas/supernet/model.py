@@ -34,6 +34,7 @@ from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it us
     SlicedPatchEmbed,
     SlicedQKV,
     SuperMlp,
+    prefixed,
     top_left,
 )
 
@@ -55,6 +56,13 @@ class SuperAttention(nn.Module):
         if rel_pos is not None:
             self.rel_pos_k = RelPosTables(head_dim, rel_pos[1])
             self.rel_pos_v = RelPosTables(head_dim, rel_pos[1])
+
+    def views(self, heads: int, dim: int) -> dict[str, torch.Tensor]:
+        q = heads * self.head_dim
+        v = {**prefixed("qkv.", self.qkv.views(heads, dim)), **prefixed("proj.", self.proj.views(dim, q))}
+        if self.grid is not None:  # the tables are shared by every head count: whole
+            v.update({name: p for name, p in self.named_parameters() if name.startswith("rel_pos_")})
+        return v
 
     def forward(self, x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
         B, N, _ = x.shape
@@ -79,6 +87,12 @@ class SuperBlock(nn.Module):
         self.attn = SuperAttention(dim_max, heads_max, head_dim, rel_pos, qkv_bias_layout)
         self.norm2 = SlicedLayerNorm(dim_max, eps)
         self.mlp = SuperMlp(dim_max, hidden_max)
+
+    def views(self, dim: int, heads: int, hidden: int) -> dict[str, torch.Tensor]:
+        """What a subnet block uses, by timm's state-dict names (relative position: the static
+        model's names)."""
+        return {**prefixed("norm1.", self.norm1.views(dim)), **prefixed("attn.", self.attn.views(heads, dim)),
+                **prefixed("norm2.", self.norm2.views(dim)), **prefixed("mlp.", self.mlp.views(hidden, dim))}
 
     def forward(self, x: torch.Tensor, dim: int, heads: int, hidden: int, drop: float) -> torch.Tensor:
         if drop > 0.0 and self.training:
@@ -247,6 +261,15 @@ class Supernet(nn.Module):
         """The arch `forward(x)` runs without an explicit one."""
         return self._arch
 
+    def outer_views(self, dim: int) -> dict[str, torch.Tensor]:
+        """What every subnet of width `dim` uses outside the blocks, by timm's state-dict names."""
+        return {**self._token_views(dim), **prefixed("patch_embed.proj.", self.patch_embed.views(dim)),
+                **prefixed("norm.", self.norm.views(dim)), **prefixed("head.", self.head.views(self.num_classes, dim))}
+
+    def _token_views(self, dim: int) -> dict[str, torch.Tensor]:
+        return {"cls_token": top_left(self.cls_token, 1, 1, dim),
+                "pos_embed": top_left(self.pos_embed, 1, self.pos_embed.shape[1], dim)}
+
     # ---- forward ----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         """Final-norm token features [B, tokens, embed_dim] of `arch`."""
@@ -255,8 +278,9 @@ class Supernet(nn.Module):
             raise ValueError(f"input: expected {self.space.img_size}x{self.space.img_size} images, "
                              f"got shape {tuple(x.shape)}")
         x = self.patch_embed(x, dim)
-        x = torch.cat((top_left(self.cls_token, 1, 1, dim).expand(x.shape[0], -1, -1), x), dim=1)
-        x = x + top_left(self.pos_embed, 1, self.pos_embed.shape[1], dim)
+        tokens = self._token_views(dim)
+        x = torch.cat((tokens["cls_token"].expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + tokens["pos_embed"]
         rate = self.drop_path_rate / (depth - 1) if depth > 1 else 0.0
         for i, layer in enumerate(layers):
             x = self.blocks[i](x, dim, *layer, rate * i)
