@@ -145,3 +145,24 @@ def test_bad_inputs_fail_clearly_and_write_nothing(digits_dir, supernet_file, ar
     with pytest.raises(ConfigError, match=r"^slim.batch_size"):
         stage.run(params(batch_size=60000), digits_dir, supernet_file, arch_file, out, progress=False)
     assert not out.exists()
+
+
+def test_a_diverging_slim_says_where_and_what_to_change_and_writes_nothing(digits_dir, supernet_file, arch_file,
+                                                                           tmp_path, monkeypatch):
+    from vitnas.slim.masks import MaskedViT
+    from vitnas.train import LossNotFinite
+
+    real = MaskedViT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        out = real(self, x)
+        return out * float("nan") if self.training and calls["n"] > 3 else out
+
+    monkeypatch.setattr(MaskedViT, "forward", poisoned)
+    with pytest.raises(LossNotFinite, match=r"^slim: training diverged at slim epoch 1 step \d+: loss is nan\. "
+                                            r"Nothing was written\. Lower slim\.lr"):
+        stage.run(parse_params({"slim": {"epochs": 2, "batch_size": 128}}), digits_dir, supernet_file, arch_file,
+                  tmp_path / "slim", progress=False)
+    assert not (tmp_path / "slim").exists()

@@ -56,7 +56,7 @@ class SlimTrainer:
                                      foreach=True)
         self.precision = Precision(self.dist.device, amp)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, where: str = "slim") -> dict[str, float]:
         m = self.masked
         m.train()
         with self.precision.autocast():
@@ -71,7 +71,7 @@ class SlimTrainer:
                 task = 0.5 * task + 0.5 * kd
         l1 = m.sparsity_loss(*self.w).float()
         loss = task + l1
-        check_finite(loss, "slim")
+        check_finite(loss, where)
         self.opt.zero_grad(set_to_none=True)
         self.precision.backward(loss)
         if self.dist.world_size > 1:
@@ -89,7 +89,8 @@ class SlimTrainer:
         bar = progress_bar(loader, desc=f"slim epoch {epoch + 1}", unit="steps", lines=False,
                            enabled=progress and self.dist.is_main)
         for x, y in bar:
-            s = self.step(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+            s = self.step(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
+                          f"slim epoch {epoch + 1} step {n + 1}")
             for k, v in s.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1

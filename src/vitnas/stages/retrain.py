@@ -33,15 +33,14 @@ from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import arch_params, log_model_dir, model_example
+from vitnas.stages._runner import checked_epoch
 from vitnas.stages.contract import STAGES, logged_params
 from vitnas.supernet import Supernet, SupernetFileError, extract
 from vitnas.train import (
     ClassifierTrainer,
-    LossNotFinite,
     epoch_loader,
     evaluate,
     init_distributed,
-    replicas_in_sync,
     reseed,
     steps_per_epoch,
 )
@@ -195,15 +194,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             reseed(cfg.seed, epoch, dist.rank)
             loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=dist.rank,
                                   world_size=dist.world_size, workers=cfg.workers, pin_memory=dev.type == "cuda")
-            try:
-                stats = trainer.train_epoch(loader, epoch, progress)
-            except LossNotFinite as e:
-                kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_dir}" if epoch \
-                    else "no checkpoint was written yet"
-                raise LossNotFinite(f"retrain: training diverged at {e}; {kept}. Lower retrain.lr or raise "
-                                    "retrain.warmup_epochs") from None
-            if not replicas_in_sync(trainer.model, dist.world_size):
-                raise RuntimeError("retrain: data-parallel replicas diverged (ranks hold different weights)")
+            stats = checked_epoch(trainer, loader, epoch, progress, what="retrain: training", dist=dist,
+                                  ckpt_dir=ckpt_dir, hint="Lower retrain.lr or raise retrain.warmup_epochs")
             if dist.is_main:
                 v = trainer.evaluate(val_data())
                 record = {"epoch": epoch + 1, **stats, "val_acc": v["acc"], "val_loss": v["loss"]}

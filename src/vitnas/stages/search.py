@@ -43,10 +43,11 @@ from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import calibration_images, check_data, eval_batches, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages._runner import checked_epoch
 from vitnas.stages.contract import STAGES, logged_params
 from vitnas.supernet import Supernet, SupernetFileError
 from vitnas.supernet.trainer import trainer_from_config, validation_archs
-from vitnas.train import DistInfo, LossNotFinite, epoch_loader, reseed, steps_per_epoch
+from vitnas.train import DistInfo, epoch_loader, reseed, steps_per_epoch
 from vitnas.train.distributed import broadcast, init_distributed, resolve_device
 
 OUTPUTS = (*STAGES["search"].outputs, STAGES["search"].metrics)  # always written (the contract)
@@ -440,11 +441,8 @@ def _train_level2(params: Params, data: PreparedData, space: SearchSpace, epochs
         reseed(cfg.seed, "level2", epoch)
         loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                               workers=cfg.workers, pin_memory=device.type == "cuda")
-        try:
-            stats = trainer.train_epoch(loader, epoch, progress)
-        except LossNotFinite as e:
-            raise LossNotFinite(f"search: the level-2 supernet diverged at {e}. Lower supernet.lr or enable "
-                                "supernet.ema_decay/warmup") from None
+        stats = checked_epoch(trainer, loader, epoch, progress, what="search: the level-2 supernet", dist=dist,
+                              hint="Lower supernet.lr or enable supernet.ema_decay/warmup")
         accs = trainer.validate(val_data, val_archs, calib)
         record = {"epoch": epoch + 1, **stats, **{f"val_acc_{k}": v for k, v in accs.items()}}
         history.append(record)

@@ -34,13 +34,13 @@ from vitnas.space import Arch, count_flops, count_params
 from vitnas.stages._inputs import check_fits_data, load_input_model, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import log_model_dir, model_example
+from vitnas.stages._runner import checked_epoch
 from vitnas.stages.contract import STAGES, logged_params
 from vitnas.train import (
     batches,
     epoch_loader,
     evaluate,
     init_distributed,
-    replicas_in_sync,
     reseed,
     steps_per_epoch,
 )
@@ -143,9 +143,9 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
             loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                   rank=dist.rank, world_size=dist.world_size,
                                   pin_memory=dev.type == "cuda")
-            stats = trainer.train_epoch(loader, epoch, progress)
-            if not replicas_in_sync(masked, dist.world_size):
-                raise RuntimeError("slim: data-parallel replicas diverged (ranks hold different weights)")
+            stats = checked_epoch(trainer, loader, epoch, progress, what="slim: training", dist=dist, model=masked,
+                                  hint="Nothing was written. Lower slim.lr or the mask penalties (slim.w_attn, "
+                                       "slim.w_mlp)")
             if dist.is_main:
                 masked.eval()
                 stats["val_acc_masked"] = val_acc(masked)

@@ -24,14 +24,13 @@ from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import calibration_images, check_data, eval_batches, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
+from vitnas.stages._runner import checked_epoch
 from vitnas.stages.contract import logged_params
 from vitnas.supernet import Supernet, init_from_timm
 from vitnas.supernet.trainer import trainer_from_config, validation_archs
 from vitnas.train import (
-    LossNotFinite,
     epoch_loader,
     init_distributed,
-    replicas_in_sync,
     reseed,
     steps_per_epoch,
 )
@@ -124,15 +123,8 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
             loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                   rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,
                                   pin_memory=dist.device.type == "cuda")
-            try:
-                stats = trainer.train_epoch(loader, epoch, progress)
-            except LossNotFinite as e:
-                kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_dir}" if epoch \
-                    else "no checkpoint was written yet"
-                raise LossNotFinite(f"supernet: training diverged at {e}; {kept}. Lower supernet.lr or "
-                                    "enable supernet.ema_decay/warmup") from None
-            if not replicas_in_sync(trainer.model, dist.world_size):
-                raise RuntimeError("supernet: data-parallel replicas diverged (ranks hold different weights)")
+            stats = checked_epoch(trainer, loader, epoch, progress, what="supernet: training", dist=dist,
+                                  ckpt_dir=ckpt_dir, hint="Lower supernet.lr or enable supernet.ema_decay/warmup")
             record = {"epoch": epoch + 1, **stats}
             if dist.is_main:
                 accs = trainer.validate(val_data, val_archs, calib)
