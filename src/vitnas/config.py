@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from vitnas.errors import ConfigError, VitnasError
+from vitnas.files import read_text
 from vitnas.space import ArchError, SearchSpace
 
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -657,16 +658,7 @@ _Loader.add_implicit_resolver(
 
 def read_yaml(path: Path, what: str = "params file") -> Any:
     """Parse a YAML file with `_Loader`; every problem is a one-line `ConfigError` naming the file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a {what}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    text = read_text(path, ConfigError, what)
     loader = _Loader(text)  # a SafeLoader: plain YAML types only, a python/* tag is an error
     try:
         return loader.get_single_data()

@@ -8,6 +8,7 @@ would give it (0666 less the umask), also those written through `mkstemp` (which
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,24 +49,36 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def read_json(path: str | Path, error: type[Exception], what: str, *, missing: str | None = None,
-              max_bytes: int | None = None) -> Any:
-    """The JSON document at `path`. A missing, unreadable, oversized, non-UTF-8 or non-JSON file
-    raises `error` with one line naming it and `what` it should be ("latency table"); `missing`
-    replaces the "not found" line (to say which command writes the file)."""
-    import json
-
+def read_text(path: str | Path, error: type[Exception], what: str, *, missing: str | None = None,
+              not_text: str | None = None) -> str:
+    """The UTF-8 text at `path`. A missing, unreadable or non-UTF-8 file, or a directory, raises
+    `error` with one line naming it and `what` it should be ("params file"); `missing` and
+    `not_text` replace the "not found" and "not a UTF-8 text file" lines."""
     path = Path(path)
     try:
-        if max_bytes is not None and path.stat().st_size > max_bytes:
-            raise error(f"{path}: a {what} of over {max_bytes / 2**20:g} MiB; refused before reading")
-        text = path.read_text()
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise error(f"{path}: {missing or what + ' not found'}") from None
-    except UnicodeDecodeError:
-        raise error(f"{path}: corrupt {what} (not a text (UTF-8) file)") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: {not_text or f'not a UTF-8 text file (byte {e.start})'}") from None
     except OSError as e:
         raise error(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+
+
+def read_json(path: str | Path, error: type[Exception], what: str, *, missing: str | None = None,
+              max_bytes: int | None = None) -> Any:
+    """The JSON document at `path` (`read_text`'s checks, a size cap, valid JSON), any problem one
+    line raising `error`."""
+    path = Path(path)
+    try:
+        too_big = max_bytes is not None and path.stat().st_size > max_bytes
+    except OSError:
+        too_big = False  # read_text names the problem
+    if too_big:
+        raise error(f"{path}: a {what} of over {max_bytes / 2**20:g} MiB; refused before reading")
+    text = read_text(path, error, what, missing=missing, not_text=f"corrupt {what} (not a text (UTF-8) file)")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

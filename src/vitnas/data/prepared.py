@@ -25,7 +25,7 @@ from vitnas.data import shards as shards_mod
 from vitnas.data import store
 from vitnas.data.sources import RawDataset, RawPart
 from vitnas.data.transforms import eval_transform, train_transform
-from vitnas.errors import ArtifactError, DataError
+from vitnas.errors import ArtifactError, ConfigError, DataError
 from vitnas.files import read_json
 from vitnas.progress import progress
 from vitnas.space.arch import LIMITS
@@ -258,6 +258,7 @@ class SplitDataset(Dataset):
                  sparse: bool = False) -> None:
         self.part, self.root, self.in_chans, self.transform = part, root, in_chans, transform
         self.reader, self.shuffle_buffer, self.sparse = reader, shuffle_buffer, sparse
+        self._layout = None  # streaming: the split's file order, computed once (vitnas.data.stream)
 
     def __len__(self) -> int:
         return len(self.part)
@@ -267,12 +268,13 @@ class SplitDataset(Dataset):
         None when the split is read by random access (no `shuffle_buffer`)."""
         if self.shuffle_buffer is None:
             return None
-        from vitnas.data.stream import StreamedEpoch, epoch_windows
+        from vitnas.data.stream import StreamedEpoch, epoch_windows, file_layout
 
-        counts = np.bincount(self.part.index["shard"], minlength=len(self.reader.entries)).tolist()
-        windows = epoch_windows(counts, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                                batch_size=batch_size, buffer=self.shuffle_buffer)
-        return StreamedEpoch(self, windows, seed=seed, epoch=epoch, rank=rank)
+        if self._layout is None:
+            self._layout = file_layout(self.part.index, len(self.reader.entries))
+        windows = epoch_windows(np.diff(self._layout[1]).tolist(), seed=seed, epoch=epoch, rank=rank,
+                                world_size=world_size, batch_size=batch_size, buffer=self.shuffle_buffer)
+        return StreamedEpoch(self, windows, self._layout, seed=seed, epoch=epoch, rank=rank)
 
     def image(self, i: int) -> Image.Image:
         if self.part.images is not None:
@@ -280,9 +282,8 @@ class SplitDataset(Dataset):
             return Image.fromarray(a[..., 0], mode="L") if self.in_chans == 1 else Image.fromarray(a)
         if self.reader is not None:
             ix = self.part.index
-            data = self.reader.read(int(ix["shard"][i]), int(ix["offset"][i]), int(ix["size"][i]),
-                                    whole_shard=not self.sparse)
             k = int(ix["shard"][i])
+            data = self.reader.read(k, int(ix["offset"][i]), int(ix["size"][i]), whole_shard=not self.sparse)
             src = io.BytesIO(shards_mod.check_crc(data, int(ix["crc"][i]) if "crc" in ix else None,
                                                   f"shard {self.reader.entries[k]['name']}"))
         elif store.is_s3(self.root) or store.is_fs(self.root):
@@ -414,8 +415,6 @@ class PreparedData:
         `sparse`: only a few images will be read (a proxy batch, calibration images), so S3 shards
         are read by ranged GETs, not fetched whole into the cache."""
         if shuffle_buffer is not None and self.meta.get("storage") != "shards":
-            from vitnas.errors import ConfigError
-
             raise ConfigError(f"data.shuffle_buffer: streaming reads shards, but {self.path / 'dataset.json'} "
                               f"stores the splits as {self.meta.get('storage')}; set data.shards and re-run "
                               "`vitnas data`, or set data.shuffle_buffer to null")
@@ -431,7 +430,6 @@ class PreparedData:
     def _check_eval_memory(self, split: str) -> None:
         """Refuse, before reading an image, a split whose tensors would take more than half the
         memory (an ImageNet-size val split at 224 px is tens of GiB)."""
-        from vitnas.errors import ConfigError
         from vitnas.space.memory import LIMIT_ENV, gib, memory_limit
 
         n = self.meta["splits"][split]

@@ -71,22 +71,27 @@ def epoch_windows(counts: list[int], *, seed: int, epoch: int, rank: int, world_
     return windows
 
 
+def file_layout(index, num_shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """(split positions in file order, shard by shard; where each shard starts in that order): the
+    same for every epoch of a split."""
+    order = np.lexsort((index["offset"], index["shard"]))
+    return order, np.searchsorted(index["shard"][order], np.arange(num_shards + 1))
+
+
 class StreamedEpoch(IterableDataset):
     """One epoch of a sharded split as (image tensor, label), read window by window."""
 
-    def __init__(self, dataset, windows: list[list[Run]], *, seed: int, epoch: int, rank: int) -> None:
+    def __init__(self, dataset, windows: list[list[Run]], layout: tuple[np.ndarray, np.ndarray], *, seed: int,
+                 epoch: int, rank: int) -> None:
         self.dataset, self.windows = dataset, windows
         self.seed, self.epoch, self.rank = seed, epoch, rank
-        ix = dataset.part.index
-        order = np.lexsort((ix["offset"], ix["shard"]))  # split positions in file order, shard by shard
-        starts = np.searchsorted(ix["shard"][order], np.arange(len(dataset.reader.entries) + 1))
-        self._file_order, self._starts = order, starts
+        self._file_order, self._starts = layout
 
     def __len__(self) -> int:
         return sum(r.stop - r.start for w in self.windows for r in w)
 
-    def _read(self, run: Run) -> list[tuple[bytes, int, int]]:
-        """(image bytes, label, split position) of each image of `run`, from one read."""
+    def _read(self, run: Run) -> list[tuple[bytes, int]]:
+        """(image bytes, label) of each image of `run`, from one read."""
         ix, reader = self.dataset.part.index, self.dataset.reader
         ids = self._file_order[self._starts[run.shard] + run.start:self._starts[run.shard] + run.stop]
         offsets, sizes = ix["offset"][ids], ix["size"][ids]
@@ -97,7 +102,7 @@ class StreamedEpoch(IterableDataset):
         for i, o, n in zip(ids.tolist(), offsets.tolist(), sizes.tolist(), strict=True):
             data = blob[o - first:o - first + n]
             crc = int(ix["crc"][i]) if "crc" in ix else None
-            out.append((check_crc(data, crc, where), int(self.dataset.part.labels[i]), i))
+            out.append((check_crc(data, crc, where), int(self.dataset.part.labels[i])))
         return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
@@ -107,5 +112,5 @@ class StreamedEpoch(IterableDataset):
         for g in range(worker, len(self.windows), workers):
             items = [item for run in self.windows[g] for item in self._read(run)]
             for j in _rng("window", self.seed, self.epoch, self.rank, g).permutation(len(items)).tolist():
-                data, label, _ = items[j]
+                data, label = items[j]
                 yield ds.transform(ds.decode(io.BytesIO(data))), label

@@ -162,8 +162,7 @@ def _collapse(files: set[Path], folder: Path) -> list[Path]:
     return out
 
 
-def code_deps(stage: str, prefix: str = "src") -> list[str]:
+def code_deps(stage: str) -> list[str]:
     """The code deps of `vitnas.stages.<stage>`, as repository paths (`src/vitnas/...`)."""
     files = closure(f"{ROOT}.stages.{stage}")
-    return [f"{prefix}/{ROOT}/{p.relative_to(PACKAGE)}".rstrip("/.") if p != PACKAGE else f"{prefix}/{ROOT}"
-            for p in _collapse(files, PACKAGE)]
+    return [f"src/{ROOT}/{p.relative_to(PACKAGE).as_posix()}" for p in _collapse(files, PACKAGE)]
