@@ -8,22 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from _helpers import TINY
+
 from vitnas.config import parse_params
 from vitnas.pipeline import components as c
 from vitnas.pipeline.runtime import split_params
 from vitnas.stages.contract import ORDER
 
-TINY = {
-    "tracking": {"enabled": False},
-    "data": {"max_train_images": 400},
-    "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2], "mlp_ratio": [2.0], "head_dim": 8},
-    "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64, "val_random_subnets": 1},
-    "proxy": {"num_candidates": 4, "proxies": ["dss", "params"], "batch_size": 8},
-    "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1},
-    "slim": {"epochs": 1, "batch_size": 64},
-    "retrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 64},
-    "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "batch_size": 64, "warmup_epochs": 0}]},
-}
+# the shared tiny params, with a 400-image train split and 4 proxy candidates (2 shards of 2)
+PARAMS = TINY | {"data": {"max_train_images": 400}, "proxy": TINY["proxy"] | {"num_candidates": 4}}
 
 
 class Artifact:
@@ -43,7 +36,7 @@ class Artifact:
 
 def test_component_bodies_chain_like_the_dag(tmp_path, monkeypatch, one_thread):
     monkeypatch.delenv("VITNAS_PIPELINE_RUN_ID", raising=False)
-    typed, rest = split_params(parse_params(TINY))
+    typed, rest = split_params(parse_params(PARAMS))
     per_stage = c.init_op().python_func(params_json=rest, **typed)
     assert list(per_stage._fields) == list(ORDER)
     assert set(json.loads(per_stage.slim)) == {"tracking", "slim", "data"}  # only the keys slim reads

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import TINY
 from pydantic import BaseModel
 
 from vitnas.config import parse_params
@@ -118,17 +119,6 @@ class Recorder:
         return getattr(obj, name)
 
 
-TINY = {
-    "tracking": {"enabled": False},
-    "space": {"embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2], "mlp_ratio": [2.0], "head_dim": 8},
-    "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128, "val_random_subnets": 1},
-    "proxy": {"num_candidates": 3, "proxies": ["dss", "params"], "batch_size": 8},
-    "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1},
-    "slim": {"epochs": 1, "batch_size": 128},
-    "retrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128},
-    "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "warmup_epochs": 0, "batch_size": 128,
-                              "max_train_images": 64, "max_eval_images": 64}]},
-}
 
 
 def test_the_recorder_sees_reads_through_methods_and_properties():
