@@ -104,7 +104,8 @@ def test_stage_tracks_metrics_figure_and_arch(digits_dir, supernet_file, arch_fi
     assert rec.stage == "slim" and rec.kwargs["enabled"] is True
     assert "slim.w_attn" in rec.kwargs["params"]
     assert [s for _, s in rec.metrics if s is not None] == [1, 2]
-    assert all("mask_attn_mean" in mm and "val_acc_masked" in mm for mm, s in rec.metrics if s is not None)
+    # per-epoch series follow the one rule of every training stage: `epoch_<name>` at step = epoch
+    assert all("epoch_mask_attn_mean" in mm and "epoch_val_acc_masked" in mm for mm, s in rec.metrics if s is not None)
     assert rec.metrics[-1] == (m, None)
     assert set(rec.artifacts) == {"arch.json", "widths.png"}
     # the slimmed model is logged as the model directory it is: files, preprocessing, exact costs

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import RawDataset, load_source, split_indices, write_prepared
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
-from vitnas.stages.contract import logged_params
+from vitnas.stages._tracked import open_run
 
 
 def _digits_parts(params: Params, raw: RawDataset, splits: dict) -> tuple[tuple, tuple]:
@@ -96,9 +95,7 @@ def _run(params: Params, out: str | Path, *, track: bool | None) -> dict[str, fl
     splits = split_indices(raw.train.labels, val_fraction=cfg.val_fraction,
                            test_fraction=cfg.test_fraction if raw.test is None else None, seed=cfg.seed,
                            max_train_images=cfg.max_train_images)
-    enabled = params.tracking.enabled if track is None else track
-    with tracking.stage_run("data", params=logged_params(params, "data"), pipeline_params=params.flat(),
-                            experiment=params.tracking.experiment, enabled=enabled) as run_:
+    with open_run("data", params, track) as run_:
         with atomic_dir(out, "data") as tmp:
             meta = write_prepared(raw, splits, tmp, img_size=cfg.img_size, shards=shard_options(params),
                                   mean=cfg.mean, std=cfg.std,

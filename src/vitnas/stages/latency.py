@@ -21,6 +21,7 @@ from vitnas.search.latency import FORMAT as LATENCY_FORMAT
 from vitnas.search.latency import measure_table
 from vitnas.space import SearchSpace
 from vitnas.stages._io import FileKind, check_output_file, flat_metrics, json_format_is
+from vitnas.stages._tracked import tracking_on
 
 TABLE = FileKind("latency table", json_format_is(LATENCY_FORMAT))
 
@@ -73,10 +74,9 @@ def run(params: Params, data_dir_or_space: str | Path | SearchSpace, out_json: s
         print(f"lookup sum vs end-to-end over {len(chk['archs'])} models: mean relative error "
               f"{100 * metrics['mean_rel_error']:.1f}%, max {100 * metrics['max_rel_error']:.1f}%", flush=True)
 
-    enabled = params.tracking.enabled if track is None else track
     with tracking.stage_run("latency-table", params={"batch_size": batch_size, "repeats": repeats, "warmup": warmup,
                                                      "device": dev.type, **params.section_params("space")},
-                            experiment=params.tracking.experiment, enabled=enabled) as run_:
+                            experiment=params.tracking.experiment, enabled=tracking_on(params, track)) as run_:
         run_.log_metrics(metrics)
         run_.set_tags({"vitnas.device": str(dev_name)})
         run_.log_artifact(out_json)

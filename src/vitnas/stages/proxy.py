@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from vitnas import proxies, tracking
+from vitnas import proxies
 from vitnas.config import ConfigError, Params, check_proxy_names
 from vitnas.data import PreparedData
 from vitnas.digests import file_sha256
@@ -50,7 +50,7 @@ from vitnas.proxies.scorer import Scorer, fixed_batch, seeded_supernet
 from vitnas.space import Arch, ArchError, SearchSpace, count_flops, count_params
 from vitnas.stages._checkpoint import fingerprint as make_fingerprint
 from vitnas.stages._io import claim_output, flat_metrics, mark, write_json
-from vitnas.stages.contract import logged_params
+from vitnas.stages._tracked import open_run
 from vitnas.supernet import Supernet, SupernetFileError
 from vitnas.train.distributed import DistInfo, broadcast, gather_map, init_distributed
 
@@ -288,36 +288,15 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
          merge: list[Path] | None = None) -> dict[str, float]:
     cfg = params.proxy
     names = list(cfg.proxies)
-    check_proxy_names(names)  # also here: a Kubeflow step's params skip the cross-checks
-    data = PreparedData(data_dir)
-    if data.img_size != params.data.img_size:
-        raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
-                            f"{params.data.img_size} in params; re-run `vitnas data`")
-    space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
-    windows = _windows(params)
-    candidates = sample_candidates(space, cfg.num_candidates, cfg.seed, windows)
-
-    set_level = [n for n in names if proxies.is_set_level(n)]
     info = init_distributed(device)  # under torchrun: every rank scores its share
-    dev = info.device
     main = info.is_main
-    use_data = any(proxies.needs_data(n) for n in names)
-    inputs = targets = None
-    if use_data:
-        inputs, targets = _data_batch(data, cfg.batch_size, cfg.seed)
-        inputs, targets = inputs.to(dev), targets.to(dev)
-    weights = "random" if supernet_path is None else file_sha256(supernet_path)[:16]
-    # num_candidates is left out: sampling is sequential, so a larger set extends a smaller one.
-    data_id = {k: data.meta.get(k) for k in ("name", "splits", "seed", "mean", "std")} if use_data else None
-    fp = make_fingerprint(cfg.model_dump(exclude={"top_k", "num_candidates"}), windows, space.to_dict(), weights,
-                          dev.type, data_id)
-
+    space, candidates, fp, inputs, targets = _prepare(params, data_dir, supernet_path, info.device)
     keys = [a.key() for a in candidates]
     if merge is not None:
         merged = _merged(merge, fp, keys, names)  # every record checked before anything is written
         model = None
     else:
-        model = _scoring_model(space, cfg.seed, supernet_path, dev)  # a bad supernet file fails before any write
+        model = _scoring_model(space, cfg.seed, supernet_path, info.device)  # a bad supernet fails before writing
     mine = range(len(keys)) if shard is None else range(shard[0], len(keys), shard[1])
     log_path = out / SCORES
     done: dict[str, dict] = {}
@@ -331,51 +310,74 @@ def _run(params: Params, data_dir: str | Path, out: Path, *, supernet_path: str 
     if done and main and merge is None:
         print(f"resuming: {len(done)} of {len(mine)} candidates already scored in {log_path}", flush=True)
 
-    enabled = (params.tracking.enabled if track is None else track) and main and shard is None
-    section = logged_params(params, "proxy")
     t0 = time.time()
-    with tracking.stage_run("proxy", params=section | {"proxy.weights": "random" if supernet_path is None
-                                                         else "trained"},
-                            pipeline_params=params.flat(), inputs={"data": data_dir, "supernet": supernet_path},
-                            experiment=params.tracking.experiment, enabled=enabled) as run_:
+    with open_run("proxy", params, track, main=main and shard is None, inputs={"data": data_dir,
+                  "supernet": supernet_path}, extra_params={"proxy.weights": "random" if supernet_path is None
+                                                            else "trained"}) as run_:
         t_score = time.perf_counter()
         if todo:
-            _score(Scorer(names, model, seed=cfg.seed, inputs=inputs, targets=targets, device=dev),
+            _score(Scorer(names, model, seed=cfg.seed, inputs=inputs, targets=targets, device=info.device),
                    [(keys[i], candidates[i]) for i in todo], done, log_path if main else None, info,
                    bar=dict(total=len(mine), initial=len(mine) - len(todo), enabled=progress and main))
         scored_seconds = time.perf_counter() - t_score
-        if not main:
-            info.barrier()
-            return {}
-        if shard is not None:  # a shard's log is complete and in order; the merge step finishes the stage
+        metrics: dict[str, float] = {}
+        if main and shard is not None:  # a shard's log is complete and in order; the merge step finishes the stage
             metrics = flat_metrics({"num_candidates": len(mine), "candidates_scored": len(todo),
                                     "seconds": round(time.time() - t0, 3), "shard": shard[0],
                                     "num_shards": shard[1], "world_size": info.world_size})
             write_json(out / "metrics.json", metrics)
-            info.barrier()
-            return metrics
-        records = [done[k] for k in keys]
-        for name in set_level:
-            values = proxies.combine_set(name, [r["terms"] for r in records])
-            for r, v in zip(records, values, strict=True):
-                r["scores"][name] = v
-        for r in records:  # scores in the configured order
-            r["scores"] = {n: r["scores"][n] for n in names}
-        if set_level or _read_log_order(log_path) != keys:
-            _rewrite(log_path, records)
-
-        metrics = _metrics(records, names, len(todo), time.time() - t0, scored_seconds)
-        metrics |= {"world_size": info.world_size}
-        if merge is not None:
-            metrics["num_shards"] = len(merge)
-        top = _top_k(records, names[0], cfg.top_k)
-        write_json(out / "top_k.json", top)
-        write_json(out / "metrics.json", metrics)
-        run_.log_metrics(metrics)
-        run_.log_artifact(log_path)
-        run_.log_artifact(out / "top_k.json")
+        elif main:
+            records = _finish_log(log_path, [done[k] for k in keys], keys, names)
+            metrics = _metrics(records, names, len(todo), time.time() - t0, scored_seconds)
+            metrics |= {"world_size": info.world_size} | ({"num_shards": len(merge)} if merge is not None else {})
+            write_json(out / "top_k.json", _top_k(records, names[0], cfg.top_k))
+            write_json(out / "metrics.json", metrics)
+            run_.log_metrics(metrics)
+            run_.log_artifact(log_path)
+            run_.log_artifact(out / "top_k.json")
     info.barrier()
     return metrics
+
+
+def _prepare(params: Params, data_dir: str | Path, supernet_path: str | Path | None, dev: torch.device):
+    """(space, candidates, the run's fingerprint, the data batch or None, its labels or None), every
+    input checked before any scoring."""
+    cfg = params.proxy
+    names = list(cfg.proxies)
+    check_proxy_names(names)  # also here: a Kubeflow step's params skip the cross-checks
+    data = PreparedData(data_dir)
+    if data.img_size != params.data.img_size:
+        raise ArtifactError(f"{data.path / 'dataset.json'}: img_size {data.img_size} != data.img_size "
+                            f"{params.data.img_size} in params; re-run `vitnas data`")
+    space = params.search_space(num_classes=data.num_classes, in_chans=data.in_chans)
+    windows = _windows(params)
+    candidates = sample_candidates(space, cfg.num_candidates, cfg.seed, windows)
+    use_data = any(proxies.needs_data(n) for n in names)
+    inputs = targets = None
+    if use_data:
+        inputs, targets = _data_batch(data, cfg.batch_size, cfg.seed)
+        inputs, targets = inputs.to(dev), targets.to(dev)
+    weights = "random" if supernet_path is None else file_sha256(supernet_path)[:16]
+    # num_candidates is left out: sampling is sequential, so a larger set extends a smaller one.
+    data_id = {k: data.meta.get(k) for k in ("name", "splits", "seed", "mean", "std")} if use_data else None
+    fp = make_fingerprint(cfg.model_dump(exclude={"top_k", "num_candidates"}), windows, space.to_dict(), weights,
+                          dev.type, data_id)
+    return space, candidates, fp, inputs, targets
+
+
+def _finish_log(log_path: Path, records: list[dict], keys: list[str], names: list[str]) -> list[dict]:
+    """Set-level proxies scored over the whole set, every record's scores in the configured order,
+    the log rewritten in sample order when it is not already."""
+    set_level = [n for n in names if proxies.is_set_level(n)]
+    for name in set_level:
+        values = proxies.combine_set(name, [r["terms"] for r in records])
+        for r, v in zip(records, values, strict=True):
+            r["scores"][name] = v
+    for r in records:
+        r["scores"] = {n: r["scores"][n] for n in names}
+    if set_level or _read_log_order(log_path) != keys:
+        _rewrite(log_path, records)
+    return records
 
 
 def _open_log(out: Path, fp: str, wanted: set[str], names: list[str]) -> dict[str, dict]:

@@ -16,7 +16,6 @@ alias `champion` moves to it only when its val accuracy beats the current champi
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import torch
@@ -27,23 +26,16 @@ from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError, ConfigError
 from vitnas.models import build
 from vitnas.models.model_dir import ARCH_FILE, load_model, save_model
-from vitnas.progress import eta
 from vitnas.space import Arch, ArchError, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import check_fits_data, eval_batches, load_input_model, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import arch_params, log_model_dir, model_example
-from vitnas.stages._runner import checked_epoch
-from vitnas.stages.contract import STAGES, logged_params
+from vitnas.stages._runner import EpochRunner
+from vitnas.stages._tracked import open_run
+from vitnas.stages.contract import STAGES
 from vitnas.supernet import Supernet, SupernetFileError, extract
-from vitnas.train import (
-    ClassifierTrainer,
-    epoch_loader,
-    evaluate,
-    init_distributed,
-    reseed,
-    steps_per_epoch,
-)
+from vitnas.train import ClassifierTrainer, evaluate, init_distributed, reseed, steps_per_epoch
 
 OUTPUTS = (*STAGES["retrain"].outputs, STAGES["retrain"].metrics)  # always written (the contract)
 CHAMPION = "champion"
@@ -127,10 +119,57 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
          progress: bool) -> dict[str, float]:
     cfg = params.retrain
     dist = init_distributed(device)
-    dev = dist.device
     data = PreparedData(data_dir)
+    model, arch, source, teacher, t_source = _inputs(params, data, supernet_path, arch_path, dist.device)
+    train_ds = train_dataset(data, params)
+    steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "retrain.batch_size")
+    trainer = ClassifierTrainer(
+        model, num_classes=arch.num_classes, dist=dist, epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr,
+        min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup,
+        cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp,
+        teacher=teacher, distill_alpha=cfg.distill_alpha, distill_temperature=cfg.distill_temperature,
+        name="retrain")
+    val_data = eval_batches(data, "val", max(cfg.batch_size, 256), cfg.workers)
 
-    # ---- inputs, all checked before any training ---------------------------------------------
+    fp = _checkpoint.fingerprint(
+        cfg.model_dump(exclude={"workers", "registered_model"}), arch.to_dict(), data.meta,
+        reading_fingerprint(params), dist.world_size, weights_digest(model) if cfg.init == "inherit" else None,
+        weights_digest(teacher) if teacher is not None else None)
+    loop = EpochRunner("retrain", trainer, train_ds, cfg, dist, ckpt_dir=ckpt_dir, fingerprint=fp,
+                       hint="Lower retrain.lr or raise retrain.warmup_epochs")
+    kept = {"best": {"epoch": 0, "val_acc": -1.0, "state": None}, "val_acc_init": float("nan")}
+    state = loop.resume() if resume else None
+    if state is not None:
+        kept = {"best": dict(state["best"]), "val_acc_init": float(state["val_acc_init"])}
+    elif dist.is_main:
+        kept["val_acc_init"] = trainer.evaluate(val_data())["acc"]  # the inherited weights, before training
+
+    def evaluate(epoch: int, stats: dict) -> dict[str, float]:
+        v = trainer.evaluate(val_data())
+        if cfg.keep == "last" or v["acc"] > kept["best"]["val_acc"]:
+            kept["best"] = {"epoch": epoch + 1, "val_acc": v["acc"], "state": {
+                k: t.detach().cpu().clone() for k, t in trainer.eval_model.state_dict().items()}}
+        return {"val_acc": v["acc"], "val_loss": v["loss"]}
+
+    tags = {"vitnas.retrain.init": cfg.init, "vitnas.retrain.source": source}
+    if teacher is not None:
+        tags["vitnas.retrain.teacher"] = t_source
+    inputs = {"data": data_dir, "supernet": supernet_path, "arch": arch_path, "teacher": cfg.teacher}
+    with open_run("retrain", params, track, main=dist.is_main, extra_params=arch_params(arch), inputs=inputs,
+                  system_metrics=True, tags=tags) as run_:
+        history = loop.run(run_, progress=progress, evaluate=evaluate, keep=lambda: kept,
+                           describe=lambda r: f"val {r['val_acc']:.4f}")
+        metrics: dict[str, float] = {}
+        if dist.is_main:
+            metrics = _finish(params, data, arch, trainer, history, kept, loop.seconds, out, run_)
+        dist.barrier()
+    return metrics
+
+
+def _inputs(params: Params, data: PreparedData, supernet_path: str | Path | None, arch_path: str | Path,
+            dev: torch.device):
+    """(model, arch, source, teacher, teacher's source), all checked against the data before any training."""
+    cfg = params.retrain
     if cfg.init == "inherit":
         src, arch, source = load_input_model(arch_path, supernet_path, dev)
         where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
@@ -138,127 +177,60 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         arch, where = load_arch(arch_path)
         src, source = None, "scratch"
     check_fits_data(arch, data, where)
-    teacher = None
+    teacher = t_source = None
     if cfg.distill:
         teacher, t_arch, t_where, t_source = load_teacher(cfg, supernet_path, dev)
         check_fits_data(t_arch, data, t_where)
     for split in ("val", "test"):
         if not data.meta["splits"].get(split):
             raise ArtifactError(f"{data.path / 'dataset.json'}: the {split} split is empty; retrain needs it")
-    train_ds = train_dataset(data, params)
-    steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "retrain.batch_size")
-
     reseed(cfg.seed, "init")
     model = build(arch, drop_path_rate=cfg.drop_path)
     if src is not None:
         model.load_state_dict(src.state_dict())
-        del src
-    model.to(dev)
-    trainer = ClassifierTrainer(
-        model, num_classes=arch.num_classes, dist=dist, epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr,
-        min_lr=cfg.min_lr, weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, mixup=cfg.mixup,
-        cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp,
-        teacher=teacher, distill_alpha=cfg.distill_alpha, distill_temperature=cfg.distill_temperature,
-        name="retrain")
+    return model.to(dev), arch, source, teacher, t_source
+
+
+def _finish(params: Params, data: PreparedData, arch: Arch, trainer: ClassifierTrainer, history: list[dict],
+            kept: dict, seconds: float, out: Path, run_) -> dict[str, float]:
+    """The saved model tested once, the outputs written, the model logged, registered and maybe promoted."""
+    cfg, dev, best = params.retrain, trainer.dist.device, kept["best"]
+    final = build(arch).to(dev)
+    final.load_state_dict(best["state"])
+    final.eval()
     eval_bs = max(cfg.batch_size, 256)
-    val_data = eval_batches(data, "val", eval_bs, cfg.workers)
-
-    fp = _checkpoint.fingerprint(
-        cfg.model_dump(exclude={"workers", "registered_model"}), arch.to_dict(), data.meta,
-        reading_fingerprint(params), dist.world_size, weights_digest(model) if cfg.init == "inherit" else None,
-        weights_digest(teacher) if teacher is not None else None)
-    start, history, best, spent = 0, [], {"epoch": 0, "val_acc": -1.0, "state": None}, 0.0
-    val_acc_init = float("nan")
-    resumed = False
-    state = _checkpoint.resume(ckpt_dir, fp, where=" after epoch {epoch}", verbose=dist.is_main) if resume else None
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
-        spent, val_acc_init, resumed = float(state["seconds"]), float(state["val_acc_init"]), True
-    if not resumed and dist.is_main:
-        val_acc_init = trainer.evaluate(val_data())["acc"]  # what the inherited weights give before training
-
-    enabled = (params.tracking.enabled if track is None else track) and dist.is_main
-    tags = {"vitnas.retrain.init": cfg.init, "vitnas.retrain.source": source}
-    if teacher is not None:
-        tags["vitnas.retrain.teacher"] = t_source
-    t0 = time.time()
-    inputs = {"data": data_dir, "supernet": supernet_path, "arch": arch_path, "teacher": cfg.teacher}
-    with tracking.stage_run("retrain", params=logged_params(params, "retrain") | arch_params(arch),
-                            pipeline_params=params.flat(), inputs=inputs, system_metrics=True,
-                            experiment=params.tracking.experiment, enabled=enabled, tags=tags) as run_:
-        for h in history:  # a resumed run's MLflow run still shows the whole curve
-            run_.log_metrics(_curve(h), step=h["epoch"])
-        t_loop = time.time()
-        for epoch in range(start, cfg.epochs):
-            reseed(cfg.seed, epoch, dist.rank)
-            loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=dist.rank,
-                                  world_size=dist.world_size, workers=cfg.workers, pin_memory=dev.type == "cuda")
-            stats = checked_epoch(trainer, loader, epoch, progress, what="retrain: training", dist=dist,
-                                  ckpt_dir=ckpt_dir, hint="Lower retrain.lr or raise retrain.warmup_epochs")
-            if dist.is_main:
-                v = trainer.evaluate(val_data())
-                record = {"epoch": epoch + 1, **stats, "val_acc": v["acc"], "val_loss": v["loss"]}
-                history.append(record)
-                if cfg.keep == "last" or v["acc"] > best["val_acc"]:
-                    best = {"epoch": epoch + 1, "val_acc": v["acc"],
-                            "state": {k: t.detach().cpu().clone() for k, t in trainer.eval_model.state_dict().items()}}
-                _checkpoint.save(ckpt_dir, {"fingerprint": fp, "epoch": epoch + 1, "history": history, "best": best,
-                                            "trainer": trainer.state_dict(), "val_acc_init": val_acc_init,
-                                            "seconds": spent + time.time() - t0})
-                run_.log_metrics(_curve(record), step=epoch + 1)
-                if progress:
-                    print(f"retrain epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                          f"val {v['acc']:.4f}  {eta(epoch + 1 - start, cfg.epochs - start, time.time() - t_loop)}",
-                          flush=True)
-            dist.barrier()
-
-        metrics: dict[str, float] = {}
-        if dist.is_main:
-            final = build(arch).to(dev)
-            final.load_state_dict(best["state"])
-            final.eval()
-            test = evaluate(final, eval_batches(data, "test", eval_bs, cfg.workers)(), dev, trainer.precision.autocast,
-                            num_classes=arch.num_classes)
-            test_acc = test["acc"]
-            val_acc = _accuracy(final, val_data(), dev, trainer)
-            metrics = {
-                "val_acc": val_acc, "test_acc": test_acc, "val_acc_last": history[-1]["val_acc"],
-                "val_acc_init": val_acc_init, "best_epoch": best["epoch"], "train_loss": history[-1]["train_loss"],
-                "params": count_params(arch), "flops": count_flops(arch), "epochs": cfg.epochs,
-                "init_inherit": int(cfg.init == "inherit"), "distill": int(cfg.distill),
-                "train_seconds": round(spent + time.time() - t0, 2),
-            }
-            metrics = flat_metrics(metrics)
-            with atomic_dir(out, "retrain") as tmp:
-                save_model(final, arch, tmp, dataset=data.meta)
-                write_json(tmp / "metrics.json", metrics)
-                write_json(tmp / "history.json", history)
-                write_json(tmp / "confusion.json", {"classes": [str(c) for c in data.meta.get(
-                    "classes", range(arch.num_classes))], "matrix": test["confusion"]})  # test split, true x predicted
-                plot_curves(history, best["epoch"], tmp / "curves.png")
-            # registered and promoted only once the model is on disk: a kill before this line
-            # leaves no registered version pointing at a missing model
-            champion = False
-            version = log_model_dir(run_, final, out, arch, model_example(data, arch),
-                                    registered_model=cfg.registered_model)
-            if version is not None:
-                champion = tracking.promote_if_better(cfg.registered_model, version, val_acc, alias=CHAMPION)
-                run_.set_tags({"vitnas.registered_version": version, "vitnas.champion": str(champion).lower()})
-            metrics = metrics | {"champion": int(champion)}  # an MLflow fact: returned and logged, not in metrics.json
-            run_.log_metrics(metrics)
-            for name in ("arch.json", "history.json", "curves.png"):
-                run_.log_artifact(out / name)
-            print(f"retrain: {arch}  val {val_acc:.4f} (epoch {best['epoch']})  test {test_acc:.4f}"
-                  + (f"  registered {cfg.registered_model} v{version}" + (f" ({CHAMPION})" if champion else "")
-                     if version is not None else ""), flush=True)
-        dist.barrier()
+    test = evaluate(final, eval_batches(data, "test", eval_bs, cfg.workers)(), dev, trainer.precision.autocast,
+                    num_classes=arch.num_classes)
+    val_acc = _accuracy(final, eval_batches(data, "val", eval_bs, cfg.workers)(), dev, trainer)
+    metrics = flat_metrics({
+        "val_acc": val_acc, "test_acc": test["acc"], "val_acc_last": history[-1]["val_acc"],
+        "val_acc_init": kept["val_acc_init"], "best_epoch": best["epoch"], "train_loss": history[-1]["train_loss"],
+        "params": count_params(arch), "flops": count_flops(arch), "epochs": cfg.epochs,
+        "init_inherit": int(cfg.init == "inherit"), "distill": int(cfg.distill),
+        "train_seconds": round(seconds, 2),
+    })
+    with atomic_dir(out, "retrain") as tmp:
+        save_model(final, arch, tmp, dataset=data.meta)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "history.json", history)
+        write_json(tmp / "confusion.json", {"classes": [str(c) for c in data.meta.get(
+            "classes", range(arch.num_classes))], "matrix": test["confusion"]})  # test split, true x predicted
+        plot_curves(history, best["epoch"], tmp / "curves.png")
+    # registered and promoted only once the model is on disk: a kill before this line
+    # leaves no registered version pointing at a missing model
+    champion = False
+    version = log_model_dir(run_, final, out, arch, model_example(data, arch), registered_model=cfg.registered_model)
+    if version is not None:
+        champion = tracking.promote_if_better(cfg.registered_model, version, val_acc, alias=CHAMPION)
+        run_.set_tags({"vitnas.registered_version": version, "vitnas.champion": str(champion).lower()})
+    metrics = metrics | {"champion": int(champion)}  # an MLflow fact: returned and logged, not in metrics.json
+    run_.log_metrics(metrics)
+    for name in ("arch.json", "history.json", "curves.png"):
+        run_.log_artifact(out / name)
+    print(f"retrain: {arch}  val {val_acc:.4f} (epoch {best['epoch']})  test {test['acc']:.4f}"
+          + (f"  registered {cfg.registered_model} v{version}" + (f" ({CHAMPION})" if champion else "")
+             if version is not None else ""), flush=True)
     return metrics
-
-
-def _curve(record: dict) -> dict[str, float]:
-    """Per-epoch MLflow names, apart from the final metrics (`val_acc` there is the saved model's)."""
-    return {f"epoch_{k}": v for k, v in record.items() if k != "epoch"}
 
 
 def _accuracy(model: torch.nn.Module, data, device: torch.device, trainer: ClassifierTrainer) -> float:

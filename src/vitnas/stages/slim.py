@@ -23,27 +23,19 @@ from pathlib import Path
 
 import torch
 
-from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ConfigError
 from vitnas.models.model_dir import ARCH_FILE, save_model
-from vitnas.progress import eta
 from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
 from vitnas.space import Arch, count_flops, count_params
 from vitnas.stages._inputs import check_fits_data, load_input_model, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._model_log import log_model_dir, model_example
-from vitnas.stages._runner import checked_epoch
-from vitnas.stages.contract import STAGES, logged_params
-from vitnas.train import (
-    batches,
-    epoch_loader,
-    evaluate,
-    init_distributed,
-    reseed,
-    steps_per_epoch,
-)
+from vitnas.stages._runner import EpochRunner
+from vitnas.stages._tracked import open_run
+from vitnas.stages.contract import STAGES
+from vitnas.train import batches, evaluate, init_distributed, reseed, steps_per_epoch
 
 OUTPUTS = (*STAGES["slim"].outputs, STAGES["slim"].metrics)  # always written (the contract)
 TOL = 0.02  # the pruned model's FLOPs/params are within 2% of the target
@@ -93,17 +85,65 @@ def run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, 
 def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None, arch_path: str | Path,
          out: Path, *, device: str, track: bool | None, progress: bool) -> dict[str, float]:
     cfg = params.slim
-    kind, ratio = cfg.target
     dist = init_distributed(device)
     dev = dist.device
     data = PreparedData(data_dir)
-
     model, arch, source = load_input_model(arch_path, supernet_path, dev)
     where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
     check_fits_data(arch, data, where)
+    tokens = cfg.token_keep_ratio is not None
+    check_reachable(cfg, arch, where)
+    train_ds = train_dataset(data, params)
+    steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
+    xv, yv = data.eval_tensors("val")
 
-    # An impossible target fails here, before any training (the scores do not change the bounds;
-    # with tokens, one token per layer bounds what any token plan can save).
+    def val_acc(forward) -> float:
+        return evaluate(forward, batches(xv, yv, max(cfg.batch_size, 256)), dev)["acc"]
+
+    reseed(cfg.seed, "init")
+    model = model.to(dev).eval()
+    acc_before = val_acc(model) if dist.is_main else float("nan")
+    masked = MaskedViT(model, arch, tokens=tokens).to(dev)
+    trainer = SlimTrainer(masked, lr=cfg.lr, w_attn=cfg.w_attn, w_mlp=cfg.w_mlp,
+                          w_token=cfg.w_token if tokens else 0.0, distill=cfg.distill, dist=dist)
+    loop = EpochRunner("slim", trainer, train_ds, cfg, dist, model=masked,
+                       hint="Nothing was written. Lower slim.lr or the mask penalties (slim.w_attn, slim.w_mlp)")
+
+    def evaluate_masked(epoch: int, stats: dict) -> dict[str, float]:
+        masked.eval()
+        return {"val_acc_masked": val_acc(masked)}
+
+    t0 = time.time()
+    with open_run("slim", params, track, main=dist.is_main, system_metrics=True, tags={"vitnas.slim.source": source},
+                  inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path}) as run_:
+        loop.run(run_, progress=progress, evaluate=evaluate_masked,
+                 describe=lambda r: f"masks attn {r['mask_attn_mean']:.3f} mlp {r['mask_mlp_mean']:.3f}  "
+                                    f"val (soft masks) {r['val_acc_masked']:.3f}")
+        metrics: dict[str, float] = {}
+        if dist.is_main:
+            pruned, after, metrics = _cut(cfg, arch, masked, val_acc, xv[:64].to(dev))
+            metrics = flat_metrics(metrics | {"val_acc_before": acc_before, "slim_seconds": round(time.time() - t0, 2)})
+            with atomic_dir(out, "slim") as tmp:
+                save_model(pruned, after, tmp, dataset=data.meta)
+                write_json(tmp / "metrics.json", metrics)
+                plot_widths(arch, after, tmp / "widths.png")
+            run_.log_metrics(metrics)
+            log_model_dir(run_, pruned, out, after, model_example(data, after))
+            run_.log_artifact(out / "arch.json")
+            run_.log_artifact(out / "widths.png")
+            kind, ratio = cfg.target
+            before_n, after_n = (metrics["flops_before"], metrics["flops_after"]) if kind == "flops" else \
+                (metrics["params_before"], metrics["params_after"])
+            print(f"slim: {kind} {before_n:,} -> {after_n:,} ({after_n / before_n:.3f}, target {ratio:g}); val acc "
+                  f"{acc_before:.3f} -> {metrics['val_acc_after']:.3f}; {after}", flush=True)
+        dist.barrier()
+    return metrics
+
+
+def check_reachable(cfg, arch: Arch, where: Path) -> None:
+    """An impossible target fails before any training (the scores do not change the bounds; with
+    tokens, one token per layer bounds what any token plan can save)."""
+    kind, ratio = cfg.target
     tokens = cfg.token_keep_ratio is not None
     if tokens and arch.rel_pos:
         raise ConfigError(f"slim.token_keep_ratio: {where} has relative position (rel_pos), which token pruning "
@@ -116,94 +156,40 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
         raise ConfigError(f"{target_key(kind)}: {ratio:g} is below the smallest model slimming can reach "
                           f"({min_ratio:.3f} of the {kind} at slim.round_to={cfg.round_to})")
 
-    train_ds = train_dataset(data, params)
-    steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
-    xv, yv = data.eval_tensors("val")
-    eval_bs = max(cfg.batch_size, 256)
 
-    def val_acc(forward) -> float:
-        return evaluate(forward, batches(xv, yv, eval_bs), dev)["acc"]
-
-    reseed(cfg.seed, "init")
-    model = model.to(dev).eval()
-    acc_before = val_acc(model) if dist.is_main else float("nan")
-    masked = MaskedViT(model, arch, tokens=tokens).to(dev)
-    trainer = SlimTrainer(masked, lr=cfg.lr, w_attn=cfg.w_attn, w_mlp=cfg.w_mlp,
-                          w_token=cfg.w_token if tokens else 0.0, distill=cfg.distill, dist=dist)
-
-    enabled = (params.tracking.enabled if track is None else track) and dist.is_main
-    t0 = time.time()
-    with tracking.stage_run("slim", params=logged_params(params, "slim"), pipeline_params=params.flat(),
-                            inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path},
-                            system_metrics=True, experiment=params.tracking.experiment,
-                            enabled=enabled, tags={"vitnas.slim.source": source}) as run_:
-        t_loop = time.time()
-        for epoch in range(cfg.epochs):
-            reseed(cfg.seed, epoch, dist.rank)
-            loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                  rank=dist.rank, world_size=dist.world_size,
-                                  pin_memory=dev.type == "cuda")
-            stats = checked_epoch(trainer, loader, epoch, progress, what="slim: training", dist=dist, model=masked,
-                                  hint="Nothing was written. Lower slim.lr or the mask penalties (slim.w_attn, "
-                                       "slim.w_mlp)")
-            if dist.is_main:
-                masked.eval()
-                stats["val_acc_masked"] = val_acc(masked)
-                run_.log_metrics(stats, step=epoch + 1)
-                if progress:
-                    print(f"slim epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                          f"masks attn {stats['mask_attn_mean']:.3f} mlp {stats['mask_mlp_mean']:.3f}  "
-                          f"val (soft masks) {stats['val_acc_masked']:.3f}  "
-                          f"{eta(epoch + 1, cfg.epochs, time.time() - t_loop)}", flush=True)
-            dist.barrier()
-
-        metrics: dict[str, float] = {}
-        if dist.is_main:
-            masked.eval()
-            scores = masked.scores()
-            token_sets = token_plan(scores["tokens"], cfg.token_keep_ratio) if tokens else None
-            solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=cfg.round_to, kind=kind,
-                                  tokens=token_sets, keep_tokens=cfg.token_keep_ratio)
-            try:
-                plan = solver.solve(ratio, tol=TOL)
-            except BudgetError as e:
-                hint = " (slim.token_keep_ratio removes part of it already)" if tokens else ""
-                raise ConfigError(f"{target_key(kind)}: {e}{hint}") from None
-            acc_soft = val_acc(masked)
-            masked.apply_plan(plan)
-            acc_binary = val_acc(masked)
-            pruned = prune(masked, plan).eval()
-            with torch.no_grad():
-                xs = xv[:64].to(dev)
-                diff = (pruned(xs) - masked(xs)).abs().max().item() if len(xs) else 0.0
-            acc_after = val_acc(pruned)
-            after = plan.arch
-            pb, pa, fb, fa = count_params(arch), count_params(after), count_flops(arch), count_flops(after)
-            metrics = flat_metrics({
-                "params_before": pb, "params_after": pa, "params_ratio": pa / pb,
-                "flops_before": fb, "flops_after": fa, "flops_ratio": fa / fb,
-                "target_ratio": ratio, "target_is_flops": int(kind == "flops"),
-                "target_rel_error": plan.rel_error,
-                "val_acc_before": acc_before, "val_acc_masked": acc_soft, "val_acc_binarized": acc_binary,
-                "val_acc_after": acc_after,
-                "keep_attn": plan.keep_attn, "keep_mlp": plan.keep_mlp,
-                "attn_dims_kept": sum(after.qkv_dim) / sum(arch.qkv_dim),
-                "tokens_kept": (sum(after.keep_tokens) if after.keep_tokens else arch.depth * arch.num_patches)
-                / (arch.depth * arch.num_patches),
-                "mlp_units_kept": sum(after.mlp_hidden) / sum(arch.mlp_hidden),
-                "prune_max_abs_diff": diff, "epochs": cfg.epochs,
-                "slim_seconds": round(time.time() - t0, 2),
-            })
-            with atomic_dir(out, "slim") as tmp:
-                save_model(pruned, after, tmp, dataset=data.meta)
-                write_json(tmp / "metrics.json", metrics)
-                plot_widths(arch, after, tmp / "widths.png")
-            run_.log_metrics(metrics)
-            log_model_dir(run_, pruned, out, after, model_example(data, after))
-            run_.log_artifact(out / "arch.json")
-            run_.log_artifact(out / "widths.png")
-            print(f"slim: {kind} {fb if kind == 'flops' else pb:,} -> {fa if kind == 'flops' else pa:,} "
-                  f"({(fa / fb if kind == 'flops' else pa / pb):.3f}, target {ratio:g}); val acc "
-                  f"{acc_before:.3f} -> {acc_after:.3f}; {after}", flush=True)
-        dist.barrier()
-    return metrics
+def _cut(cfg, arch: Arch, masked: MaskedViT, val_acc, probe: torch.Tensor):
+    """Solve the budget on the trained masks, binarise, fold into a smaller model: (pruned model,
+    its arch, metrics of the cut)."""
+    kind, ratio = cfg.target
+    tokens = cfg.token_keep_ratio is not None
+    masked.eval()
+    scores = masked.scores()
+    token_sets = token_plan(scores["tokens"], cfg.token_keep_ratio) if tokens else None
+    solver = BudgetSolver(arch, scores["attn"], scores["mlp"], round_to=cfg.round_to, kind=kind,
+                          tokens=token_sets, keep_tokens=cfg.token_keep_ratio)
+    try:
+        plan = solver.solve(ratio, tol=TOL)
+    except BudgetError as e:
+        hint = " (slim.token_keep_ratio removes part of it already)" if tokens else ""
+        raise ConfigError(f"{target_key(kind)}: {e}{hint}") from None
+    acc_soft = val_acc(masked)
+    masked.apply_plan(plan)
+    acc_binary = val_acc(masked)
+    pruned = prune(masked, plan).eval()
+    with torch.no_grad():
+        diff = (pruned(probe) - masked(probe)).abs().max().item() if len(probe) else 0.0
+    after = plan.arch
+    pb, pa, fb, fa = count_params(arch), count_params(after), count_flops(arch), count_flops(after)
+    return pruned, after, {
+        "params_before": pb, "params_after": pa, "params_ratio": pa / pb,
+        "flops_before": fb, "flops_after": fa, "flops_ratio": fa / fb,
+        "target_ratio": ratio, "target_is_flops": int(kind == "flops"),
+        "target_rel_error": plan.rel_error,
+        "val_acc_masked": acc_soft, "val_acc_binarized": acc_binary, "val_acc_after": val_acc(pruned),
+        "keep_attn": plan.keep_attn, "keep_mlp": plan.keep_mlp,
+        "attn_dims_kept": sum(after.qkv_dim) / sum(arch.qkv_dim),
+        "tokens_kept": (sum(after.keep_tokens) if after.keep_tokens else arch.depth * arch.num_patches)
+        / (arch.depth * arch.num_patches),
+        "mlp_units_kept": sum(after.mlp_hidden) / sum(arch.mlp_hidden),
+        "prune_max_abs_diff": diff, "epochs": cfg.epochs,
+    }

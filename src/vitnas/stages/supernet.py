@@ -12,28 +12,20 @@ supernet: over the split of every block into attention heads and local units, lo
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
-from vitnas import tracking
 from vitnas.config import Params
 from vitnas.data import PreparedData
 from vitnas.errors import ArtifactError
-from vitnas.progress import eta
 from vitnas.space import SearchSpace, count_flops, count_params
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import calibration_images, check_data, eval_batches, reading_fingerprint, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
-from vitnas.stages._runner import checked_epoch
-from vitnas.stages.contract import logged_params
+from vitnas.stages._runner import EpochRunner
+from vitnas.stages._tracked import open_run
 from vitnas.supernet import Supernet, init_from_timm
-from vitnas.supernet.trainer import trainer_from_config, validation_archs
-from vitnas.train import (
-    epoch_loader,
-    init_distributed,
-    reseed,
-    steps_per_epoch,
-)
+from vitnas.supernet.trainer import describe_subnets, subnet_record, trainer_from_config, validation_archs
+from vitnas.train import init_distributed, reseed, steps_per_epoch
 
 log = logging.getLogger("vitnas.supernet")
 
@@ -85,7 +77,6 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     data = PreparedData(data_dir)
     check_data(params, data)
     space = supernet_space(params, data)
-
     train_ds = train_dataset(data, params)
     steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "supernet.batch_size")
 
@@ -99,72 +90,48 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     trainer = trainer_from_config(supernet, cfg, dist, steps)
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
     val_data = eval_batches(data, "val", max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
-    calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) \
-        if space.is_glit and dist.is_main else None
+    calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.is_glit and dist.is_main else None
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
                                  reading_fingerprint(params), dist.world_size)
-    start, history, spent = 0, [], 0.0  # spent: training seconds before a resume (train_seconds counts them)
-    state = _checkpoint.resume(ckpt_dir, fp, where=" after epoch {epoch}", verbose=dist.is_main) if resume else None
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        start, history, spent = int(state["epoch"]), list(state["history"]), float(state.get("seconds", 0.0))
-
-    enabled = (params.tracking.enabled if track is None else track) and dist.is_main
-    t0 = time.time()
-    with tracking.stage_run("supernet", params=logged_params(params, "supernet"), pipeline_params=params.flat(),
-                            inputs={"data": data_dir}, system_metrics=True,
-                            experiment=params.tracking.experiment, enabled=enabled) as run_:
-        for h in history:  # a resumed run's MLflow run still shows the whole curve
-            run_.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
-        t_loop = time.time()
-        for epoch in range(start, cfg.epochs):
-            reseed(cfg.seed, epoch, dist.rank)
-            loader = epoch_loader(train_ds, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                  rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,
-                                  pin_memory=dist.device.type == "cuda")
-            stats = checked_epoch(trainer, loader, epoch, progress, what="supernet: training", dist=dist,
-                                  ckpt_dir=ckpt_dir, hint="Lower supernet.lr or enable supernet.ema_decay/warmup")
-            record = {"epoch": epoch + 1, **stats}
-            if dist.is_main:
-                accs = trainer.validate(val_data, val_archs, calib)
-                record.update({f"val_acc_{k}": v for k, v in accs.items()})
-                rand = [v for k, v in accs.items() if k.startswith("random")]
-                if rand:
-                    record["val_acc_random_mean"] = sum(rand) / len(rand)
-                history.append(record)
-                _checkpoint.save(ckpt_dir, {"fingerprint": fp, "epoch": epoch + 1, "history": history,
-                                            "trainer": trainer.state_dict(), "seconds": spent + time.time() - t0})
-                run_.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-                print(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['train_loss']:.4f}  "
-                      f"val smallest {accs['smallest']:.3f}  largest {accs['largest']:.3f}"
-                      + (f"  random mean {record['val_acc_random_mean']:.3f}" if rand else "")
-                      + f"  {eta(epoch + 1 - start, cfg.epochs - start, time.time() - t_loop)}", flush=True)
-            dist.barrier()
-
+    loop = EpochRunner("supernet", trainer, train_ds, cfg, dist, ckpt_dir=ckpt_dir, fingerprint=fp,
+                       hint="Lower supernet.lr or enable supernet.ema_decay/warmup")
+    if resume:
+        loop.resume()
+    with open_run("supernet", params, track, main=dist.is_main, inputs={"data": data_dir},
+                  system_metrics=True) as run_:
+        history = loop.run(run_, progress=progress, describe=describe_subnets,
+                           evaluate=lambda epoch, stats: subnet_record(trainer.validate(val_data, val_archs, calib)))
         metrics: dict[str, float] = {}
         if dist.is_main:
-            last = history[-1]
-            metrics = flat_metrics({
-                "epochs": cfg.epochs,
-                **{k: v for k, v in last.items() if k.startswith("val_acc_") or k == "train_loss"},
-                "params_smallest": count_params(space.smallest()),
-                "params_largest": count_params(space.largest()),
-                "flops_smallest": count_flops(space.smallest()),
-                "flops_largest": count_flops(space.largest()),
-                "train_seconds": round(spent + time.time() - t0, 2),
-            })
-            with atomic_dir(out, "supernet") as tmp:
-                meta = {"epochs": cfg.epochs, "history": history, "dataset": data.name,
-                        "sampling": cfg.sampling, "ema": cfg.ema_decay is not None}
-                if cfg.hierarchical:
-                    meta["level"] = 1
-                trainer.eval_model.save(tmp / "supernet.pt", meta=meta)
-                write_json(tmp / "metrics.json", metrics)
-                write_json(tmp / "history.json", history)
-                plot_curves(history, tmp / "curves.png")
+            metrics = _finish(params, space, data, trainer, history, loop.seconds, out)
+            run_.log_metrics(metrics)
             run_.log_artifact(out / "supernet.pt")
             run_.log_artifact(out / "curves.png")
-            run_.log_metrics({k: v for k, v in metrics.items() if k.startswith(("params", "flops", "train_s"))})
         dist.barrier()
+    return metrics
+
+
+def _finish(params: Params, space: SearchSpace, data: PreparedData, trainer, history: list[dict], seconds: float,
+            out: Path) -> dict[str, float]:
+    """The summary metrics and the stage's outputs, written at once."""
+    cfg = params.supernet
+    metrics = flat_metrics({
+        "epochs": cfg.epochs,
+        **{k: v for k, v in history[-1].items() if k.startswith("val_acc_") or k == "train_loss"},
+        "params_smallest": count_params(space.smallest()),
+        "params_largest": count_params(space.largest()),
+        "flops_smallest": count_flops(space.smallest()),
+        "flops_largest": count_flops(space.largest()),
+        "train_seconds": round(seconds, 2),
+    })
+    with atomic_dir(out, "supernet") as tmp:
+        meta = {"epochs": cfg.epochs, "history": history, "dataset": data.name,
+                "sampling": cfg.sampling, "ema": cfg.ema_decay is not None}
+        if cfg.hierarchical:
+            meta["level"] = 1
+        trainer.eval_model.save(tmp / "supernet.pt", meta=meta)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "history.json", history)
+        plot_curves(history, tmp / "curves.png")
     return metrics

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitnas import tracking
 from vitnas.config import Params, TransferTarget
 from vitnas.errors import ArtifactError
 from vitnas.models.model_dir import load_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
-from vitnas.stages.contract import logged_params
+from vitnas.stages._tracked import open_run
 from vitnas.train.distributed import resolve_device
 from vitnas.transfer.classification import CifarData, fine_tune, read_cifar
 from vitnas.transfer.coco import CocoDetection
@@ -227,11 +226,9 @@ def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str |
             open_detection(t, target_root(t, data_dir), arch.in_chans) for t in targets}
     if not targets:
         print("transfer: no targets in params.yaml transfer.targets; nothing to evaluate", flush=True)
-    enabled = params.tracking.enabled if track is None else track
     metrics: dict[str, float] = {"targets": len(targets)}
-    with tracking.stage_run("transfer", params=logged_params(params, "transfer"), pipeline_params=params.flat(),
-                            inputs={"data": data_dir, "model": model_dir}, system_metrics=True,
-                            experiment=params.tracking.experiment, enabled=enabled) as run_:
+    with open_run("transfer", params, track, inputs={"data": data_dir, "model": model_dir},
+                  system_metrics=True) as run_:
         with atomic_dir(out, "transfer") as tmp:
             figure = tmp / "detections.png"
             for t in targets:

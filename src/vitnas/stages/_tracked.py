@@ -1,0 +1,23 @@
+"""A stage's MLflow run, with the one tracking on/off rule (kept apart from the epoch runner so
+that stages which train nothing do not depend on the training code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vitnas import tracking
+from vitnas.config import Params
+from vitnas.stages.contract import logged_params
+
+
+def tracking_on(params: Params, track: bool | None, main: bool = True) -> bool:
+    """The one tracking rule: `track` when given, else `tracking.enabled`; the main process only."""
+    return (params.tracking.enabled if track is None else track) and main
+
+
+def open_run(stage: str, params: Params, track: bool | None, *, main: bool = True,
+             extra_params: dict[str, Any] | None = None, **kwargs):
+    """The stage's MLflow run (`tracking_on`); params are the stage's declared keys (+ `extra_params`)."""
+    return tracking.stage_run(stage, params=logged_params(params, stage) | (extra_params or {}),
+                              pipeline_params=params.flat(), experiment=params.tracking.experiment,
+                              enabled=tracking_on(params, track, main), **kwargs)
