@@ -18,10 +18,10 @@ import vitnas
 from vitnas import Arch, ArchError, SearchSpace, Supernet, build, count_flops, count_params, extract
 from vitnas.config import parse_params
 from vitnas.errors import ConfigError
+from vitnas.families import glit
 from vitnas.models.build import GlitBlock, LocalUnits
 from vitnas.search import Constraints, EvolutionConfig, Search, SupernetFitness, crossover, mutate
-from vitnas.space.cost import count_flops_glit
-from vitnas.supernet import glit_views, init_from_timm, recalibrate_bn
+from vitnas.supernet import arch_views, init_from_timm, recalibrate_bn
 from vitnas.supernet.trainer import SupernetTrainer
 from vitnas.train import DistInfo
 
@@ -44,10 +44,10 @@ def _glit(local, *, embed=48, ev=1.0, k=3, ec=2.0, mlp=2.0, **kw) -> Arch:
 # ---- the arch value ------------------------------------------------------------------------------------
 def test_glit_arch_is_canonical_json_and_keeps_plain_fields_meaningful(tmp_path):
     a = _glit([0, 3, 1], ev=[0.5, 2.0, 1.0], k=[5, 7, 3], ec=[1.0, 2.0, 2.0])
-    assert a.is_glit and a.num_heads == (3, 0, 2) and a.head_dim == (8, 0, 16)
+    assert (a.family.name == "glit") and a.num_heads == (3, 0, 2) and a.head_dim == (8, 0, 16)
     assert a.qkv_ratio == (0.5, 0.0, 1.0) and a.kernel_size == (0, 7, 3) and a.local_expansion == (0.0, 2.0, 2.0)
-    assert [a.attn_dim(i) for i in range(3)] == [48, 0, 32] and [a.local_dim(i) for i in range(3)] == [0, 48, 16]
-    assert [a.local_hidden(i) for i in range(3)] == [0, 96, 32] and a.qkv_dim == (24, 0, 32)
+    assert [a.attn_dim(i) for i in range(3)] == [48, 0, 32] and [glit.local_dim(a, i) for i in range(3)] == [0, 48, 16]
+    assert [glit.local_hidden(a, i) for i in range(3)] == [0, 96, 32] and a.qkv_dim == (24, 0, 32)
     d = json.loads(a.to_json())
     assert d["num_heads"] == [3, 0, 2] and d["units"] == 3 and d["kernel_size"] == [0, 7, 3]
     assert Arch.from_dict(d) == a and Arch.from_dict({k: v for k, v in d.items() if k != "num_heads"}) == a
@@ -58,7 +58,7 @@ def test_glit_arch_is_canonical_json_and_keeps_plain_fields_meaningful(tmp_path)
     assert a.replace(img_size=32).num_patches == 64
     assert a.replace(embed_dim=96).head_dim == (16, 0, 32)  # head dims follow the new unit width
     plain = Arch.published("deit-tiny")
-    assert not plain.is_glit and "units" not in plain.to_dict() and len(json.loads(plain.key())) == 10
+    assert not (plain.family.name == "glit") and "units" not in plain.to_dict() and len(json.loads(plain.key())) == 10
 
 
 @pytest.mark.parametrize("change, key", [
@@ -99,7 +99,7 @@ def test_published_glit_tiny():
     # 7.26M params (paper: 7.2-7.3M); 1.47 GMACs, 1.33 by GLiT's counter (GLU projection at half)
     assert count_params(a) == 7_264_456 and 7.2e6 <= count_params(a) <= 7.3e6
     assert count_flops(a) == 1_472_873_280
-    assert round(count_flops_glit(a) / 1e9, 2) == 1.33
+    assert round(glit.FAMILY.paper_flops(a) / 1e9, 2) == 1.33
     with torch.device("meta"):
         model = build(a)
     assert sum(p.numel() for p in model.parameters()) == count_params(a)
@@ -152,12 +152,12 @@ def test_build_gives_timm_vit_with_glit_blocks():
 # ---- spaces --------------------------------------------------------------------------------------------
 def test_paper_grid_per_block_type():
     # all-global: e_v x FFN; all-local: kernel x e_c with FFN fixed at 4; mixed: e_c x FFN with e_v 1, kernel 31
-    assert len(TINY.layer_options(0)) == len(TINY.layer_options(3)) == len(TINY.layer_options(1)) == 9
-    assert {(o[1], o[2]) for o in TINY.layer_options(0)} == {(0, 0.0)}
-    assert {o[3] for o in TINY.layer_options(3)} == {4.0} and {o[0] for o in TINY.layer_options(3)} == {0.0}
-    assert {(o[0], o[1]) for o in TINY.layer_options(2)} == {(1.0, 31)}
+    assert len(glit.layer_options(TINY, 0)) == len(glit.layer_options(TINY, 3)) == len(glit.layer_options(TINY, 1)) == 9
+    assert {(o[1], o[2]) for o in glit.layer_options(TINY, 0)} == {(0, 0.0)}
+    assert {o[3] for o in glit.layer_options(TINY, 3)} == {4.0} and {o[0] for o in glit.layer_options(TINY, 3)} == {0.0}
+    assert {(o[0], o[1]) for o in glit.layer_options(TINY, 2)} == {(1.0, 31)}
     assert TINY.size() == 36**12 and round(TINY.log10_size(), 1) == 18.7
-    assert len(FULL.layer_options(1)) == 3 * 2 * 2 * 2 and len(FULL.layer_options(3)) == 2 * 2 * 2
+    assert len(glit.layer_options(FULL, 1)) == 3 * 2 * 2 * 2 and len(glit.layer_options(FULL, 3)) == 2 * 2 * 2
 
 
 def test_spaces_sample_contain_round_trip_and_bound_costs_exactly():
@@ -170,8 +170,8 @@ def test_spaces_sample_contain_round_trip_and_bound_costs_exactly():
     small = SearchSpace(embed_dim=(24, 48), depth=(1, 2), mlp_ratio=(1.0, 2.0), units=3, local_units=(0, 2, 3),
                         qkv_ratio=(0.5, 2.0), kernel_size=(3, 7), local_expansion=(1.0, 2.0), glit_grid="full",
                         patch_size=4, img_size=8, in_chans=1, num_classes=3)
-    every = [small.glit_arch(e, layers) for d in small.depth for e in small.embed_dim
-             for layers in itertools.product(*(small.block_options(i) for i in range(d)))]
+    every = [glit.arch(small, e, layers) for d in small.depth for e in small.embed_dim
+             for layers in itertools.product(*(glit.block_options(small, i) for i in range(d)))]
     assert len(every) == small.size() == len({a.key() for a in every})
     p, f = [count_params(a) for a in every], [count_flops(a) for a in every]
     assert small.cost_range() == (min(p), max(p), min(f), max(f))
@@ -187,7 +187,7 @@ def test_levels_of_the_hierarchical_search():
     assert l2.split == best.local_units and l2.depth == (best.depth,) and l2.contains(best)
     rng = random.Random(0)
     assert all(l2.sample(rng).local_units == best.local_units for _ in range(30))
-    assert l2.size() == __import__("math").prod(len(DEMO.layer_options(n)) for n in best.local_units)
+    assert l2.size() == __import__("math").prod(len(glit.layer_options(DEMO, n)) for n in best.local_units)
     with pytest.raises(ArchError, match="^split: the level-1 space"):
         l2.level1()
     with pytest.raises(ArchError, match="^units: level1 needs a GLiT space"):
@@ -248,8 +248,8 @@ def test_bn_recalibration_is_per_subnet_and_extract_can_do_it():
     torch.manual_seed(0)
     net = _trained_like(Supernet(DEMO))
     calib, x = _images(DEMO, 32, seed=2), _images(DEMO, 4)
-    a = DEMO.glit_arch(48, [(3, 0.0, 5, 2.0, 4.0)] * 3)
-    b = DEMO.glit_arch(48, [(1, 1.0, 5, 2.0, 4.0)] * 3)
+    a = glit.arch(DEMO, 48, [(3, 0.0, 5, 2.0, 4.0)] * 3)
+    b = glit.arch(DEMO, 48, [(1, 1.0, 5, 2.0, 4.0)] * 3)
     recalibrate_bn(net, calib, a)
     stats_a = net.blocks[0].local.bn.running_mean[:96].clone()
     recalibrate_bn(net, calib, b)
@@ -266,7 +266,7 @@ def test_bn_recalibration_is_per_subnet_and_extract_can_do_it():
 def test_gradients_reach_exactly_the_used_slices_of_both_glu_halves_and_the_centre_taps():
     torch.manual_seed(0)
     net = Supernet(DEMO)
-    arch = DEMO.glit_arch(48, [(2, 1.0, 5, 1.0, 2.0), (1, 1.0, 5, 2.0, 4.0), (3, 0.0, 3, 2.0, 4.0)])
+    arch = glit.arch(DEMO, 48, [(2, 1.0, 5, 1.0, 2.0), (1, 1.0, 5, 2.0, 4.0), (3, 0.0, 3, 2.0, 4.0)])
     assert DEMO.contains(arch)
     net(_images(DEMO, 2), arch).square().sum().backward()
     lo = net.blocks[0].local  # 2 local units of 16 channels, e_c 1: 32 hidden, kernel 5 of 7
@@ -293,7 +293,7 @@ def test_gradients_reach_exactly_the_used_slices_of_both_glu_halves_and_the_cent
 def test_gradients_equal_those_of_the_extracted_model():
     torch.manual_seed(1)
     net = _trained_like(Supernet(FULL))
-    arch = FULL.glit_arch(48, [(1, 2.0, 5, 2.0, 1.0), (2, 0.5, 3, 1.0, 2.0), (0, 1.0, 0, 0.0, 2.0)])
+    arch = glit.arch(FULL, 48, [(1, 2.0, 5, 2.0, 1.0), (2, 0.5, 3, 1.0, 2.0), (0, 1.0, 0, 0.0, 2.0)])
     x = _images(FULL, 4)
     model = extract(net, arch)
     torch.manual_seed(5)
@@ -304,13 +304,13 @@ def test_gradients_equal_those_of_the_extracted_model():
     with torch.no_grad():
         for pg, p in zip(g.parameters(), net.parameters(), strict=True):
             pg.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
-    ours = glit_views(g, arch)
+    ours = arch_views(g, arch)
     for name, p in model.named_parameters():
         assert torch.allclose(ours[name].reshape(-1), p.grad.reshape(-1), atol=1e-5), name
 
 
 def test_supernet_sizes_blocks_for_their_split_and_round_trips(tmp_path):
-    l2 = DEMO.level2(DEMO.glit_arch(48, [(0, 1.0, 0, 0.0, 2.0), (3, 0.0, 5, 1.0, 4.0), (1, 1.0, 5, 2.0, 2.0)]))
+    l2 = DEMO.level2(glit.arch(DEMO, 48, [(0, 1.0, 0, 0.0, 2.0), (3, 0.0, 5, 1.0, 4.0), (1, 1.0, 5, 2.0, 2.0)]))
     net = Supernet(l2)
     assert net.blocks[0].local is None and net.blocks[1].attn is None
     assert net.blocks[2].attn.qkv.weight.shape == (3, 2, 32, 32) and net.blocks[2].local.pw1.weight.shape == (2, 32, 16)
@@ -323,7 +323,7 @@ def test_supernet_sizes_blocks_for_their_split_and_round_trips(tmp_path):
     with torch.no_grad():
         assert torch.equal(net.eval()(x, arch), back.eval()(x, arch))
     with pytest.raises(ArchError, match=r"local_units\[0\] 1 not in \[0\]"):
-        net.check_arch(DEMO.glit_arch(48, [(1, 1.0, 5, 2.0, 2.0)] * 3))
+        net.check_arch(glit.arch(DEMO, 48, [(1, 1.0, 5, 2.0, 2.0)] * 3))
     with pytest.raises(ArchError, match="no GLiT local units"):
         net.check_arch(SearchSpace.preset("demo").sample(0))
     with pytest.raises(ArchError, match="has GLiT local units"):
@@ -366,7 +366,7 @@ def test_mutation_and_crossover_stay_in_glit_spaces():
             moved += child != a
             kid = crossover(a, b, space, rng)
             assert space.contains(kid)
-            la, lb, lk = space.glit_layers(a), space.glit_layers(b), space.glit_layers(kid)
+            la, lb, lk = glit.layers(a), glit.layers(b), glit.layers(kid)
             assert all(lk[i] in [p[i] for p in (la, lb) if i < len(p)] for i in range(kid.depth))  # whole blocks
         assert moved > 100
         assert mutate(a, space, rng, mutation_prob=0.0, resample_prob=0.0) == a

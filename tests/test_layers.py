@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vitnas"
-LIBRARY = ("space", "models", "supernet", "proxies", "search", "slim", "train", "transfer", "data")
+LIBRARY = ("families", "space", "models", "supernet", "proxies", "search", "slim", "train", "transfer", "data")
 STAGES = ("data", "supernet", "proxy", "search", "slim", "retrain", "transfer", "latency")
 
 

@@ -15,7 +15,7 @@ from vitnas import Arch, ArchError, SearchSpace, build, count_flops, count_param
 from vitnas.space.published import PUBLISHED
 
 PRESETS = SearchSpace.presets()
-PLAIN = [p for p in PRESETS if not SearchSpace.preset(p).is_glit]  # GLiT presets: tests/test_glit.py
+PLAIN = [p for p in PRESETS if SearchSpace.preset(p).family.name == "vit"]  # GLiT presets: tests/test_glit.py
 
 
 def test_arch_json_round_trip():

@@ -282,7 +282,7 @@ def spaces() -> None:
     for name in SearchSpace.presets():
         s = SearchSpace.preset(name)
         p_lo, p_hi, f_lo, f_hi = s.cost_range()
-        kind = f", GLiT {s.units} units" if s.is_glit else ""
+        kind = s.family.describe_kind(s)
         typer.echo(f"{name:<18}{'1e' + format(s.log10_size(), '.1f'):>10}"
                    f"{p_lo / 1e6:>8.2f}-{p_hi / 1e6:<9.2f}{f_lo / 1e9:>8.3f}-{f_hi / 1e9:<9.3f}"
                    f"  {s.img_size}px/{s.patch_size}, {s.in_chans}ch, {s.num_classes} classes{kind}"
@@ -343,10 +343,9 @@ def arch(name: str = typer.Argument(..., help="A published arch name (e.g. autof
     a = a.replace(**changes) if changes else a
     typer.echo(json.dumps(a.to_dict()))
     typer.echo(f"params {count_params(a) / 1e6:.3f} M, MACs {count_flops(a) / 1e9:.4f} G")
-    if a.is_glit:
-        from vitnas.space.cost import count_flops_glit
-
-        typer.echo(f"MACs by GLiT's own counter (GLU projection counted at half) {count_flops_glit(a) / 1e9:.4f} G")
+    paper = a.family.paper_flops(a)
+    if paper is not None:
+        typer.echo(f"MACs by {a.family.paper_counter} {paper / 1e9:.4f} G")
 
 
 ModelDirArg = typer.Argument(..., help="A model directory (config.json/arch.json + model.safetensors), e.g. "

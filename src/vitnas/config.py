@@ -435,21 +435,21 @@ def _check(p: Params) -> None:
     classes, chans = _DATA_SHAPES.get(d.dataset, (None, d.in_chans or 3))
     space = p.search_space(num_classes=classes, in_chans=chans)  # preset names, choices, memory
     s = p.search
-    if s.strategy == "hierarchical" and not space.is_glit:
-        raise ConfigError(f"search.strategy: 'hierarchical' is GLiT's two-level search and needs a GLiT space "
-                          f"(space.preset glit-tiny or glit-demo); space '{space.name}' has no local units")
+    fam = space.family
+    if s.strategy == "hierarchical" and fam.refusal("hierarchical"):
+        raise ConfigError(f"search.strategy: {fam.refusal('hierarchical')}; space '{space.name}' has "
+                          f"{fam.title} blocks")
     if (s.strategy == "hierarchical") != p.supernet.hierarchical:
         raise ConfigError("supernet.hierarchical: " + (
             "must be true with search.strategy: hierarchical (the supernet stage then trains GLiT's level-1 space)"
             if p.supernet.hierarchical is False else "only used with search.strategy: hierarchical"))
-    if space.is_glit and s.fitness != "supernet":
-        raise ConfigError(f"search.fitness: '{s.fitness}' uses zero-cost proxies, which do not support GLiT "
-                          "local units; use supernet")
-    if space.is_glit and s.latency_max_ms is not None:
-        raise ConfigError("search.latency_max_ms: latency tables hold plain ViT blocks; GLiT spaces are not "
-                          "supported yet")
-    if space.is_glit and p.supernet.pretrained:
-        raise ConfigError("supernet.pretrained: a GLiT supernet cannot start from plain timm ViT weights")
+    if fam.refusal("proxies") and s.fitness != "supernet":
+        raise ConfigError(f"search.fitness: '{s.fitness}' uses zero-cost proxies: {fam.refusal('proxies')}; "
+                          "use supernet")
+    if fam.refusal("latency") and s.latency_max_ms is not None:
+        raise ConfigError(f"search.latency_max_ms: {fam.refusal('latency')}")
+    if fam.refusal("timm_weights") and p.supernet.pretrained:
+        raise ConfigError(f"supernet.pretrained: cannot start from timm ViT weights: {fam.refusal('timm_weights')}")
     if s.level2_epochs is not None and s.strategy != "hierarchical":
         raise ConfigError("search.level2_epochs: only used with search.strategy: hierarchical")
     for lo, hi in (("params_min", "params_max"), ("flops_min", "flops_max")):
@@ -586,7 +586,7 @@ def check_proxy_names(names: list[str]) -> None:
 
 def _check_slim(p: Params, space: SearchSpace) -> None:
     """`slim.round_to` must leave something to cut: at most the narrowest head dim and MLP width."""
-    if space.is_glit:
+    if space.family.refusal("slim"):  # refused where a model is slimmed
         return
     small = space.smallest()
     narrowest = min(min(d for d in small.head_dim if d), min(small.mlp_hidden))

@@ -163,21 +163,11 @@ class GlitBlock(Block):
 
 def _layer_block(arch: Arch, *, dim: int, depth: int, drop_path: float, norm_layer, act_layer,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, **_timm_kwargs) -> Block:
-    # timm's VisionTransformer passes the layer index as `depth`.
-    i = depth
-    if arch.is_glit:
-        return GlitBlock(dim, arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i], arch.local_hidden(i),
-                         arch.kernel_size[i], arch.mlp_hidden[i], drop_path=drop_path, proj_drop=proj_drop,
-                         attn_drop=attn_drop, norm_layer=norm_layer, act_layer=act_layer)
-    extra = {}
-    if arch.keep_tokens is not None:
-        extra = {"tokens_in": arch.tokens_in(i - 1) - 1 if i else arch.num_patches,
-                 "tokens_out": arch.keep_tokens[i]}
-    if arch.rel_pos:
-        extra["rel_pos"] = (arch.img_size // arch.patch_size, arch.rel_pos_clip)
-    return Block(dim, arch.num_heads[i], arch.head_dim[i], arch.mlp_hidden[i],
-                 drop_path=drop_path, proj_drop=proj_drop, attn_drop=attn_drop,
-                 norm_layer=norm_layer, act_layer=act_layer, **extra)
+    # timm's VisionTransformer passes the layer index as `depth`; the block is the arch's family's.
+    block = arch.family.block(arch, depth, drop_path=drop_path, proj_drop=proj_drop, attn_drop=attn_drop,
+                              norm_layer=norm_layer, act_layer=act_layer)
+    block.block_family = arch.family.name  # what tools that get only the model (the proxies) check
+    return block
 
 
 def build(arch: Arch, *, drop_path_rate: float = 0.0, drop_rate: float = 0.0,

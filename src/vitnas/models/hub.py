@@ -51,7 +51,8 @@ def pretrained_cfg(arch: Arch, dataset: Mapping[str, Any] | None = None) -> dict
 def timm_model_args(arch: Arch) -> dict[str, Any] | None:
     """timm `VisionTransformer` kwargs that build `arch` exactly, or None when plain timm cannot."""
     heads, hidden = set(arch.num_heads), set(arch.mlp_hidden)
-    if arch.is_glit or arch.keep_tokens is not None or arch.rel_pos or len(heads) != 1 or len(hidden) != 1 \
+    plain_vit = arch.family.name == "vit"  # timm's own ViT: no other family's blocks
+    if not plain_vit or arch.keep_tokens is not None or arch.rel_pos or len(heads) != 1 or len(hidden) != 1 \
             or arch.norm_eps != MODEL_DEFAULTS["norm_eps"]:
         return None
     (h,), (m,) = heads, hidden

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from vitnas.errors import VitnasError
+from vitnas.families import family
 from vitnas.space.arch import Arch, ArchError
 from vitnas.supernet.model import Supernet
 
@@ -61,10 +62,11 @@ class Candidate:
 
     def __init__(self, model: nn.Module, arch: Arch | None = None) -> None:
         self.model = model
-        if (arch is not None and arch.is_glit) or (isinstance(model, Supernet) and model.space.is_glit) or any(
-                getattr(b, "local", None) is not None for b in getattr(model, "blocks", ())):
-            raise ProxyError("model: GLiT local units are not supported by the zero-cost proxies (they score "
-                             "attention and MLP weights only)")
+        fams = [a.family for a in (arch, getattr(model, "space", None)) if a is not None and hasattr(a, "family")]
+        fams += [family(b.block_family) for b in getattr(model, "blocks", ()) if hasattr(b, "block_family")]
+        why = next((f.refusal("proxies") for f in fams if f.refusal("proxies")), None)
+        if why:
+            raise ProxyError(f"model: {why}")
         if isinstance(model, Supernet):
             if arch is None:
                 raise ProxyError("arch: required to score a candidate through a vitnas.Supernet")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitnas.errors import ConfigError
+from vitnas.families import extremes_by
 from vitnas.numbers import human
 from vitnas.search.latency import LatencyTable
 from vitnas.space import Arch, SearchSpace, count_flops, count_params
@@ -108,7 +109,6 @@ class Constraints:
         When each window is reachable on its own, a seeded sample (plus the two extremes) must
         hold at least one arch meeting all of them together.
         """
-        lo, hi = space.smallest(), space.largest()
         p_lo, p_hi, f_lo, f_hi = space.cost_range()
         p = self.prefix
         ranges = [("params", p_lo, p_hi, self.params_min, self.params_max, "params"),
@@ -129,8 +129,7 @@ class Constraints:
         if not self.active:
             return
         rng = random.Random(seed)
-        extremes = (lo, hi, space.smallest(by="flops"), space.largest(by="flops")) if space.is_glit else (lo, hi)
-        for arch in (*extremes, *(space.sample(rng) for _ in range(samples))):
+        for arch in (*extremes_by(space), *(space.sample(rng) for _ in range(samples))):
             if self.ok(arch):
                 return
         raise ConfigError(f"{self.first_key()}: no arch of the space meets all constraints together "

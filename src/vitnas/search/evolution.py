@@ -80,64 +80,21 @@ class EvolutionConfig:
 def mutate(arch: Arch, space: SearchSpace, rng: random.Random, mutation_prob: float = 0.2,
            resample_prob: float = 0.4) -> Arch:
     """AutoFormer mutation: resample depth (new layers get random genes, removed ones are cut) and
-    embed width with `resample_prob`, then each layer's heads and MLP ratio with `mutation_prob`.
-
-    GLiT spaces: each block's split (local units) and then each of its free low-level genes are
-    re-drawn with `mutation_prob` (`SearchSpace.mutate_layer`).
-    """
-    if space.is_glit:
-        return _mutate_glit(arch, space, rng, mutation_prob, resample_prob)
-    heads, ratios = list(arch.num_heads), list(arch.mlp_ratio)
-    if rng.random() < resample_prob:
-        depth = rng.choice(space.depth)
-        if depth > len(heads):
-            for _ in range(depth - len(heads)):
-                heads.append(rng.choice(space.num_heads))
-                ratios.append(rng.choice(space.mlp_ratio))
-        else:
-            heads, ratios = heads[:depth], ratios[:depth]
-    embed = rng.choice(space.embed_dim) if rng.random() < resample_prob else arch.embed_dim
-    for i in range(len(heads)):
-        if rng.random() < mutation_prob:
-            heads[i] = rng.choice(space.num_heads)
-        if rng.random() < mutation_prob:
-            ratios[i] = rng.choice(space.mlp_ratio)
-    return space.make_arch(embed, heads, ratios)
+    embed width with `resample_prob`, then each layer's genes with `mutation_prob` (which genes a
+    layer has is its block family's: `BlockFamily.mutate`)."""
+    return space.family.mutate(space, arch, rng, mutation_prob, resample_prob)
 
 
 def crossover(a: Arch, b: Arch, space: SearchSpace, rng: random.Random) -> Arch:
     """Uniform crossover of two parents of possibly different depths.
 
     The child's depth and embed width each come from one parent (chosen uniformly); each layer's
-    heads and MLP ratio come from either parent where both have the layer, else from the longer one.
-    GLiT blocks are inherited whole (split and low-level genes from the same parent).
+    genes come from either parent where both have the layer, else from the longer one (per gene
+    or per whole block, as the block family says: `BlockFamily.crossover`).
     """
     depth = rng.choice((a.depth, b.depth))
     embed = rng.choice((a.embed_dim, b.embed_dim))
-    if space.is_glit:  # whole blocks: a block's genes depend on its split
-        la, lb = space.glit_layers(a), space.glit_layers(b)
-        layers = []
-        for i in range(depth):
-            have = [p for p in (la, lb) if i < len(p)]
-            layers.append(rng.choice(have)[i] if len(have) > 1 else have[0][i])
-        return space.glit_arch(embed, layers)
-    heads, ratios = [], []
-    for i in range(depth):
-        have = [p for p in (a, b) if i < p.depth]
-        heads.append(rng.choice(have).num_heads[i] if len(have) > 1 else have[0].num_heads[i])
-        ratios.append(rng.choice(have).mlp_ratio[i] if len(have) > 1 else have[0].mlp_ratio[i])
-    return space.make_arch(embed, heads, ratios)
-
-
-def _mutate_glit(arch: Arch, space: SearchSpace, rng: random.Random, mutation_prob: float,
-                 resample_prob: float) -> Arch:
-    layers = space.glit_layers(arch)
-    if rng.random() < resample_prob:
-        depth = rng.choice(space.depth)
-        layers = layers[:depth] + [space.sample_layer(rng, i) for i in range(len(layers), depth)]
-    embed = rng.choice(space.embed_dim) if rng.random() < resample_prob else arch.embed_dim
-    layers = [space.mutate_layer(rng, i, la, mutation_prob) for i, la in enumerate(layers)]
-    return space.glit_arch(embed, layers)
+    return space.family.crossover(space, a, b, rng, embed, depth)
 
 
 def pareto_front(costs: Sequence[float], fitness: Sequence[float]) -> list[int]:

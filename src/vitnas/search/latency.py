@@ -56,8 +56,8 @@ class LatencyTable:
 
     def missing(self, arch: Arch) -> str | None:
         """Why the table cannot predict `arch` (the first reason), or None."""
-        if arch.is_glit:
-            return "it has GLiT local units; latency tables hold plain ViT blocks"
+        if arch.family.refusal("latency"):
+            return f"it has {arch.family.title} blocks: {arch.family.refusal('latency')}"
         for k in _SHAPE_KEYS:
             want = self.measured_for(k)
             have = arch.head_dim[0] if k == "head_dim" else getattr(arch, k)
@@ -76,7 +76,7 @@ class LatencyTable:
     def predict(self, arch: Arch) -> float:
         """Predicted latency of `arch` in ms: the fixed part of its width + the sum of its blocks."""
         e = arch.embed_dim
-        if arch.is_glit:
+        if arch.family.refusal("latency"):
             raise ArtifactError(f"{self.path or 'latency table'}: cannot predict {arch}: {self.missing(arch)}")
         try:
             return self.fixed[e] + sum(
@@ -98,8 +98,8 @@ class LatencyTable:
 
     def covers(self, space: SearchSpace) -> str | None:
         """Why the table cannot predict every arch of `space`, or None when it can."""
-        if space.is_glit:
-            return "latency tables hold plain ViT blocks; GLiT spaces (local units) are not supported yet"
+        if space.family.refusal("latency"):
+            return space.family.refusal("latency")
         for k in _SHAPE_KEYS:
             if self.measured_for(k) != getattr(space, k):
                 return f"it was measured for {k} {self.measured_for(k)}, the space has {getattr(space, k)}"
@@ -217,9 +217,8 @@ def measure_table(space: SearchSpace, *, batch_size: int = 1, warmup: int = 10, 
     timed in the same interleaved passes as the pieces, so the reported error is the table's,
     not a change of load between the two. `progress` wraps the passes (e.g. a tqdm), when given.
     """
-    if space.is_glit:
-        raise ValueError(f"space: latency tables hold plain ViT blocks; {space.name} has GLiT local units "
-                         "(not supported yet)")
+    if space.family.refusal("latency"):
+        raise ValueError(f"space: {space.name}: {space.family.refusal('latency')}")
     device = torch.device(device)
     tokens = space.largest().num_tokens
     img = torch.randn(batch_size, space.in_chans, space.img_size, space.img_size, device=device)

@@ -47,8 +47,8 @@ def _check_model(model: nn.Module, arch: Arch) -> None:
         raise TypeError(f"model: expected a timm VisionTransformer (vitnas.build), got {type(model).__name__}")
     if arch.keep_tokens is not None:
         raise ValueError("model: its arch already removes tokens (keep_tokens); slim a model with every token")
-    if arch.is_glit:
-        raise ArchError("model: GLiT local units cannot be slimmed yet (the masks cover attention and MLP only)")
+    if arch.family.refusal("slim"):
+        raise ArchError(f"model: {arch.family.refusal('slim')}")
     if len(model.blocks) != arch.depth:
         raise ValueError(f"model: has {len(model.blocks)} blocks, arch.depth is {arch.depth}")
     if model.cls_token is None or getattr(model, "global_pool", "token") not in ("token", "avg") \

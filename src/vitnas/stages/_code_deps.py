@@ -8,7 +8,8 @@ followed: `vitnas.config` imports the search and proxy modules inside its cross-
 their keys (validation decides whether a stage runs, never what it computes; else editing the
 search would retrain the supernet), and `vitnas.stages.contract` imports this module to write
 dvc.yaml. A package whose every file is reached is listed as its folder, else its
-files one by one.
+files one by one. Registries count as imports for this (not for circles): a module that reaches
+`vitnas.families` runs every registered family's module (`FAMILIES`, imported by name).
 """
 
 from __future__ import annotations
@@ -135,6 +136,15 @@ def import_cycles() -> list[list[str]]:
     return cycles
 
 
+def _registered(module: str) -> frozenset[str]:
+    """The modules a registry in `module` imports by name on first use."""
+    if module != f"{ROOT}.families":
+        return frozenset()
+    from vitnas.families import FAMILIES
+
+    return frozenset(path for path, _ in FAMILIES.values())
+
+
 def closure(module: str) -> set[Path]:
     """Every source file importing `module` runs: its own, what it imports, transitively, and the
     `__init__.py` of each package on the way."""
@@ -147,7 +157,7 @@ def closure(module: str) -> set[Path]:
         seen.add(m)
         parts = m.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the parent packages
-        todo += _imported(m)
+        todo += _imported(m) | _registered(m)
     return {f for m in seen if (f := _file(m)) is not None}
 
 

@@ -195,7 +195,7 @@ def _fitness(params: Params, data: PreparedData, space: SearchSpace, supernet_pa
             raise ArtifactError(f"supernet: a trained supernet file is required with search.fitness {cfg.fitness}")
         net = load_supernet(supernet_path, space, dev)
         x, y = val_tensors(data)
-        calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.is_glit else None
+        calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.family.batchnorm else None
         fitness = SupernetFitness(net, x, y, batch_size=cfg.eval_batch_size, device=dev, calib_images=calib)
     elif supernet_path is not None:
         load_supernet(supernet_path, space, torch.device("cpu"))  # still a contract input: must fit

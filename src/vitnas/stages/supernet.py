@@ -90,7 +90,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     trainer = trainer_from_config(supernet, cfg, dist, steps)
     val_archs = validation_archs(space, cfg.val_random_subnets, cfg.seed)
     val_data = eval_batches(data, "val", max(cfg.batch_size, 256), cfg.workers) if dist.is_main else None
-    calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.is_glit and dist.is_main else None
+    calib = calibration_images(data, cfg.bn_calib_images, cfg.seed) if space.family.batchnorm and dist.is_main else None
 
     fp = _checkpoint.fingerprint(cfg.model_dump(exclude={"workers"}), space.to_dict(), data.meta,
                                  reading_fingerprint(params), dist.world_size)

@@ -21,26 +21,21 @@ def timm_views(supernet: Supernet, embed_dim: int, num_heads: Sequence[int],
 
     Reading (extract) reshapes a view to the timm shape; writing (pretrained init) copies a timm
     tensor, reshaped to the view's shape, into it. Only the qkv entries differ in shape: ours is
-    [3, heads*head_dim, d], timm's the same rows flat. Plain ViT supernets only (GLiT:
-    `glit_views`); init from timm therefore rejects GLiT too.
+    [3, heads*head_dim, d], timm's the same rows flat. ViT family only (`init_from_timm` refuses
+    the others, `BlockFamily.refusal("timm_weights")`); `arch_views` maps any family's blocks.
     """
-    if supernet.space.is_glit:
-        raise ValueError("supernet: a GLiT supernet has no plain timm ViT layout (its blocks have local units); "
-                         "starting it from timm ViT weights is not supported")
     v = supernet.outer_views(embed_dim)
     for i, (heads, hidden) in enumerate(zip(num_heads, mlp_hidden, strict=True)):
         v.update(prefixed(f"blocks.{i}.", supernet.blocks[i].views(embed_dim, heads, hidden)))
     return v
 
 
-def glit_views(supernet: Supernet, arch: Arch) -> dict[str, torch.Tensor]:
-    """State-dict key of `vitnas.build(arch)` (GLiT blocks) -> the supernet view it takes, BatchNorm
-    running statistics included (see `vitnas.supernet.glit` for how the slices are chosen)."""
+def arch_views(supernet: Supernet, arch: Arch) -> dict[str, torch.Tensor]:
+    """State-dict key of `vitnas.build(arch)` -> the supernet view it takes: each block's own
+    `arch_views` (GLiT: BatchNorm running statistics included, see `vitnas.supernet.glit`)."""
     v = supernet.outer_views(arch.embed_dim)
     for i in range(arch.depth):
-        v.update(prefixed(f"blocks.{i}.", supernet.blocks[i].views(
-            arch.embed_dim, arch.mlp_hidden[i], arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i],
-            arch.local_dim(i) if arch.local_units[i] else 0, arch.local_hidden(i), arch.kernel_size[i])))
+        v.update(prefixed(f"blocks.{i}.", supernet.blocks[i].arch_views(arch, i)))
     return v
 
 
@@ -61,10 +56,7 @@ def extract(supernet: Supernet, arch: Arch, *, drop_path_rate: float = 0.0, cali
     model = build(arch, drop_path_rate=drop_path_rate)
     ref = supernet.pos_embed
     model.to(device=ref.device, dtype=ref.dtype)
-    if arch.is_glit:
-        views = glit_views(supernet, arch)
-    else:
-        views = timm_views(supernet, arch.embed_dim, arch.num_heads, arch.mlp_hidden)
+    views = arch_views(supernet, arch)
     target = model.state_dict()
     if set(target) != set(views):  # build() and the mapping drifted apart: a bug, not user error
         raise RuntimeError(f"extract: key mismatch with build(arch): {sorted(set(target) ^ set(views))[:5]}")

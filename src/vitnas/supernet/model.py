@@ -27,7 +27,6 @@ from vitnas.models.relpos import RelPosTables, rel_pos_attention
 from vitnas.space.arch import Arch, ArchError
 from vitnas.space.search_space import SearchSpace
 from vitnas.supernet.file_format import FORMAT, SupernetFileError, read_torch_file
-from vitnas.supernet.glit import GlitSuperBlock
 from vitnas.supernet.layers import (  # noqa: F401  (SuperMlp re-exported: it used to live here)
     SlicedLayerNorm,
     SlicedLinear,
@@ -94,6 +93,15 @@ class SuperBlock(nn.Module):
         return {**prefixed("norm1.", self.norm1.views(dim)), **prefixed("attn.", self.attn.views(heads, dim)),
                 **prefixed("norm2.", self.norm2.views(dim)), **prefixed("mlp.", self.mlp.views(hidden, dim))}
 
+    @staticmethod
+    def plan(arch: Arch, i: int) -> tuple[int, int]:
+        """Layer `i` of `arch` as this block's `forward` takes it after the width: (heads, MLP hidden)."""
+        return arch.num_heads[i], arch.mlp_hidden[i]
+
+    def arch_views(self, arch: Arch, i: int) -> dict[str, torch.Tensor]:
+        """`views` of layer `i` of `arch`."""
+        return self.views(arch.embed_dim, arch.num_heads[i], arch.mlp_hidden[i])
+
     def forward(self, x: torch.Tensor, dim: int, heads: int, hidden: int, drop: float) -> torch.Tensor:
         if drop > 0.0 and self.training:
             x = x + drop_path(self.attn(self.norm1(x, dim), heads, dim), drop, True)
@@ -104,35 +112,7 @@ class SuperBlock(nn.Module):
 
 def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
     """Why `arch` is not in `space` (the first reason), or None when it is."""
-    if arch.keep_tokens is not None:
-        return "it removes tokens (keep_tokens, a slimmed model); supernets run every token"
-    if space.is_glit or arch.is_glit:
-        if not arch.is_glit:
-            return "it has no GLiT local units (units), the space's blocks do"
-        if not space.is_glit:
-            return "it has GLiT local units (units), the space's blocks do not"
-        return space.glit_mismatch(arch)
-    if space.contains(arch):
-        return None
-    if arch.mlp_ratio is None:
-        return "it is given by mlp_hidden, not by mlp_ratio choices"
-    for name in ("patch_size", "img_size", "in_chans", "num_classes", *space.model_fields()):
-        if getattr(arch, name) != getattr(space, name):
-            return f"{name} {getattr(arch, name)} != the space's {getattr(space, name)}"
-    if arch.embed_dim not in space.embed_dim:
-        return f"embed_dim {arch.embed_dim} not in {list(space.embed_dim)}"
-    if arch.depth not in space.depth:
-        return f"depth {arch.depth} not in {list(space.depth)}"
-    for i, h in enumerate(arch.num_heads):
-        if h not in space.num_heads:
-            return f"num_heads[{i}] {h} not in {list(space.num_heads)}"
-    for i, r in enumerate(arch.mlp_ratio):
-        if r not in space.mlp_ratio:
-            return f"mlp_ratio[{i}] {r} not in {list(space.mlp_ratio)}"
-    for i, d in enumerate(arch.head_dim):
-        if d != space.head_dim:
-            return f"head_dim[{i}] {d} != the space's {space.head_dim}"
-    return "it does not match the space"
+    return space.mismatch(arch)
 
 
 class Supernet(nn.Module):
@@ -166,8 +146,8 @@ class Supernet(nn.Module):
             raise ValueError(f"drop_path_rate: must be in [0, 1), got {drop_path_rate}")
         if qkv_bias_layout not in QKV_BIAS_LAYOUTS:
             raise ValueError(f"qkv_bias_layout: expected one of {', '.join(QKV_BIAS_LAYOUTS)}, got {qkv_bias_layout!r}")
-        if qkv_bias_layout != "grouped" and space.is_glit:
-            raise ValueError("qkv_bias_layout: GLiT supernets have only vitnas's own layout")
+        if qkv_bias_layout != "grouped" and space.family.refusal("qkv_prefix"):
+            raise ValueError(f"qkv_bias_layout: {space.family.refusal('qkv_prefix')}")
         self.space = space
         self.qkv_bias_layout = qkv_bias_layout
         self.drop_path_rate = float(drop_path_rate)
@@ -180,18 +160,12 @@ class Supernet(nn.Module):
         self.patch_embed = SlicedPatchEmbed(space.in_chans, self.embed_dim, space.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, largest.num_tokens, self.embed_dim))
-        if space.is_glit:
-            # No single head count / head dim: GLiT blocks size themselves (see _glit_blocks).
-            self.num_heads, self.head_dim = space.units, None
-            self.blocks = self._glit_blocks(space)
-        else:
-            self.num_heads = max(space.num_heads)
-            self.head_dim = space.head_dim
-            rel = (space.img_size // space.patch_size, space.rel_pos_clip) if space.rel_pos else None
-            self.blocks = nn.ModuleList(
-                SuperBlock(self.embed_dim, self.num_heads, self.head_dim, self.mlp_hidden, eps=space.norm_eps,
-                           rel_pos=rel, qkv_bias_layout=qkv_bias_layout)
-                for _ in range(self.depth))
+        # the blocks are the space's family's; families whose heads follow from other genes (GLiT)
+        # have no single head count / head dim: their blocks size themselves
+        self.num_heads, self.head_dim = space.family.super_heads(space)
+        self.blocks = nn.ModuleList(
+            space.family.super_block(space, i, dim=self.embed_dim, hidden=self.mlp_hidden,
+                                     qkv_bias_layout=qkv_bias_layout) for i in range(self.depth))
         self.norm = SlicedLayerNorm(self.embed_dim, space.norm_eps)
         self.head = SlicedLinear(self.embed_dim, self.num_classes)
         # As timm's VisionTransformer.init_weights; the layers init themselves.
@@ -202,18 +176,6 @@ class Supernet(nn.Module):
         self._plans: dict[Arch, tuple] = {}
         self._arch = largest
         self._plan = self._make_plan(largest)
-
-    def _glit_blocks(self, space: SearchSpace) -> nn.ModuleList:
-        w = self.embed_dim // space.units
-        blocks = []
-        for i in range(self.depth):
-            local = space.block_local_units(i)
-            heads, units = space.units - min(local), max(local)
-            blocks.append(GlitSuperBlock(
-                self.embed_dim, heads, round(max(space.qkv_ratio) * w) if heads else 0, w, units,
-                int(max(space.local_expansion) * units * w) if units else 0,
-                max(space.kernel_size) if units else 0, self.mlp_hidden, eps=space.norm_eps))
-        return nn.ModuleList(blocks)
 
     # ---- archs ------------------------------------------------------------------------------
     def _make_plan(self, arch: Arch) -> tuple:
@@ -230,11 +192,8 @@ class Supernet(nn.Module):
             why = "it is larger than the supernet's weights"
         if why is not None:
             raise ArchError(f"arch is not in the supernet's search space ({self.space.name}): {why}")
-        if arch.is_glit:  # per block: the arguments of GlitSuperBlock.forward after dim
-            layers = tuple((arch.mlp_hidden[i], arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i],
-                            arch.local_hidden(i), arch.kernel_size[i]) for i in range(arch.depth))
-        else:  # per block: heads, MLP hidden (SuperBlock.forward)
-            layers = tuple(zip(arch.num_heads, arch.mlp_hidden, strict=True))
+        # per block: the arguments of its forward after the width, as the block itself says
+        layers = tuple(self.blocks[i].plan(arch, i) for i in range(arch.depth))
         plan = (arch.embed_dim, arch.depth, layers)
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.clear()

@@ -105,9 +105,10 @@ def init_from_timm(supernet: Supernet, source, *, head_dim: int | None = None) -
     not record the head dim; it is taken as `head_dim`, else the space's. The position embedding
     is resampled when the grid differs; the classifier is skipped when the class count differs.
     """
-    if supernet.space.is_glit:
-        raise ValueError(f"supernet.pretrained: the {supernet.space.name} space has GLiT local units; starting its "
-                         "supernet from plain timm ViT weights is not supported")
+    why = supernet.space.family.refusal("timm_weights")
+    if why:
+        raise ValueError(f"supernet.pretrained: the {supernet.space.name} space cannot start from timm ViT weights: "
+                         f"{why}")
     space = supernet.space
     sd, found_hd, name = _resolve(source)
     hd = head_dim or found_hd or space.head_dim
