@@ -29,24 +29,26 @@ FAMILIES: dict[str, tuple[str, str | None]] = {
     "vit": ("vitnas.families.vit", None),
 }
 _LOADED: dict[str, BlockFamily] = {}
+_DEFAULT = next(name for name, (_, mark) in FAMILIES.items() if mark is None)
 
 
 def family(name: str) -> BlockFamily:
     """The registered family `name`."""
-    if name not in _LOADED:
+    fam = _LOADED.get(name)
+    if fam is None:
         if name not in FAMILIES:
             raise KeyError(f"{name}: unknown block family; known: {', '.join(sorted(FAMILIES))}")
-        _LOADED[name] = importlib.import_module(FAMILIES[name][0]).FAMILY
-    return _LOADED[name]
+        fam = _LOADED[name] = importlib.import_module(FAMILIES[name][0]).FAMILY
+    return fam
 
 
 def family_name(fields: Any) -> str:
     """The family of an `Arch`, a `SearchSpace` or a mapping of their fields: the first whose mark is set."""
-    get = fields.get if isinstance(fields, Mapping) else lambda k: getattr(fields, k, None)
+    mapping = not hasattr(fields, "__dataclass_fields__") and isinstance(fields, Mapping)
     for name, (_, mark) in FAMILIES.items():
-        if mark is not None and get(mark) is not None:
+        if mark is not None and (fields.get(mark) if mapping else getattr(fields, mark, None)) is not None:
             return name
-    return next(name for name, (_, mark) in FAMILIES.items() if mark is None)
+    return _DEFAULT
 
 
 def family_of(fields: Any) -> BlockFamily:

@@ -178,7 +178,7 @@ class Arch:
             positive_int(name, getattr(self, name))
             if getattr(self, name) > LIMITS[name]:
                 raise ArchError(f"{name}: {getattr(self, name):,} is above vitnas's limit of {LIMITS[name]:,}")
-        fam = self.family
+        fam = family_of(self)
         for name in ("num_heads", "mlp_hidden", "head_dim"):
             values = per_layer(name, list(getattr(self, name)), self.depth, int,
                                zero_ok=fam.derives_heads and name != "mlp_hidden")
@@ -347,7 +347,7 @@ class Arch:
 
     def attn_dim(self, layer: int) -> int:
         """Channels block `layer`'s attention reads and writes (all of them in a plain ViT)."""
-        return self.family.attn_dim(self, layer)
+        return family_of(self).attn_dim(self, layer)
 
     def model_fields(self) -> dict[str, Any]:
         """global_pool, rel_pos (+ rel_pos_clip with it) and norm_eps, as `to_dict` writes them."""

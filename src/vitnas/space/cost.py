@@ -32,7 +32,7 @@ def count_params(arch: Arch) -> int:
     n = d * c * p * p + d  # patch embedding conv
     n += d + arch.num_tokens * d  # cls token + position embedding
     for i, (q, m) in enumerate(zip(arch.qkv_dim, arch.mlp_hidden, strict=True)):
-        a = arch.attn_dim(i)  # channels the attention reads and writes (d unless GLiT)
+        a = fam.attn_dim(arch, i)  # channels the attention reads and writes (d unless GLiT)
         n += 2 * d  # norm1
         if q:
             n += a * 3 * q + 3 * q  # qkv (with bias)
@@ -53,7 +53,7 @@ def count_flops(arch: Arch) -> int:
     macs = arch.num_patches * d * arch.in_chans * arch.patch_size**2  # patch embedding
     for i, (q, m) in enumerate(zip(arch.qkv_dim, arch.mlp_hidden, strict=True)):
         t = arch.tokens_in(i)  # slimmed models drop patch tokens block by block
-        a = arch.attn_dim(i)
+        a = fam.attn_dim(arch, i)
         macs += t * a * 3 * q  # qkv
         macs += 2 * t * t * q  # q @ k^T and attn @ v
         if arch.rel_pos:

@@ -50,7 +50,7 @@ class SearchSpace:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        fam = self.family
+        fam = family_of(self)
         for k, v in check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps,
                                        block_family=fam).items():
             object.__setattr__(self, k, v)
