@@ -421,3 +421,65 @@ def test_transfer_params_fill_task_defaults_and_survive_a_round_trip():
         "faster_rcnn", 64, 64, None)
     assert coco.canvas_size is None
     assert parse_params(p.model_dump(mode="json")) == p  # what the Kubeflow pipeline does with params
+
+
+# ---- a 3-channel model trained on grey images -------------------------------------------------------------
+def _grey_source(mean: list[float]) -> torch.nn.Module:
+    """The demo-sized arch as a 3-channel model whose config says what data it was trained on."""
+    from vitnas.models import hub
+
+    arch = Arch.create(embed_dim=32, depth=2, num_heads=2, head_dim=16, mlp_ratio=2.0, patch_size=4, img_size=16,
+                       in_chans=3, num_classes=10)
+    torch.manual_seed(0)
+    model = build(arch)
+    hub.attach(model, hub.pretrained_cfg(arch, {"mean": mean, "std": [0.37] * 3}))
+    return model
+
+
+def test_a_3_channel_model_trained_on_grey_images_sees_the_target_grey(tmp_path):
+    from vitnas.transfer.classification import source_is_grey, to_mode
+
+    assert source_is_grey(_grey_source([0.3] * 3)) and not source_is_grey(_grey_source([0.485, 0.456, 0.406]))
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 40
+    grey = np.asarray(to_mode(rgb, 3, grey=True))
+    assert grey.shape == (4, 4, 3) and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert (np.asarray(to_mode(rgb, 3)) == rgb).all()  # a model trained on colour sees the colours
+    mean, std = channel_stats(rgb[None], 3, grey=True)
+    assert mean == [mean[0]] * 3 and std == [std[0]] * 3 and mean == channel_stats(rgb[None], 1)[0] * 3
+    ann = write_coco(tmp_path)
+    x = CocoDetection(ann, tmp_path / "val", grey=True)[0][0]
+    assert x.shape == (3, 48, 64) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert not torch.equal(*CocoDetection(ann, tmp_path / "val")[0][0][:2])
+    target = parse_params({"transfer": {"targets": [{"name": "digits-cifar"}]}}).transfer.targets[0]
+    assert target.colour == "auto" and stage.grey_input(target, _grey_source([0.3] * 3))
+    assert not stage.grey_input(target.model_copy(update={"colour": "rgb"}), _grey_source([0.3] * 3))
+
+
+@pytest.mark.slow
+def test_a_3_channel_model_trained_on_grey_images_learns_the_colour_target(transfer_data, one_thread):
+    """The regression: such a model fine-tuned on the coloured digits-cifar stayed at chance with the
+    colours passed through (0.114 here) and learns with them grey in its 3 channels (0.306)."""
+    from sklearn.datasets import load_digits
+
+    from vitnas.train import ClassifierTrainer, DistInfo
+
+    d = load_digits()
+    x = torch.nn.functional.interpolate(torch.tensor(d.images, dtype=torch.float32)[:, None] / 16, size=16,
+                                        mode="bilinear").repeat(1, 3, 1, 1)
+    x, y = (x - 0.3) / 0.37, torch.tensor(d.target)
+    source = _grey_source([0.3] * 3)
+    trainer = ClassifierTrainer(source, num_classes=10, dist=DistInfo(device=torch.device("cpu")), epochs=15,
+                                steps_per_epoch=len(x) // 64, lr=3e-3, warmup_epochs=1)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(15):
+        perm = torch.randperm(len(x), generator=g)
+        trainer.train_epoch([(x[perm[i:i + 64]], y[perm[i:i + 64]]) for i in range(0, len(x) - 63, 64)], epoch,
+                            False)
+    cifar = read_cifar(transfer_data / "transfer" / "digits-cifar")
+    top1 = {}
+    for grey in (None, False):  # None: as the stage decides (auto), False: the colours as they are
+        model = _grey_source([0.3] * 3)
+        model.load_state_dict(source.state_dict())
+        top1[grey] = fine_tune(model, cifar, epochs=8, batch_size=64, lr=2e-3, progress=False, grey=grey)["top1"]
+    assert top1[None] > 0.2 and top1[None] > top1[False] + 0.1, top1

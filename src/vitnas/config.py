@@ -277,6 +277,9 @@ class TransferTarget(_Section):
     seed: Seed = 0
     max_train_images: PosInt | None = None  # evenly spaced subset of the train split (quick runs); None: all
     max_eval_images: PosInt | None = None  # the same for the test (classification) / val (detection) split
+    # what a 3-channel model sees: auto (grey images repeated when it was trained on grey ones: equal channel
+    # statistics in its config.json), rgb (the images as they are), grey (always grey repeated)
+    colour: Literal["auto", "rgb", "grey"] = "auto"
     # classification only
     img_size: Annotated[int, Field(gt=0, le=4096)] | None = None  # None: the model's own input size
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None  # None: 0.1

@@ -27,7 +27,7 @@ from vitnas.models.model_dir import load_model
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
 from vitnas.stages._tracked import open_run
 from vitnas.train.distributed import resolve_device
-from vitnas.transfer.classification import CifarData, fine_tune, read_cifar
+from vitnas.transfer.classification import CifarData, fine_tune, read_cifar, source_is_grey
 from vitnas.transfer.coco import CocoDetection
 from vitnas.transfer.detection import build_detector, evaluate_detector, train_detector
 
@@ -136,12 +136,19 @@ def open_classification(target: TransferTarget, root: Path) -> CifarData:
     return data
 
 
-def open_detection(target: TransferTarget, root: Path, in_chans: int) -> tuple[CocoDetection, CocoDetection]:
+def grey_input(target: TransferTarget, model) -> bool:
+    """Whether a 3-channel `model` sees the target's images as grey repeated (`colour`, `auto`: when
+    it was trained on grey images)."""
+    return target.colour == "grey" or (target.colour == "auto" and source_is_grey(model))
+
+
+def open_detection(target: TransferTarget, root: Path, in_chans: int,
+                   grey: bool = False) -> tuple[CocoDetection, CocoDetection]:
     """(train, val) COCO datasets (subsets applied), their json checked and every listed image
     present, so a broken copy fails before any training."""
     layout = coco_layout(root)
-    train = CocoDetection(*layout["train"], in_chans=in_chans)
-    val = CocoDetection(*layout["val"], in_chans=in_chans)
+    train = CocoDetection(*layout["train"], in_chans=in_chans, grey=grey)
+    val = CocoDetection(*layout["val"], in_chans=in_chans, grey=grey)
     if train.category_ids != val.category_ids:
         raise ArtifactError(f"{layout['val'][0]}: categories differ from {layout['train'][0]}")
     train.image_ids = [train.image_ids[i] for i in subset(len(train), target.max_train_images)]
@@ -170,7 +177,8 @@ def _classification(target: TransferTarget, data: CifarData, model_dir: Path, de
     r = fine_tune(model, data, epochs=target.epochs, batch_size=target.batch_size, lr=target.lr,
                   min_lr=target.min_lr, weight_decay=target.weight_decay, warmup_epochs=target.warmup_epochs,
                   label_smoothing=target.label_smoothing, hflip=0.0 if target.name == "digits-cifar" else 0.5,
-                  img_size=target.img_size, seed=target.seed, device=device, progress=progress, on_epoch=on_epoch)
+                  img_size=target.img_size, seed=target.seed, device=device, progress=progress, on_epoch=on_epoch,
+                  grey=grey_input(target, model))
     return {"top1": r["top1"], "test_loss": r["test_loss"], "train_images": len(data.train_labels),
             "test_images": len(data.test_labels)}
 
@@ -220,10 +228,10 @@ def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str |
     targets = params.transfer.targets
     model_dir, out = Path(model_dir), Path(out)
     dev = resolve_device(device)
-    _, arch = load_model(model_dir)  # fail on a missing/corrupt model before any dataset work
+    source, arch = load_model(model_dir)  # fail on a missing/corrupt model before any dataset work
     # every target's data opened and checked before any training starts
     data = {t.name: open_classification(t, target_root(t, data_dir)) if t.task == "classification" else
-            open_detection(t, target_root(t, data_dir), arch.in_chans) for t in targets}
+            open_detection(t, target_root(t, data_dir), arch.in_chans, grey_input(t, source)) for t in targets}
     if not targets:
         print("transfer: no targets in params.yaml transfer.targets; nothing to evaluate", flush=True)
     metrics: dict[str, float] = {"targets": len(targets)}
@@ -234,7 +242,9 @@ def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str |
             for t in targets:
                 t0 = time.time()
                 if progress:
-                    print(f"transfer {t.name}: {t.task} from {target_root(t, data_dir)}", flush=True)
+                    seen = "" if arch.in_chans == 1 else "; images grey in 3 channels (the model was trained on grey " \
+                        "images)" if grey_input(t, source) else "; images in colour"
+                    print(f"transfer {t.name}: {t.task} from {target_root(t, data_dir)}{seen}", flush=True)
                 if t.task == "classification":
                     m = _classification(t, data[t.name], model_dir, dev, progress, run_.log_metrics)
                 else:

@@ -3,9 +3,11 @@
 The model keeps its backbone and gets a new head for the target's classes (timm
 `reset_classifier`). Images are brought to the model's input: resized to its input size (or to
 `img_size`, the position embedding then resampled by timm's `set_input_size`) and converted to
-its channels: a 1-channel model (the digits demo) sees CIFAR's RGB as grayscale (ITU-R 601-2
-luma, PIL's "L"), a 3-channel model sees a grayscale image repeated. Normalisation uses the
-target's own train statistics after that conversion. Training is the timm/DeiT recipe of
+what the model was trained on: a 1-channel model (the digits demo) sees CIFAR's RGB as grayscale
+(ITU-R 601-2 luma, PIL's "L"); a 3-channel model trained on grey images (a grey image folder read
+as RGB: `source_is_grey`) sees the grayscale image repeated in its 3 channels; a 3-channel model
+trained on colour sees the RGB image as it is. Normalisation uses the target's own train
+statistics after that conversion. Training is the timm/DeiT recipe of
 `vitnas.train.ClassifierTrainer` (AdamW, warmup + cosine, label smoothing, AMP on CUDA).
 """
 
@@ -63,32 +65,49 @@ def read_cifar(root: str | Path, fmt: str = "cifar10") -> CifarData:
     return data
 
 
-def to_mode(image: np.ndarray, in_chans: int) -> Image.Image:
-    """An RGB uint8 array as the PIL image a model with `in_chans` channels reads."""
+def source_is_grey(model) -> bool:
+    """Whether `model` was trained on grey images: one channel, or three whose training statistics
+    (`pretrained_cfg` mean and std, which vitnas writes from the data) are equal, as a grey image
+    folder read as RGB gives. Colour data has unequal channel statistics (ImageNet's mean is
+    0.485/0.456/0.406)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = list(cfg.get("mean") or ()), list(cfg.get("std") or ())
+    if len(mean) == 1:
+        return True
+    return len(mean) == 3 and len(std) == 3 and max(mean) - min(mean) < 1e-6 and max(std) - min(std) < 1e-6
+
+
+def to_mode(image: np.ndarray, in_chans: int, grey: bool = False) -> Image.Image:
+    """An RGB uint8 array as the PIL image a model with `in_chans` channels reads (`grey`: a
+    3-channel model trained on grey images, which gets the grayscale image in every channel)."""
     im = Image.fromarray(image)
-    return im.convert("L") if in_chans == 1 else im
+    if in_chans == 1:
+        return im.convert("L")
+    return im.convert("L").convert("RGB") if grey else im
 
 
-def channel_stats(images: np.ndarray, in_chans: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of RGB uint8 images as the model will see them (grayscale if 1 channel)."""
+def channel_stats(images: np.ndarray, in_chans: int, grey: bool = False) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of RGB uint8 images as the model will see them (`to_mode`)."""
     x = images.astype(np.float64)
-    if in_chans == 1:  # PIL's "L" conversion, without making N PIL images
+    if in_chans == 1 or grey:  # PIL's "L" conversion, without making N PIL images
         x = (x @ np.array([299, 587, 114]) / 1000.0)[..., None]
-    x = x.reshape(-1, in_chans) / 255.0
-    return [float(v) for v in x.mean(0)], [float(v) + 1e-6 for v in x.std(0)]
+    x = x.reshape(-1, 1 if grey else in_chans) / 255.0
+    mean, std = [float(v) for v in x.mean(0)], [float(v) + 1e-6 for v in x.std(0)]
+    return (mean * in_chans, std * in_chans) if grey else (mean, std)
 
 
 class ImageArrayDataset(Dataset):
     """(transformed image, label) over uint8 RGB arrays, converted to the model's channels."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, in_chans: int, transform) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, in_chans: int, transform, grey: bool = False) -> None:
         self.images, self.labels, self.in_chans, self.transform = images, labels, in_chans, transform
+        self.grey = grey
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(to_mode(self.images[i], self.in_chans)), int(self.labels[i])
+        return self.transform(to_mode(self.images[i], self.in_chans, self.grey)), int(self.labels[i])
 
 
 def prepare_model(model: VisionTransformer, num_classes: int, img_size: int | None = None) -> VisionTransformer:
@@ -106,22 +125,24 @@ def prepare_model(model: VisionTransformer, num_classes: int, img_size: int | No
 def fine_tune(model: VisionTransformer, data: CifarData, *, epochs: int, batch_size: int, lr: float,
               min_lr: float = 1e-6, weight_decay: float = 0.05, warmup_epochs: int = 1,
               label_smoothing: float = 0.1, hflip: float = 0.0, img_size: int | None = None, seed: int = 0,
-              device: torch.device | str = "cpu", progress: bool = True,
+              device: torch.device | str = "cpu", progress: bool = True, grey: bool | None = None,
               on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, float]:
     """Fine-tune `model` on `data.train_*`, report top-1 on `data.test_*`: {top1, test_loss,
-    train_loss, train_seconds}. `hflip`: 0.5 for natural images, 0 for digits (not mirror-symmetric)."""
+    train_loss, train_seconds}. `hflip`: 0.5 for natural images, 0 for digits (not mirror-symmetric).
+    `grey`: a 3-channel model sees grey images repeated (None: when it was trained on grey ones)."""
     device = torch.device(device)
     in_chans = model.patch_embed.proj.in_channels
+    grey = (source_is_grey(model) if grey is None else grey) and in_chans == 3
     reseed(seed, "transfer-init")
     model = prepare_model(model, data.num_classes, img_size)
     size = model.patch_embed.img_size[0]
-    mean, std = channel_stats(data.train_images, in_chans)
+    mean, std = channel_stats(data.train_images, in_chans, grey)
     augment = {"scale": (0.75, 1.0), "ratio": (0.9, 1.1), "hflip": hflip, "color_jitter": 0.0,
                "interpolation": "bilinear"}
     train_ds = ImageArrayDataset(data.train_images, data.train_labels, in_chans,
-                                 train_transform(size, in_chans, mean, std, augment))
+                                 train_transform(size, in_chans, mean, std, augment), grey)
     test_tf = eval_transform(size, in_chans, mean, std)
-    xt = torch.stack([test_tf(to_mode(a, in_chans)) for a in data.test_images])
+    xt = torch.stack([test_tf(to_mode(a, in_chans, grey)) for a in data.test_images])
     yt = torch.as_tensor(data.test_labels, dtype=torch.long)
     bs = min(batch_size, len(train_ds))
     steps = len(train_ds) // bs

@@ -87,13 +87,15 @@ class CocoDetection(Dataset):
 
     Labels are the categories sorted by id, mapped to 1..K (0 is the detectors' background);
     `category_ids[label - 1]` maps back. Crowd regions and empty boxes are not training targets
-    (COCOeval treats crowds as ignore regions on its own). `in_chans` 1 reads images as grayscale.
+    (COCOeval treats crowds as ignore regions on its own). `in_chans` 1 reads images as grayscale;
+    `grey` with 3 channels gives the grayscale image in every channel (a model trained on grey images).
     """
 
-    def __init__(self, ann_file: str | Path, image_dir: str | Path, *, in_chans: int = 3) -> None:
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, *, in_chans: int = 3, grey: bool = False) -> None:
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
         self.ann_file, self.image_dir, self.in_chans = Path(ann_file), Path(image_dir), in_chans
+        self.grey = grey and in_chans == 3
         if not self.image_dir.is_dir():
             raise ArtifactError(f"{self.image_dir}: image folder not found (beside {self.ann_file})")
         self.coco = load_coco(self.ann_file)
@@ -123,7 +125,9 @@ class CocoDetection(Dataset):
         path = self.image_path(i)
         try:
             with Image.open(path) as im:
-                return im.convert("L" if self.in_chans == 1 else "RGB")
+                if self.in_chans == 1:
+                    return im.convert("L")
+                return im.convert("L").convert("RGB") if self.grey else im.convert("RGB")
         except FileNotFoundError:
             raise ArtifactError(f"{path}: image not found (listed in {self.ann_file})") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
