@@ -392,3 +392,31 @@ def test_keep_tokens_are_validated_and_rejected_where_they_cannot_apply():
     arch = space.largest().replace(keep_tokens=[8] * space.largest().depth)
     with pytest.raises(ArchError, match="removes tokens"):
         Supernet(space).check_arch(arch)
+
+
+def test_fading_scales_what_the_plan_drops_and_at_zero_is_the_pruned_model():
+    model = _model()
+    masked = MaskedViT(model, ARCH).eval()
+    _random_masks(masked, seed=3)
+    plan = solve_budget(ARCH, masked.scores(), ratio=0.55)
+    x = _x(8)
+    with torch.no_grad():
+        full = masked(x)
+        masked.fade(plan, 1.0)
+        assert torch.equal(masked(x), full)  # level 1: nothing changes yet
+        masked.fade(plan, 0.5)
+        half = masked(x)
+        masked.fade(plan, 0.0)
+        gone = masked(x)
+    assert (half - full).abs().max() > 1e-4 and (gone - half).abs().max() > 1e-4
+    g = masked.attn_gate_0
+    kept = torch.zeros_like(g, dtype=torch.bool)
+    for h, ds in zip(plan.heads[0], plan.dims[0], strict=True):
+        kept[h, list(ds)] = True
+    assert (g[kept] == 1).all() and (g[~kept] == 0).all()
+    assert masked.scores()["attn"][0].min() > 0  # a faded entry still ranks by its own mask
+    masked.apply_plan(plan)  # the cut after fading to 0 changes nothing
+    pruned = prune(masked, plan).eval()
+    with torch.no_grad():
+        assert (pruned(x) - gone).abs().max().item() <= 1e-4
+        assert (masked(x) - gone).abs().max().item() <= 1e-5

@@ -167,3 +167,19 @@ def test_a_diverging_slim_says_where_and_what_to_change_and_writes_nothing(digit
         stage.run(parse_params({"slim": {"epochs": 2, "batch_size": 128}}), digits_dir, supernet_file, arch_file,
                   tmp_path / "slim", progress=False)
     assert not (tmp_path / "slim").exists()
+
+
+def test_fading_makes_the_cut_free_and_a_costly_cut_is_reported(digits_dir, supernet_file, arch_file, tmp_path,
+                                                               capsys):
+    """The default fades out what the budget drops over the last half of the mask epochs, so the pruned
+    model is the masked one; ViT-Slim's cut at the end (fade_epochs 0) is checked against cut_tolerance."""
+    m = stage.run(params(epochs=2), digits_dir, supernet_file, arch_file, tmp_path / "fade", progress=False)
+    assert m["fade_epochs"] == 1 and m["cut_drop"] == pytest.approx(0, abs=1e-9)
+    assert m["val_acc_masked"] == pytest.approx(m["val_acc_after"]) and m["prune_max_abs_diff"] <= 1e-4
+    assert "warning" not in capsys.readouterr().out
+    m = stage.run(params(epochs=2, fade_epochs=0, cut_tolerance=0.0), digits_dir, supernet_file, arch_file,
+                  tmp_path / "cut", progress=False)
+    assert m["fade_epochs"] == 0 and m["cut_drop"] == pytest.approx(m["val_acc_masked"] - m["val_acc_after"])
+    assert ("more than slim.cut_tolerance 0" in capsys.readouterr().out) == (m["cut_drop"] > 0)
+    with pytest.raises(ConfigError, match="^slim.fade_epochs: 3 is more than slim.epochs"):
+        parse_params({"slim": {"epochs": 2, "fade_epochs": 3}})

@@ -227,7 +227,20 @@ class SlimConfig(_Section):
     token_keep_ratio: Annotated[float, Field(gt=0, le=1)] | None = None  # None: keep every token
     round_to: PosInt = 1
     distill: bool = True
+    # the last fade_epochs epochs fade out what the budget drops (None: half of epochs; 0: ViT-Slim's cut
+    # of untouched masks at the end); cut_tolerance: the val accuracy the physical cut may lose
+    fade_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] | None = None
+    cut_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.01
     seed: Seed = 0
+
+    @property
+    def fade(self) -> int:
+        """Epochs of fading: `fade_epochs`, else half of `epochs`."""
+        return self.epochs // 2 if self.fade_epochs is None else self.fade_epochs
+
+    def check_fade(self) -> None:
+        if self.fade > self.epochs:
+            raise ConfigError(f"slim.fade_epochs: {self.fade} is more than slim.epochs ({self.epochs})")
 
     @property
     def target(self) -> tuple[str, float]:
@@ -589,6 +602,7 @@ def check_proxy_names(names: list[str]) -> None:
 
 def _check_slim(p: Params, space: SearchSpace) -> None:
     """`slim.round_to` must leave something to cut: at most the narrowest head dim and MLP width."""
+    p.slim.check_fade()
     if space.family.refusal("slim"):  # refused where a model is slimmed
         return
     small = space.smallest()

@@ -89,6 +89,12 @@ class MaskedViT(nn.Module):
             for _ in range(arch.depth)) if self.tokens else nn.ParameterList()
         # Hard token removal, set by `apply_plan`: per block, the kept patch positions (nested).
         self.token_keep: list[torch.Tensor] | None = None
+        # Fading (`fade`): a constant factor per entry on top of its mask, 1 until a plan fades the
+        # entries it drops; buffers, so they follow the model's device and never train.
+        for i, (h, d) in enumerate(zip(arch.num_heads, arch.head_dim, strict=True)):
+            self.register_buffer(f"attn_gate_{i}", torch.ones(h, d, **kw), persistent=False)
+        for i, m in enumerate(arch.mlp_hidden):
+            self.register_buffer(f"mlp_gate_{i}", torch.ones(m, **kw), persistent=False)
 
     # ---- parameters -------------------------------------------------------------------------
     def mask_parameters(self) -> list[nn.Parameter]:
@@ -122,14 +128,34 @@ class MaskedViT(nn.Module):
     @torch.no_grad()
     def scores(self) -> dict[str, list[torch.Tensor]]:
         """Importance of every prunable entry (CPU float tensors): |m_attn| [H, D] and |m_mlp| [M]
-        per layer, and (with tokens) the effective nested token masks [num_patches] per layer."""
+        per layer, and (with tokens) the effective nested token masks [num_patches] per layer. A
+        faded entry ranks by its own mask, not times its fading factor, so that the plan of a later
+        fading epoch can take it back (ranking by what it still contributes locks in the first plan:
+        0.944 vs 0.965 val on the digits demo with every epoch fading)."""
         out = {"attn": [m.detach().abs().float().cpu() for m in self.attn_masks],
                "mlp": [m.detach().abs().float().cpu() for m in self.mlp_masks]}
         if self.tokens:
             out["tokens"] = [t.detach().float().cpu() for t in self.token_masks()]
         return out
 
-    # ---- binarisation -------------------------------------------------------------------------
+    # ---- fading and binarisation --------------------------------------------------------------
+    def _gate(self, kind: str, i: int) -> torch.Tensor:
+        return getattr(self, f"{kind}_gate_{i}")
+
+    @torch.no_grad()
+    def fade(self, plan, level: float) -> None:
+        """Scale the entries `plan` drops by `level` (1: untouched, 0: gone) and give every entry it
+        keeps its full mask, so that training adapts to their removal before the physical cut."""
+        for i, (heads, dims) in enumerate(zip(plan.heads, plan.dims, strict=True)):
+            g = self._gate("attn", i)
+            g.fill_(level)
+            for h, ds in zip(heads, dims, strict=True):
+                g[h, list(ds)] = 1.0
+        for i, units in enumerate(plan.mlp):
+            g = self._gate("mlp", i)
+            g.fill_(level)
+            g[list(units)] = 1.0
+
     @torch.no_grad()
     def apply_plan(self, plan) -> None:
         """Binarise in place by a `SlimPlan`: entries the plan drops become 0, kept ones keep their
@@ -145,6 +171,9 @@ class MaskedViT(nn.Module):
             keep = torch.zeros_like(m, dtype=torch.bool)
             keep[list(units)] = True
             m.mul_(keep.to(m.dtype))
+        for name, buf in self.named_buffers():  # the masks alone now say what is kept (as `prune` folds them)
+            if "_gate_" in name:
+                buf.fill_(1.0)
         if plan.tokens is not None:
             self.set_token_keep(plan.tokens)
 
@@ -217,8 +246,9 @@ class MaskedViT(nn.Module):
                 # log(mask) as an additive key bias: mask 0 -> the key gets no attention at all
                 log_t = torch.where(t > 0, t.clamp_min(1e-30).log(), torch.full_like(t, -math.inf))
                 key_bias = torch.cat((log_t.new_zeros(1), log_t))
-            x = x + blk.drop_path1(blk.ls1(self._attention(blk, blk.norm1(x), self.attn_masks[i], key_bias)))
-            x = x + blk.drop_path2(blk.ls2(self._mlp(blk.mlp, blk.norm2(x), self.mlp_masks[i])))
+            attn_mask = self.attn_masks[i] * self._gate("attn", i)
+            x = x + blk.drop_path1(blk.ls1(self._attention(blk, blk.norm1(x), attn_mask, key_bias)))
+            x = x + blk.drop_path2(blk.ls2(self._mlp(blk.mlp, blk.norm2(x), self.mlp_masks[i] * self._gate("mlp", i))))
         return vit.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

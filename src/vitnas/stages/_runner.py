@@ -97,15 +97,19 @@ class EpochRunner:
 
     def run(self, run_, *, progress: bool, evaluate: Callable[[int, dict[str, float]], dict[str, Any]] | None = None,
             describe: Callable[[dict[str, Any]], str] = lambda record: "",
-            keep: Callable[[], dict[str, Any]] = dict) -> list[dict[str, Any]]:
-        """Train the remaining epochs. On the main process, after each: `evaluate(epoch, stats)`
-        adds to the epoch's record, the record joins the history, the checkpoint is saved (with
-        `keep()`'s parts), the series are logged and one line is printed (`describe(record)`)."""
+            keep: Callable[[], dict[str, Any]] = dict,
+            before: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Train the remaining epochs. `before(epoch)` runs first on every process. On the main
+        process, after each: `evaluate(epoch, stats)` adds to the epoch's record, the record joins
+        the history, the checkpoint is saved (with `keep()`'s parts), the series are logged and one
+        line is printed (`describe(record)`)."""
         dist, r = self.dist, self.recipe
         for h in self.history:  # a resumed run's MLflow run still shows the whole curve
             run_.log_metrics(self.series(h), step=h["epoch"])
         self._t0, t_loop = time.time(), time.time()
         for epoch in range(self.start, self.epochs):
+            if before is not None:
+                before(epoch)
             reseed(r.seed, *(self.seed_keys(epoch) if self.seed_keys else (epoch, dist.rank)))
             loader = epoch_loader(self.dataset, batch_size=r.batch_size, seed=r.seed, epoch=epoch, rank=dist.rank,
                                   world_size=dist.world_size, workers=getattr(r, "workers", 0),
