@@ -175,8 +175,11 @@ class TrainRecipe(_Section):
 
 
 class SupernetConfig(TrainRecipe):
-    sampling: Literal["uniform", "sandwich"] = "uniform"
+    sampling: Literal["uniform", "sandwich", "nasvit"] = "uniform"
     sandwich_random: Annotated[int, Field(ge=0)] = 2
+    # nasvit: epochs the smaller subnets learn from the labels before in-place distillation starts
+    # (a cold teacher is what fails at short schedules); None: warmup_epochs
+    kd_warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] | None = None
     val_random_subnets: Annotated[int, Field(ge=0)] = 3
     pretrained: str | None = None
     hierarchical: bool = False  # GLiT: train the level-1 supernet of search.strategy hierarchical

@@ -14,9 +14,11 @@ from vitnas.progress import progress as progress_bar
 from vitnas.space import Arch, SearchSpace
 from vitnas.supernet.glit import batchnorms, recalibrate_bn
 from vitnas.supernet.model import Supernet
+from vitnas.supernet.nasvit import alpha_divergence, project_conflicting
 from vitnas.train import (
     DistInfo,
     Precision,
+    average_gradients,
     evaluate,
     make_loss,
     make_mixup,
@@ -68,8 +70,10 @@ class SupernetTrainer:
     def __init__(self, supernet: Supernet, *, dist: DistInfo, epochs: int, steps_per_epoch: int,
                  lr: float, min_lr: float, weight_decay: float, warmup_epochs: int, mixup: float,
                  cutmix: float, label_smoothing: float, ema_decay: float | None, amp: bool,
-                 sampling: str = "uniform", sandwich_random: int = 2, seed: int = 0) -> None:
+                 sampling: str = "uniform", sandwich_random: int = 2, seed: int = 0,
+                 kd_warmup_epochs: int = 0) -> None:
         self.dist = dist
+        self.kd_warmup_epochs = kd_warmup_epochs
         self.model = supernet.to(dist.device)
         self.space = supernet.space
         self.sampling, self.sandwich_random, self.seed = sampling, sandwich_random, seed
@@ -86,7 +90,7 @@ class SupernetTrainer:
     # ---- training -----------------------------------------------------------------------
     def train_epoch(self, loader: Iterable, epoch: int, progress: bool = True) -> dict[str, float]:
         self.model.train()
-        total, n = 0.0, 0
+        total, n, conflicts = 0.0, 0, 0.0
         bar = progress_bar(loader, desc=f"supernet epoch {epoch + 1}", unit="steps", lines=False,
                            enabled=progress and self.dist.is_main)
         for step, (x, y) in enumerate(bar):
@@ -96,11 +100,19 @@ class SupernetTrainer:
             if self.mixup is not None:
                 x, target = self.mixup(x, y)
             archs = step_archs(self.space, self.sampling, self.sandwich_random, self.seed, epoch, step)
-            loss = self._step(x, target, archs, f"epoch {epoch + 1} step {step + 1}")
+            where = f"epoch {epoch + 1} step {step + 1}"
+            if self.sampling == "nasvit":
+                loss, c = self._step_nasvit(x, target, archs, where, distill=epoch >= self.kd_warmup_epochs)
+                conflicts += c
+            else:
+                loss = self._step(x, target, archs, where)
             total += loss
             n += 1
             bar.set_postfix(loss=f"{loss:.3f}")
-        return {"train_loss": total / max(n, 1), "lr": self.optimizer.param_groups[0]["lr"]}
+        out = {"train_loss": total / max(n, 1), "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.sampling == "nasvit":  # the share of weight tensors whose subnet gradient was projected
+            out["conflicting_tensors"] = conflicts / max(n, 1)
+        return out
 
     def _step(self, x: torch.Tensor, target: torch.Tensor, archs: Sequence[Arch], where: str) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -122,6 +134,38 @@ class SupernetTrainer:
         self.updates = apply_update(self.model, self.optimizer, self.scheduler, self.precision, self.ema,
                                     world_size=self.dist.world_size, updates=self.updates)
         return first
+
+    def _step_nasvit(self, x: torch.Tensor, target: torch.Tensor, archs: Sequence[Arch], where: str, *,
+                     distill: bool) -> tuple[float, float]:
+        """NASViT's step (`vitnas.supernet.nasvit`): the largest subnet on the labels; the smaller ones
+        on the labels during `kd_warmup_epochs`, then distilled from it by the adaptive
+        alpha-divergence; their gradient, where it conflicts with the largest's (per tensor), projected
+        onto its normal plane; the sum applied. Gradients are averaged over ranks before projecting."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            logits = self.model(x, archs[0])
+            loss = self.loss_fn(logits, target)
+        check_finite(loss, f"{where} ({archs[0]})")
+        self.precision.backward(loss)
+        average_gradients(params, self.dist.world_size)
+        largest = [None if p.grad is None else p.grad.clone() for p in params]
+        teacher = logits.detach().float().softmax(-1)
+        self.optimizer.zero_grad(set_to_none=True)
+        for arch in archs[1:]:
+            with self.precision.autocast():
+                out = self.model(x, arch)
+                sub = alpha_divergence(out, teacher) if distill else self.loss_fn(out, target)
+            check_finite(sub, f"{where} ({arch})")
+            self.precision.backward(sub)
+        average_gradients(params, self.dist.world_size)
+        conflicts = project_conflicting([p.grad for p in params], largest)
+        for p, g in zip(params, largest, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+        self.updates = apply_update(self.model, self.optimizer, self.scheduler, self.precision, self.ema,
+                                    world_size=1, updates=self.updates)  # averaged above
+        return loss.item(), conflicts / max(len(params), 1)
 
     # ---- evaluation ---------------------------------------------------------------------
     @property
@@ -172,4 +216,5 @@ def trainer_from_config(supernet, cfg, dist: DistInfo, steps: int, epochs: int |
         supernet, dist=dist, epochs=n, steps_per_epoch=steps, lr=cfg.lr, min_lr=cfg.min_lr,
         weight_decay=cfg.weight_decay, warmup_epochs=min(cfg.warmup_epochs, n - 1), mixup=cfg.mixup,
         cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp,
-        sampling=cfg.sampling, sandwich_random=cfg.sandwich_random, seed=cfg.seed)
+        sampling=cfg.sampling, sandwich_random=cfg.sandwich_random, seed=cfg.seed,
+        kd_warmup_epochs=cfg.warmup_epochs if cfg.kd_warmup_epochs is None else cfg.kd_warmup_epochs)
