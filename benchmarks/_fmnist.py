@@ -258,7 +258,7 @@ def fmt_ci(values: Sequence[float], digits: int = 4) -> str:
 
 # ---- supernets ----------------------------------------------------------------------------------
 def train_supernet(net: torch.nn.Module, t: Tensors, *, epochs: float, sampling: str, seed: int = 0,
-                   lr: float = LR) -> dict:
+                   lr: float = LR, kd_warmup_epochs: int = 0) -> dict:
     """Train a supernet (anything with `.space` and `forward(x, arch)`) with vitnas's trainer:
     `uniform` (AutoFormer: one random subnet a step) or `sandwich` (largest on the labels; smallest
     and 2 random subnets distilled from it in place). Returns seconds and the train loss per epoch."""
@@ -270,7 +270,8 @@ def train_supernet(net: torch.nn.Module, t: Tensors, *, epochs: float, sampling:
     total = round(epochs * steps)
     trainer = SupernetTrainer(net, dist=DistInfo(), epochs=1, steps_per_epoch=total, lr=lr, min_lr=lr / 100,
                               weight_decay=WEIGHT_DECAY, warmup_epochs=0, mixup=0.0, cutmix=0.0,
-                              label_smoothing=0.0, ema_decay=None, amp=False, sampling=sampling, seed=seed)
+                              label_smoothing=0.0, ema_decay=None, amp=False, sampling=sampling, seed=seed,
+                              kd_warmup_epochs=kd_warmup_epochs)
     trainer.scheduler = make_scheduler(trainer.optimizer, epochs=total, steps_per_epoch=1,
                                        warmup_epochs=min(steps, total // 5), min_lr=lr / 100)
     g = torch.Generator().manual_seed(seeded(seed, "supernet-order"))
