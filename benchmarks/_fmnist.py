@@ -57,6 +57,24 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                                                               "<script>.json); reused to resume")
 
 
+def make_parser(doc: str, *, seeds: int | None = None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its docstring's first paragraph, the common arguments and,
+    with `seeds`, `--seeds` with that default."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(ap)
+    if seeds is not None:
+        ap.add_argument("--seeds", type=int, default=seeds)
+    return ap
+
+
+def shuffled_batches(t: Tensors, g: torch.Generator, steps: int | None = None) -> list[tuple]:
+    """One epoch of (x, y) train batches in the order `g` draws (the first `steps`, default all)."""
+    order = torch.randperm(len(t.xs), generator=g)
+    n = len(t.xs) // BATCH if steps is None else steps
+    return [(t.xs[order[i * BATCH:(i + 1) * BATCH]], t.ys[order[i * BATCH:(i + 1) * BATCH]]) for i in range(n)]
+
+
 def setup(args: argparse.Namespace, script: str) -> tuple[Tensors, Store]:
     torch.set_num_threads(args.threads)
     store = Store(args.results or RESULTS / f"{script}.json")
@@ -278,10 +296,7 @@ def train_supernet(net: torch.nn.Module, t: Tensors, *, epochs: float, sampling:
     losses = []
     t0 = time.time()
     for epoch in range(whole):
-        order = torch.randperm(len(t.xs), generator=g)
-        n = min(steps, total - epoch * steps)
-        loader = [(t.xs[order[i * BATCH:(i + 1) * BATCH]], t.ys[order[i * BATCH:(i + 1) * BATCH]])
-                  for i in range(n)]
+        loader = shuffled_batches(t, g, min(steps, total - epoch * steps))
         losses.append(round(trainer.train_epoch(loader, epoch, progress=False)["train_loss"], 4))
         log(f"  supernet ({sampling}) epoch {epoch + 1}/{whole}: loss {losses[-1]:.4f} ({time.time() - t0:.0f} s)")
     net.eval()

@@ -20,7 +20,6 @@ point of standalone, and a ranking better than FLOPs' with the paired interval a
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -31,11 +30,11 @@ import torch
 from _fmnist import (
     BATCH,
     RESULTS,
-    add_common_args,
     fmt_ci,
     inherited,
     kendall,
     log,
+    make_parser,
     seeded,
     setup,
     space,
@@ -89,10 +88,7 @@ def paired_bootstrap(a: list[float], b: list[float], truth: list[float], n: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(ap)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = make_parser(__doc__, seeds=3)
     ap.add_argument("--epochs", type=int, default=16, help="epochs of the uniform supernet")
     ap.add_argument("--kd-warmup", type=int, default=1, help="NASViT: epochs on the labels before distillation")
     ap.add_argument("--ratio", type=float, default=None,

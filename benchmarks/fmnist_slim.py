@@ -15,22 +15,21 @@ val; test is reported. Raw results in benchmarks/results/fmnist_slim.json (resum
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import torch
 from _fmnist import (
-    BATCH,
     LR,
     Tensors,
     accuracy,
-    add_common_args,
     fit,
     fmt_ci,
     log,
+    make_parser,
     seeded,
     setup,
+    shuffled_batches,
     space,
     standalone,
 )
@@ -72,12 +71,8 @@ def slim_once(arch: Arch, t: Tensors, args, seed: int) -> dict:
     trainer = SlimTrainer(masked, lr=cfg.lr, w_attn=cfg.w_attn, w_mlp=cfg.w_mlp, distill=cfg.distill,
                           dist=DistInfo(), amp=False)
     g = torch.Generator().manual_seed(seeded(seed, "slim-order"))
-    steps = len(t.xs) // BATCH
     for epoch in range(args.slim_epochs):
-        order = torch.randperm(len(t.xs), generator=g)
-        loader = [(t.xs[order[i * BATCH:(i + 1) * BATCH]], t.ys[order[i * BATCH:(i + 1) * BATCH]])
-                  for i in range(steps)]
-        trainer.train_epoch(loader, epoch, progress=False)
+        trainer.train_epoch(shuffled_batches(t, g), epoch, progress=False)
     masked.eval()
     scores = masked.scores()
     plan = BudgetSolver(arch, scores["attn"], scores["mlp"], kind="flops").solve(RATIO, tol=TOL)
@@ -91,10 +86,7 @@ def slim_once(arch: Arch, t: Tensors, args, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(ap)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = make_parser(__doc__, seeds=3)
     ap.add_argument("--epochs", type=int, default=4, help="training epochs of the full model")
     ap.add_argument("--slim-epochs", type=int, default=1, help="soft-mask search epochs")
     ap.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (lr / 4)")

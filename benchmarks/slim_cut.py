@@ -16,12 +16,24 @@ paired t-test (scipy). Raw results in benchmarks/results/slim_cut.json (resumabl
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import torch
-from _fmnist import BATCH, CACHE, LR, accuracy, add_common_args, fit, fmt_ci, log, mean_ci, seeded, setup, space
+from _fmnist import (
+    CACHE,
+    LR,
+    accuracy,
+    fit,
+    fmt_ci,
+    log,
+    make_parser,
+    mean_ci,
+    seeded,
+    setup,
+    shuffled_batches,
+    space,
+)
 
 import vitnas
 from vitnas.config import parse_params
@@ -43,14 +55,10 @@ def slim_once(model_state: dict, arch, t, args, seed: int, fade_epochs: int | No
                           dist=DistInfo(), amp=False)
     fading = Fading(cfg, arch, masked)
     g = torch.Generator().manual_seed(seeded(seed, "slim-order"))
-    steps = len(t.xs) // BATCH
     for epoch in range(cfg.epochs):
         fading(epoch)
         torch.manual_seed(seeded(seed, "slim-epoch", epoch))
-        order = torch.randperm(len(t.xs), generator=g)
-        loader = [(t.xs[order[i * BATCH:(i + 1) * BATCH]], t.ys[order[i * BATCH:(i + 1) * BATCH]])
-                  for i in range(steps)]
-        trainer.train_epoch(loader, epoch, progress=False)
+        trainer.train_epoch(shuffled_batches(t, g), epoch, progress=False)
     masked.eval()
     plan = fading.plan if fading.plan is not None else solve(cfg, arch, masked)
     masked_val = accuracy(masked, t.xv, t.yv)
@@ -91,10 +99,7 @@ def paired(a: list[float], b: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(ap)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = make_parser(__doc__, seeds=3)
     ap.add_argument("--epochs", type=int, default=4, help="training epochs of the full model")
     ap.add_argument("--slim-epochs", type=int, default=2, help="mask epochs (configs/fashion-mnist.yaml: 2)")
     ap.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after the cut (lr / 4)")

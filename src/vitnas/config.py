@@ -185,6 +185,11 @@ class SupernetConfig(TrainRecipe):
     hierarchical: bool = False  # GLiT: train the level-1 supernet of search.strategy hierarchical
     bn_calib_images: PosInt = 256  # GLiT: train images that recalibrate BatchNorm before validating subnets
 
+    @property
+    def kd_warmup(self) -> int:
+        """Epochs of the nasvit label warm-up: `kd_warmup_epochs`, else `warmup_epochs`."""
+        return self.warmup_epochs if self.kd_warmup_epochs is None else self.kd_warmup_epochs
+
 
 class ProxyConfig(_Section):
     num_candidates: Annotated[int, Field(gt=0, le=MAX_CANDIDATES)] = 200

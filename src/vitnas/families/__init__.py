@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +56,10 @@ def family_of(fields: Any) -> BlockFamily:
     return family(family_name(fields))
 
 
-class BlockFamily:
-    """The interface every family implements (see the module docstring); `refusals` maps what the
-    family does not support to why, in words a user reads after the key that asked for it."""
+class BlockFamily(ABC):
+    """The interface every family implements (see the module docstring): the abstract methods are
+    what a family must say, the rest have defaults. `refusals` maps what the family does not support
+    to why, in words a user reads after the key that asked for it."""
 
     name = ""
     title = ""
@@ -84,69 +86,80 @@ class BlockFamily:
         return self.refusals.get(what)
 
     # ---- archs (`vitnas.space.arch`) -------------------------------------------------------
+    @abstractmethod
     def create_fields(self, embed_dim: int, depth: int, given: dict[str, Any]) -> dict[str, Any]:
         """`Arch.create`'s family part: `num_heads`, `head_dim` and the family's own fields."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_arch(self, arch: Arch) -> None:
-        raise NotImplementedError
+        """Raise `ArchError` naming the field when `arch`'s family fields are inconsistent."""
 
     def arch_dict(self, arch: Arch) -> dict[str, Any]:
         """The family's keys of `arch.to_dict()`."""
         return {k: list(getattr(arch, k)) if isinstance(getattr(arch, k), tuple) else getattr(arch, k)
                 for k in self.arch_keys}
 
+    @abstractmethod
     def describe_arch(self, arch: Arch) -> str:
-        raise NotImplementedError
+        """`str(arch)`."""
 
     def attn_dim(self, arch: Arch, i: int) -> int:
         """Channels block `i`'s attention reads and writes."""
         return arch.embed_dim
 
     # ---- spaces (`vitnas.space.search_space`) ------------------------------------------------
+    @abstractmethod
     def check_space(self, space: SearchSpace) -> None:
-        raise NotImplementedError
+        """Check (and make canonical) the space's family fields; `ArchError` naming the field."""
 
+    @abstractmethod
     def sample(self, space: SearchSpace, rng: random.Random) -> Arch:
-        raise NotImplementedError
+        """A uniformly random arch of the space, drawn from `rng` only."""
 
+    @abstractmethod
     def extreme(self, space: SearchSpace, by: str, pick) -> Arch:
         """The arch with the least (`pick=min`) or most (`max`) `by` ("params" or "flops")."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cost_range(self, space: SearchSpace) -> tuple[int, int, int, int]:
         """Exact (min params, max params, min FLOPs, max FLOPs) over every arch of the space."""
-        raise NotImplementedError
 
+    @abstractmethod
     def size(self, space: SearchSpace) -> int:
-        raise NotImplementedError
+        """Number of distinct archs of the space."""
 
+    @abstractmethod
     def mismatch(self, space: SearchSpace, arch: Arch) -> str | None:
         """Why `arch` is not one of `space`'s archs (the first reason), or None."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe_space(self, space: SearchSpace) -> str:
-        raise NotImplementedError
+        """`str(space)`."""
 
     def describe_kind(self, space: SearchSpace) -> str:
         """What `vitnas spaces` adds after a space's input shape (", GLiT 3 units")."""
         return ""
 
     def check_widths(self, space: SearchSpace) -> None:
-        """Checks once the common fields are canonical."""
+        """Checks once the common fields are canonical (none by default)."""
+        return None
 
+    @abstractmethod
     def level1(self, space: SearchSpace) -> SearchSpace:
-        raise NotImplementedError
+        """GLiT's high-level space, or `ArchError` where the family has no hierarchical search."""
 
+    @abstractmethod
     def level2(self, space: SearchSpace, arch: Arch) -> SearchSpace:
-        raise NotImplementedError
+        """GLiT's low-level space around `arch`, or `ArchError` as `level1`."""
 
+    @abstractmethod
     def mutate(self, space: SearchSpace, arch: Arch, rng: random.Random, mutation_prob: float,
                resample_prob: float) -> Arch:
-        raise NotImplementedError
+        """AutoFormer-style mutation of `arch` within the space."""
 
+    @abstractmethod
     def crossover(self, space: SearchSpace, a: Arch, b: Arch, rng: random.Random, embed: int, depth: int) -> Arch:
-        raise NotImplementedError
+        """A child of depth `depth` and width `embed` whose layers come from `a` and `b`."""
 
     # ---- costs (`vitnas.space.cost`): what a block has besides attention and MLP ----------------
     def block_params(self, arch: Arch, i: int) -> int:
@@ -162,18 +175,18 @@ class BlockFamily:
         return None
 
     # ---- models -------------------------------------------------------------------------------
+    @abstractmethod
     def block(self, arch: Arch, i: int, **kwargs: Any):
         """Block `i` of `vitnas.build(arch)` (timm's `block_fn` keyword arguments in `kwargs`)."""
-        raise NotImplementedError
 
     def super_heads(self, space: SearchSpace) -> tuple[int, int | None]:
         """The supernet's (head count, head dim) as tools read them (`Supernet.num_heads` / `head_dim`)."""
         return max(space.num_heads), space.head_dim
 
+    @abstractmethod
     def super_block(self, space: SearchSpace, i: int, *, dim: int, hidden: int, qkv_bias_layout: str):
         """Block `i` of the supernet over `space` (embed width `dim`, MLP hidden `hidden`); it has
         `plan(arch, i)` (its forward's arguments after the width) and `views(arch, i)`."""
-        raise NotImplementedError
 
 
 def extremes_by(space: SearchSpace) -> tuple[Arch, ...]:

@@ -139,6 +139,11 @@ class GlitFamily(BlockFamily):
     def attn_dim(self, arch_: Arch, i: int) -> int:
         return arch_.num_heads[i] * unit_dim(arch_)
 
+    def local_widths(self, arch_: Arch, i: int) -> tuple[int, int]:
+        """(channels, hidden width after the GLU) of block `i`'s local units (the supernet block
+        reads them through `arch.family`, below which it sits)."""
+        return local_dim(arch_, i), local_hidden(arch_, i)
+
     def describe_arch(self, arch: Arch) -> str:
         ratios = arch.mlp_ratio or tuple(round(m / arch.embed_dim, 2) for m in arch.mlp_hidden)
         return (f"Arch(GLiT embed={arch.embed_dim}, depth={arch.depth}, local={list(arch.local_units)}/"

@@ -3,6 +3,7 @@ dim) and an MLP ratio, one embed width and a depth."""
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -146,15 +147,12 @@ class VitFamily(BlockFamily):
                      qkv_bias_layout=qkv_bias_layout)
 
 
-def _foreign(space: bool = False):
+@functools.cache
+def _foreign(space: bool = False) -> tuple[tuple[str, BlockFamily, str | None], ...]:
     """(key, the family it belongs to, that family's mark) for every field of the other families:
-    a plain ViT arch or space has none of them."""
-    for name, (_, mark) in FAMILIES.items():
-        if name != VitFamily.name:
-            f = family(name)
-            for key in f.space_keys if space else f.arch_keys:
-                if key != mark:
-                    yield key, f, mark
+    a plain ViT arch or space has none of them (computed once: it is read for every arch built)."""
+    return tuple((key, f, mark) for name, (_, mark) in FAMILIES.items() if name != VitFamily.name
+                 for f in (family(name),) for key in (f.space_keys if space else f.arch_keys) if key != mark)
 
 
 FAMILY = VitFamily()

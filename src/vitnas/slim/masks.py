@@ -171,9 +171,9 @@ class MaskedViT(nn.Module):
             keep = torch.zeros_like(m, dtype=torch.bool)
             keep[list(units)] = True
             m.mul_(keep.to(m.dtype))
-        for name, buf in self.named_buffers():  # the masks alone now say what is kept (as `prune` folds them)
-            if "_gate_" in name:
-                buf.fill_(1.0)
+        for i in range(self.arch.depth):  # the masks alone now say what is kept (as `prune` folds them)
+            self._gate("attn", i).fill_(1.0)
+            self._gate("mlp", i).fill_(1.0)
         if plan.tokens is not None:
             self.set_token_keep(plan.tokens)
 

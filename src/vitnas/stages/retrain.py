@@ -161,7 +161,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                            describe=lambda r: f"val {r['val_acc']:.4f}")
         metrics: dict[str, float] = {}
         if dist.is_main:
-            metrics = _finish(params, data, arch, trainer, history, kept, loop.seconds, out, run_)
+            metrics = _finish(params, data, arch, trainer, history, kept, loop.seconds, out, run_, val_data)
         dist.barrier()
     return metrics
 
@@ -192,16 +192,15 @@ def _inputs(params: Params, data: PreparedData, supernet_path: str | Path | None
 
 
 def _finish(params: Params, data: PreparedData, arch: Arch, trainer: ClassifierTrainer, history: list[dict],
-            kept: dict, seconds: float, out: Path, run_) -> dict[str, float]:
+            kept: dict, seconds: float, out: Path, run_, val_data) -> dict[str, float]:
     """The saved model tested once, the outputs written, the model logged, registered and maybe promoted."""
     cfg, dev, best = params.retrain, trainer.dist.device, kept["best"]
     final = build(arch).to(dev)
     final.load_state_dict(best["state"])
     final.eval()
-    eval_bs = max(cfg.batch_size, 256)
-    test = evaluate(final, eval_batches(data, "test", eval_bs, cfg.workers)(), dev, trainer.precision.autocast,
-                    num_classes=arch.num_classes)
-    val_acc = _accuracy(final, eval_batches(data, "val", eval_bs, cfg.workers)(), dev, trainer)
+    test = evaluate(final, eval_batches(data, "test", max(cfg.batch_size, 256), cfg.workers)(), dev,
+                    trainer.precision.autocast, num_classes=arch.num_classes)
+    val_acc = _accuracy(final, val_data(), dev, trainer)
     metrics = flat_metrics({
         "val_acc": val_acc, "test_acc": test["acc"], "val_acc_last": history[-1]["val_acc"],
         "val_acc_init": kept["val_acc_init"], "best_epoch": best["epoch"], "train_loss": history[-1]["train_loss"],

@@ -117,13 +117,11 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     t0 = time.time()
     with open_run("slim", params, track, main=dist.is_main, system_metrics=True, tags={"vitnas.slim.source": source},
                   inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path}) as run_:
-        loop.run(run_, progress=progress, evaluate=evaluate_masked, before=fading,
-                 describe=lambda r: f"masks attn {r['mask_attn_mean']:.3f} mlp {r['mask_mlp_mean']:.3f}  "
-                                    f"val (soft masks) {r['val_acc_masked']:.3f}"
-                                    + (f"  fading {r['fade_level']:.2f}" if "fade_level" in r else ""))
+        history = loop.run(run_, progress=progress, evaluate=evaluate_masked, before=fading, describe=describe_epoch)
         metrics: dict[str, float] = {}
         if dist.is_main:
-            pruned, after, metrics = _cut(cfg, arch, masked, val_acc, xv[:64].to(dev), fading.plan)
+            pruned, after, metrics = _cut(cfg, arch, masked, val_acc, xv[:64].to(dev), fading.plan,
+                                          acc_soft=history[-1]["val_acc_masked"])
             metrics = flat_metrics(metrics | {"val_acc_before": acc_before, "slim_seconds": round(time.time() - t0, 2)})
             check_cut(cfg, metrics)
             with atomic_dir(out, "slim") as tmp:
@@ -141,6 +139,12 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                   f"{acc_before:.3f} -> {metrics['val_acc_after']:.3f}; {after}", flush=True)
         dist.barrier()
     return metrics
+
+
+def describe_epoch(r: dict) -> str:
+    """The epoch line's part for slimming: mask means, val with the soft masks, the fading level."""
+    return (f"masks attn {r['mask_attn_mean']:.3f} mlp {r['mask_mlp_mean']:.3f}  val (soft masks) "
+            f"{r['val_acc_masked']:.3f}" + (f"  fading {r['fade_level']:.2f}" if "fade_level" in r else ""))
 
 
 class Fading:
@@ -207,13 +211,13 @@ def check_cut(cfg, metrics: dict[str, float]) -> None:
               flush=True)
 
 
-def _cut(cfg, arch: Arch, masked: MaskedViT, val_acc, probe: torch.Tensor, plan=None):
+def _cut(cfg, arch: Arch, masked: MaskedViT, val_acc, probe: torch.Tensor, plan=None, *, acc_soft: float):
     """Binarise by `plan` (the last fading epoch's; None: solved on the trained masks), fold into a
-    smaller model: (pruned model, its arch, metrics of the cut)."""
+    smaller model: (pruned model, its arch, metrics of the cut). `acc_soft`: the masked model's val
+    accuracy after the last epoch (measured there)."""
     kind, ratio = cfg.target
     masked.eval()
     plan = plan if plan is not None else solve(cfg, arch, masked)
-    acc_soft = val_acc(masked)
     masked.apply_plan(plan)
     acc_binary = val_acc(masked)
     pruned = prune(masked, plan).eval()

@@ -204,13 +204,13 @@ class GlitSuperBlock(nn.Module):
     @staticmethod
     def plan(arch, i: int) -> tuple[int, int, int, int, int, int]:
         """Layer `i` of `arch` as this block's `forward` takes it after the width."""
-        return (arch.mlp_hidden[i], arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i], _local(arch, i)[1],
-                arch.kernel_size[i])
+        return (arch.mlp_hidden[i], arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i],
+                arch.family.local_widths(arch, i)[1], arch.kernel_size[i])
 
     def arch_views(self, arch, i: int) -> dict[str, torch.Tensor]:
         """`views` of layer `i` of `arch`, BatchNorm running statistics included."""
         return self.views(arch.embed_dim, arch.mlp_hidden[i], arch.attn_dim(i), arch.num_heads[i], arch.head_dim[i],
-                          *_local(arch, i), arch.kernel_size[i])
+                          *arch.family.local_widths(arch, i), arch.kernel_size[i])
 
     def forward(self, x: torch.Tensor, dim: int, hidden: int, attn_dim: int, heads: int, head_dim: int,
                 local_hidden: int, kernel: int, drop: float) -> torch.Tensor:
@@ -227,13 +227,6 @@ class GlitSuperBlock(nn.Module):
             return x + drop_path(self.mlp(self.norm2(x, dim), hidden, dim), drop, True)
         x = x + y
         return x + self.mlp(self.norm2(x, dim), hidden, dim)
-
-
-def _local(arch, i: int) -> tuple[int, int]:
-    """(channels, hidden width) of block `i`'s local units: the channels its attention does not take,
-    times the expansion (`vitnas.families.glit.local_dim` / `local_hidden`)."""
-    d = arch.embed_dim - arch.attn_dim(i)
-    return d, int(arch.local_expansion[i] * d)
 
 
 def batchnorms(model: nn.Module) -> list[nn.Module]:

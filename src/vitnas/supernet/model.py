@@ -111,7 +111,8 @@ class SuperBlock(nn.Module):
 
 
 def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
-    """Why `arch` is not in `space` (the first reason), or None when it is."""
+    """Why `arch` is not in `space` (the first reason), or None when it is: `space.mismatch(arch)`,
+    kept under this name for scripts that import it from `vitnas.supernet`."""
     return space.mismatch(arch)
 
 
@@ -185,7 +186,7 @@ class Supernet(nn.Module):
         plan = self._plans.get(arch)
         if plan is not None:
             return plan
-        why = arch_mismatch(self.space, arch)
+        why = self.space.mismatch(arch)
         if why is None and (arch.embed_dim > self.embed_dim or arch.depth > self.depth
                             or max(arch.num_heads) > self.num_heads
                             or max(arch.mlp_hidden) > self.mlp_hidden):

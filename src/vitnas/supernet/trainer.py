@@ -217,4 +217,4 @@ def trainer_from_config(supernet, cfg, dist: DistInfo, steps: int, epochs: int |
         weight_decay=cfg.weight_decay, warmup_epochs=min(cfg.warmup_epochs, n - 1), mixup=cfg.mixup,
         cutmix=cfg.cutmix, label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, amp=cfg.amp,
         sampling=cfg.sampling, sandwich_random=cfg.sandwich_random, seed=cfg.seed,
-        kd_warmup_epochs=cfg.warmup_epochs if cfg.kd_warmup_epochs is None else cfg.kd_warmup_epochs)
+        kd_warmup_epochs=cfg.kd_warmup)
