@@ -200,7 +200,7 @@ class ProxyConfig(_Section):
 
 
 class SearchConfig(_Section):
-    strategy: Literal["evolution", "random", "hierarchical"] = "evolution"
+    strategy: Literal["evolution", "random", "hierarchical", "greedy"] = "evolution"
     fitness: Literal["supernet", "proxy", "hybrid"] = "supernet"
     proxy: str = "dss"
     population: Annotated[int, Field(gt=0, le=MAX_POPULATION)] = 50
@@ -221,6 +221,8 @@ class SearchConfig(_Section):
     seed: Seed = 0
     level2_epochs: Epochs | None = None  # hierarchical: level-2 supernet epochs (None: supernet.epochs)
     bn_calib_images: PosInt = 256  # GLiT: train images that recalibrate BatchNorm for each candidate
+    greedy_score: Literal["per_cost", "mes"] | None = None  # greedy: EfficientFormer V1 (per_cost) or V2 (mes)
+    mes_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.5  # greedy_score mes: latency exponent; params 1 - it
 
 
 class SlimConfig(_Section):
@@ -476,6 +478,7 @@ def _check(p: Params) -> None:
         raise ConfigError(f"supernet.pretrained: cannot start from timm ViT weights: {fam.refusal('timm_weights')}")
     if s.level2_epochs is not None and s.strategy != "hierarchical":
         raise ConfigError("search.level2_epochs: only used with search.strategy: hierarchical")
+    _check_greedy(s)
     for lo, hi in (("params_min", "params_max"), ("flops_min", "flops_max")):
         a, b = getattr(s, lo), getattr(s, hi)
         if a is not None and b is not None and b <= a:
@@ -524,6 +527,20 @@ def _check(p: Params) -> None:
     _check_files(p)
     _check_search(p, space)
     _check_slim(p, space)
+
+
+def _check_greedy(s: SearchConfig) -> None:
+    """The greedy strategy's keys: a budget to slim to, a fitness it can use, no stray `greedy_score`."""
+    if s.strategy != "greedy":
+        if s.greedy_score is not None:
+            raise ConfigError("search.greedy_score: only used with search.strategy: greedy")
+        return
+    if s.fitness == "hybrid":
+        raise ConfigError("search.fitness: hybrid pre-filters evolution's proposals; greedy evaluates every "
+                          "action of a step: use supernet or proxy")
+    from vitnas.search.budgets import driving_cost
+
+    driving_cost(s, s.greedy_score or "per_cost")
 
 
 def _check_auto_augment(policy: str) -> None:

@@ -69,6 +69,7 @@ class BlockFamily(ABC):
     has = ""  # what its archs have that others' do not, as a mismatch message says it
     batchnorm = False  # subnets' BatchNorm statistics are recalibrated before evaluation
     derives_heads = False  # num_heads / head_dim follow from the family's fields (a block may have no heads)
+    shrink_genes: tuple[str, ...] = ()  # per-layer genes whose smaller choice is cheaper (greedy slimming)
     refusals: Mapping[str, str] = {}
 
     # The family's blocks, "module:Class", imported on first use: they live with the layers they
@@ -160,6 +161,41 @@ class BlockFamily(ABC):
     @abstractmethod
     def crossover(self, space: SearchSpace, a: Arch, b: Arch, rng: random.Random, embed: int, depth: int) -> Arch:
         """A child of depth `depth` and width `embed` whose layers come from `a` and `b`."""
+
+    def shrink_actions(self, space: SearchSpace, arch: Arch) -> list[tuple[str, Arch]]:
+        """EfficientFormer's slimming actions from `arch`, each as (what it does, the arch after it):
+        the next smaller depth (the last blocks go: a supernet's depth d is its first d blocks), the
+        next narrower embed width, and each layer's next smaller choice of each `shrink_genes` gene;
+        only actions whose result is in `space`, in that order (ties go to the first)."""
+        from vitnas.errors import ArchError
+
+        d = arch.to_dict()
+        if self.derives_heads:
+            d.pop("num_heads"), d.pop("head_dim")
+        layered = [k for k, v in d.items() if isinstance(v, list) and len(v) == arch.depth]
+        proposals: list[tuple[str, dict[str, Any]]] = []
+        depth = max((x for x in space.depth if x < arch.depth), default=None)
+        if depth is not None:
+            proposals.append((f"depth {arch.depth}->{depth}", {"depth": depth} | {k: d[k][:depth] for k in layered}))
+        embed = max((x for x in space.embed_dim if x < arch.embed_dim), default=None)
+        if embed is not None:
+            proposals.append((f"embed {arch.embed_dim}->{embed}", {"embed_dim": embed}))
+        for i in range(arch.depth):
+            for gene in self.shrink_genes:
+                smaller = [c for c in getattr(space, gene) if c < d[gene][i]]
+                if smaller:
+                    values = list(d[gene])
+                    values[i] = max(smaller)
+                    proposals.append((f"layer {i} {gene} {d[gene][i]:g}->{values[i]:g}", {gene: values}))
+        out = []
+        for name, change in proposals:
+            try:
+                new = type(arch).from_dict(d | change)
+            except ArchError:
+                continue
+            if space.mismatch(new) is None:
+                out.append((name, new))
+        return out
 
     # ---- costs (`vitnas.space.cost`): what a block has besides attention and MLP ----------------
     def block_params(self, arch: Arch, i: int) -> int:

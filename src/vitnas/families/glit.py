@@ -45,6 +45,7 @@ class GlitFamily(BlockFamily):
     space_unused = ("num_heads", "head_dim")
     batchnorm = True
     derives_heads = True
+    shrink_genes = ("mlp_ratio", "qkv_ratio", "kernel_size", "local_expansion")  # not the split: it is no size
     refusals = {
         "rel_pos": "relative position is AutoFormer's; GLiT blocks do not have it",
         "keep_tokens": "token pruning does not combine with GLiT local units (the local convolution runs over "

@@ -18,6 +18,7 @@ class VitFamily(BlockFamily):
     title = "ViT"
     block_class = "vitnas.models.build:Block"
     super_block_class = "vitnas.supernet.model:SuperBlock"
+    shrink_genes = ("num_heads", "mlp_ratio")
     refusals = {"hierarchical": "'hierarchical' is GLiT's two-level search and needs a GLiT space (space.preset "
                                 "glit-tiny or glit-demo)"}
 

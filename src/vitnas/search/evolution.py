@@ -154,6 +154,14 @@ class Search:
         """Steps of a full search: the initial population plus `generations`."""
         return self.config.generations + 1
 
+    @property
+    def budget(self) -> int:
+        return self.config.budget
+
+    @property
+    def generations(self) -> int:
+        return self.config.generations
+
     def _ranked(self) -> list[int]:
         """Best fitness first; among equal fitness (common on a small val split) the cheaper arch, so
         the reported best is on the Pareto front."""

@@ -37,7 +37,7 @@ def candidate_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     for i, r in enumerate(history):
         row: dict[str, Any] = {"candidate": i, "generation": int(r["generation"]), "origin": r["origin"],
                                "fitness": r["fitness"], "params": int(r["params"]), "flops": int(r["flops"])}
-        for key in ("latency_ms", "proxy", "level"):
+        for key in ("latency_ms", "proxy", "level", "chosen", "score"):
             if key in r:
                 row[key] = r[key]
         row |= {k: _gene(v) for k, v in r["arch"].items() if v is not None and k not in ("name",)}

@@ -9,7 +9,8 @@ their keys (validation decides whether a stage runs, never what it computes; els
 search would retrain the supernet), and `vitnas.stages.contract` imports this module to write
 dvc.yaml. A package whose every file is reached is listed as its folder, else its
 files one by one. Registries count as imports for this (not for circles): a module that reaches
-`vitnas.families` runs every registered family's module (`FAMILIES`, imported by name).
+`vitnas.families` runs every registered family's module (`FAMILIES`, imported by name), and a
+lazy package (`vitnas.search`: a `_HOME` map of names to submodules) every submodule it maps.
 """
 
 from __future__ import annotations
@@ -136,13 +137,22 @@ def import_cycles() -> list[list[str]]:
     return cycles
 
 
+@cache
 def _registered(module: str) -> frozenset[str]:
-    """The modules a registry in `module` imports by name on first use."""
-    if module != f"{ROOT}.families":
-        return frozenset()
-    from vitnas.families import FAMILIES
+    """The modules a registry in `module` imports by name on first use: the families, and the
+    submodules of a lazy package (a top-level `_HOME = {name: submodule}`, PEP 562)."""
+    if module == f"{ROOT}.families":
+        from vitnas.families import FAMILIES
 
-    return frozenset(path for path, _ in FAMILIES.values())
+        return frozenset(path for path, _ in FAMILIES.values())
+    path = _file(module)
+    if path is None or path.name != "__init__.py":
+        return frozenset()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_HOME" for t in node.targets) \
+                and isinstance(node.value, ast.Dict):
+            return frozenset(f"{module}.{v.value}" for v in node.value.values if isinstance(v, ast.Constant))
+    return frozenset()
 
 
 def closure(module: str) -> set[Path]:

@@ -1,4 +1,5 @@
-"""Search stage: AutoFormer evolution (or random search) under params/FLOPs/latency constraints.
+"""Search stage: AutoFormer evolution (or random search, or EfficientFormer's greedy latency-driven
+slimming) under params/FLOPs/latency constraints.
 
 Fitness is supernet accuracy with inherited weights on the val split, a zero-cost proxy on a
 randomly initialised supernet, or both (proxy pre-filter, then supernet accuracy). Checkpoints the
@@ -29,6 +30,8 @@ from vitnas.progress import progress as progress_bar
 from vitnas.search import (
     Constraints,
     EvolutionConfig,
+    GreedyConfig,
+    GreedySlimming,
     LatencyTable,
     ProxyFitness,
     Search,
@@ -148,7 +151,11 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     constraints = Constraints.from_config(cfg, table)
     constraints.check_feasible(space, seed=cfg.seed)
     fitness, proxy = _fitness(params, data, space, supernet_path, info)
-    search = Search(space, EvolutionConfig.from_config(cfg), fitness, constraints=constraints, proxy=proxy)
+    if cfg.strategy == "greedy":
+        search = GreedySlimming(space, GreedyConfig(cfg.greedy_score or "per_cost", cfg.mes_alpha), fitness,
+                                constraints=constraints)
+    else:
+        search = Search(space, EvolutionConfig.from_config(cfg), fitness, constraints=constraints, proxy=proxy)
 
     fp = _fingerprint(params, space, data, Path(supernet_path) if supernet_path is not None else None, table)
     state = _checkpoint.resume(ckpt_dir, fp) if resume and info.is_main else None
@@ -264,9 +271,9 @@ def search_values(search: Search) -> dict[str, Any]:
     return values | {
         "population_mean_fitness": sum(_or_minus_inf(r["fitness"]) for r in pop) / len(pop),
         "evaluations": search.evaluations,
-        "budget": search.config.budget,
+        "budget": search.budget,
         "shortfall": search.shortfall,
-        "generations": search.config.generations,
+        "generations": search.generations,
         "rejected": sum(search.rejected.values()),
         **{f"rejected_{k}": v for k, v in search.rejected.items()},
         "pareto_size_params": len(front),
@@ -369,7 +376,7 @@ def _hierarchical_metrics(search1: Search, search2: Search, loop2: EpochRunner, 
     values |= {f"level2_supernet_{k}": v for k, v in last.items() if k.startswith("val_acc_") or k == "train_loss"}
     values |= {
         "evaluations": search1.evaluations + search2.evaluations,
-        "budget": search1.config.budget + search2.config.budget,
+        "budget": search1.budget + search2.budget,
         "rejected": v1["rejected"] + v2["rejected"],
         "level2_supernet_epochs": epochs2,
         "level2_supernet_train_seconds": round(loop2.seconds, 2),
