@@ -102,9 +102,78 @@ def test_the_supernet_stage_trains_with_nasvit_sampling(digits_dir, tmp_path):
 
     p = parse_params({"tracking": {"enabled": False},
                       "supernet": {"epochs": 2, "warmup_epochs": 1, "batch_size": 256, "sampling": "nasvit",
-                                   "val_random_subnets": 1}})
+                                   "val_random_subnets": 1, "layer_scale": 0.1}})
     assert p.supernet.kd_warmup_epochs is None  # the lr warm-up's length
     m = stage.run(p, digits_dir, tmp_path / "sn", progress=False)
     assert m["epochs"] == 2 and 0 <= m["val_acc_largest"] <= 1
-    history = Supernet.load(tmp_path / "sn" / "supernet.pt").meta["history"]
+    net = Supernet.load(tmp_path / "sn" / "supernet.pt")
+    assert net.layer_scale == 0.1 and not torch.all(net.blocks[0].ls1 == 0.1)  # the scales were trained
+    history = net.meta["history"]
     assert all(0 <= h["conflicting_tensors"] <= 1 for h in history) and history[0]["conflicting_tensors"] > 0
+
+
+# ---- switchable layer scaling --------------------------------------------------------------------
+def _scaled_supernet() -> Supernet:
+    torch.manual_seed(0)
+    net = Supernet(SearchSpace.preset("demo"), layer_scale=0.1)
+    with torch.no_grad():  # trained scales differ per channel and per (depth, width)
+        for block in net.blocks:
+            block.ls1.uniform_(0.05, 1.5)
+            block.ls2.uniform_(0.05, 1.5)
+    return net.eval()
+
+
+def test_layer_scales_fold_into_the_extracted_model_exactly():
+    import random
+
+    from vitnas import extract
+
+    net = _scaled_supernet()
+    space, x = net.space, torch.randn(3, 1, 16, 16)
+    for arch in [space.smallest(), space.largest(), *(space.sample(random.Random(s)) for s in range(4))]:
+        model = extract(net, arch).eval()  # a plain timm ViT: the scales are in its weights
+        assert not any(k.endswith((".ls1", ".ls2", ".gamma")) for k in model.state_dict())
+        with torch.no_grad():
+            assert torch.allclose(model(x), net(x, arch), atol=1e-5), arch
+
+
+def test_each_depth_and_width_trains_its_own_scales():
+    net = _scaled_supernet().train()
+    space = net.space
+    a = space.make_arch(max(space.embed_dim), [1] * max(space.depth), [2.0] * max(space.depth))
+    b = space.make_arch(min(space.embed_dim), [1] * min(space.depth), [2.0] * min(space.depth))
+    net(torch.randn(2, 1, 16, 16), a).sum().backward()
+    row_a = net.blocks[0].scale_index[(a.depth, a.embed_dim)]
+    row_b = net.blocks[0].scale_index[(b.depth, b.embed_dim)]
+    grad = net.blocks[0].ls1.grad
+    assert grad[row_a].abs().sum() > 0 and grad[row_b].abs().sum() == 0
+    # block i only has rows for the depths that reach it
+    assert all(d > i for i, blk in enumerate(net.blocks) for d, _ in blk.scale_index)
+    assert {"blocks.0.ls1", "blocks.0.ls2"} <= net.no_weight_decay()
+
+
+def test_layer_scales_survive_save_and_load(tmp_path):
+    from vitnas.supernet import SupernetFileError
+
+    net = _scaled_supernet()
+    path = net.save(tmp_path / "s.pt")
+    back = Supernet.load(path).eval()
+    assert back.layer_scale == 0.1
+    arch = net.space.largest()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(back(x, arch), net(x, arch))
+    payload = torch.load(path, weights_only=True)
+    payload["layer_scale"] = None  # the weights hold scales the file says it has not
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(SupernetFileError, match="weights do not fit"):
+        Supernet.load(tmp_path / "bad.pt")
+
+
+def test_layer_scale_refusals():
+    with pytest.raises(ValueError, match="layer_scale: switchable layer scaling .* GLiT"):
+        Supernet(SearchSpace.preset("glit-demo"), layer_scale=0.1)
+    with pytest.raises(Exception, match=r"^supernet\.layer_scale: switchable layer scaling"):
+        parse_params({"space": {"preset": "glit-demo"}, "supernet": {"layer_scale": 0.1}})
+    with pytest.raises(Exception, match=r"^supernet\.layer_scale: timm ViT weights have no layer scales"):
+        parse_params({"supernet": {"layer_scale": 0.1, "pretrained": "x.pth"}})

@@ -180,6 +180,8 @@ class SupernetConfig(TrainRecipe):
     # nasvit: epochs the smaller subnets learn from the labels before in-place distillation starts
     # (a cold teacher is what fails at short schedules); None: warmup_epochs
     kd_warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] | None = None
+    # NASViT's switchable layer scaling: per-channel branch scales per (depth, embed width), starting here
+    layer_scale: Annotated[float, Field(gt=0, le=1)] | None = None
     val_random_subnets: Annotated[int, Field(ge=0)] = 3
     pretrained: str | None = None
     hierarchical: bool = False  # GLiT: train the level-1 supernet of search.strategy hierarchical
@@ -474,6 +476,11 @@ def _check(p: Params) -> None:
                           "use supernet")
     if fam.refusal("latency") and s.latency_max_ms is not None:
         raise ConfigError(f"search.latency_max_ms: {fam.refusal('latency')}")
+    if p.supernet.layer_scale is not None and fam.refusal("layer_scale"):
+        raise ConfigError(f"supernet.layer_scale: {fam.refusal('layer_scale')}")
+    if p.supernet.layer_scale is not None and p.supernet.pretrained:
+        raise ConfigError("supernet.layer_scale: timm ViT weights have no layer scales; start from them without "
+                          "(null) or train from scratch (supernet.pretrained: null)")
     if fam.refusal("timm_weights") and p.supernet.pretrained:
         raise ConfigError(f"supernet.pretrained: cannot start from timm ViT weights: {fam.refusal('timm_weights')}")
     if s.level2_epochs is not None and s.strategy != "hierarchical":

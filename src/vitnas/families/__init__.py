@@ -83,7 +83,7 @@ class BlockFamily(ABC):
 
     def refusal(self, what: str) -> str | None:
         """Why `what` (a capability: `rel_pos`, `keep_tokens`, `timm_weights`, `proxies`, `latency`,
-        `slim`, `hierarchical`, `qkv_prefix`) does not combine with this family; None when it does."""
+        `slim`, `hierarchical`, `qkv_prefix`, `layer_scale`) does not combine with this family; None when it does."""
         return self.refusals.get(what)
 
     # ---- archs (`vitnas.space.arch`) -------------------------------------------------------
@@ -220,9 +220,11 @@ class BlockFamily(ABC):
         return max(space.num_heads), space.head_dim
 
     @abstractmethod
-    def super_block(self, space: SearchSpace, i: int, *, dim: int, hidden: int, qkv_bias_layout: str):
-        """Block `i` of the supernet over `space` (embed width `dim`, MLP hidden `hidden`); it has
-        `plan(arch, i)` (its forward's arguments after the width) and `views(arch, i)`."""
+    def super_block(self, space: SearchSpace, i: int, *, dim: int, hidden: int, qkv_bias_layout: str,
+                    layer_scale: float | None = None):
+        """Block `i` of the supernet over `space` (embed width `dim`, MLP hidden `hidden`, NASViT's
+        switchable layer scales starting at `layer_scale`); it has `plan(arch, i)` (its forward's
+        arguments after the width) and `views(arch, i)`."""
 
 
 def extremes_by(space: SearchSpace) -> tuple[Arch, ...]:

@@ -56,6 +56,7 @@ class GlitFamily(BlockFamily):
         "latency": "latency tables hold plain ViT blocks; GLiT spaces (local units) are not supported yet",
         "slim": "GLiT local units cannot be slimmed yet (the masks cover attention and MLP only)",
         "qkv_prefix": "GLiT supernets have only vitnas's own layout",
+        "layer_scale": "switchable layer scaling (NASViT) is implemented for plain ViT blocks; GLiT blocks have none",
     }
 
     # ---- archs ----------------------------------------------------------------------------
@@ -306,7 +307,8 @@ class GlitFamily(BlockFamily):
         """No single head count / head dim: blocks size themselves (`super_block`)."""
         return space.units, None
 
-    def super_block(self, space, i: int, *, dim: int, hidden: int, qkv_bias_layout: str):
+    def super_block(self, space, i: int, *, dim: int, hidden: int, qkv_bias_layout: str,
+                    layer_scale: float | None = None):
         """Sized for the splits block `i` may take: max heads = units - fewest local units, max head
         dim, max local units x max expansion, largest kernel (see `vitnas.supernet.glit`)."""
         w = dim // space.units

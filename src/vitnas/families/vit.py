@@ -141,11 +141,13 @@ class VitFamily(BlockFamily):
         block = self.load(self.block_class)
         return block(arch.embed_dim, arch.num_heads[i], arch.head_dim[i], arch.mlp_hidden[i], **kwargs, **extra)
 
-    def super_block(self, space, i: int, *, dim: int, hidden: int, qkv_bias_layout: str):
+    def super_block(self, space, i: int, *, dim: int, hidden: int, qkv_bias_layout: str,
+                    layer_scale: float | None = None):
         rel = (space.img_size // space.patch_size, space.rel_pos_clip) if space.rel_pos else None
         block = self.load(self.super_block_class)
+        keys = tuple((d, e) for d in space.depth for e in space.embed_dim if d > i)  # the subnets with block i
         return block(dim, max(space.num_heads), space.head_dim, hidden, eps=space.norm_eps, rel_pos=rel,
-                     qkv_bias_layout=qkv_bias_layout)
+                     qkv_bias_layout=qkv_bias_layout, layer_scale=layer_scale, scale_keys=keys)
 
 
 @functools.cache

@@ -81,7 +81,7 @@ def _run(params: Params, data_dir: str | Path, out: Path, ckpt_dir: Path, *, res
     steps = steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "supernet.batch_size")
 
     reseed(cfg.seed, "init")
-    supernet = Supernet(space, drop_path_rate=cfg.drop_path)
+    supernet = Supernet(space, drop_path_rate=cfg.drop_path, layer_scale=cfg.layer_scale)
     if cfg.pretrained:
         try:
             init_from_timm(supernet, cfg.pretrained)

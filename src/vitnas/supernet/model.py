@@ -77,15 +77,26 @@ class SuperAttention(nn.Module):
 
 
 class SuperBlock(nn.Module):
-    """timm's pre-norm ViT block over sliced weights (same submodule names as timm's Block)."""
+    """timm's pre-norm ViT block over sliced weights (same submodule names as timm's Block).
+
+    With `layer_scale` (NASViT's switchable layer scaling), each residual branch's output is
+    multiplied by a learned per-channel scale chosen by the subnet's (depth, embed width): one row
+    of `ls1` (attention) and `ls2` (MLP) per pair of `scale_keys`, all starting at `layer_scale`.
+    A subnet's scales fold exactly into its attention projection and second MLP layer
+    (`arch_views`), so the extracted model is a plain timm block."""
 
     def __init__(self, dim_max: int, heads_max: int, head_dim: int, hidden_max: int, *, eps: float = 1e-6,
-                 rel_pos: tuple[int, int] | None = None, qkv_bias_layout: str = "grouped") -> None:
+                 rel_pos: tuple[int, int] | None = None, qkv_bias_layout: str = "grouped",
+                 layer_scale: float | None = None, scale_keys: tuple[tuple[int, int], ...] = ()) -> None:
         super().__init__()
         self.norm1 = SlicedLayerNorm(dim_max, eps)
         self.attn = SuperAttention(dim_max, heads_max, head_dim, rel_pos, qkv_bias_layout)
         self.norm2 = SlicedLayerNorm(dim_max, eps)
         self.mlp = SuperMlp(dim_max, hidden_max)
+        self.scale_index = {key: k for k, key in enumerate(scale_keys)} if layer_scale is not None else None
+        if layer_scale is not None:
+            self.ls1 = nn.Parameter(torch.full((len(scale_keys), dim_max), float(layer_scale)))
+            self.ls2 = nn.Parameter(torch.full((len(scale_keys), dim_max), float(layer_scale)))
 
     def views(self, dim: int, heads: int, hidden: int) -> dict[str, torch.Tensor]:
         """What a subnet block uses, by timm's state-dict names (relative position: the static
@@ -93,21 +104,34 @@ class SuperBlock(nn.Module):
         return {**prefixed("norm1.", self.norm1.views(dim)), **prefixed("attn.", self.attn.views(heads, dim)),
                 **prefixed("norm2.", self.norm2.views(dim)), **prefixed("mlp.", self.mlp.views(hidden, dim))}
 
-    @staticmethod
-    def plan(arch: Arch, i: int) -> tuple[int, int]:
-        """Layer `i` of `arch` as this block's `forward` takes it after the width: (heads, MLP hidden)."""
-        return arch.num_heads[i], arch.mlp_hidden[i]
+    def plan(self, arch: Arch, i: int) -> tuple[int, int, int | None]:
+        """Layer `i` of `arch` as this block's `forward` takes it after the width: (heads, MLP hidden,
+        the row of its layer scales or None)."""
+        scale = None if self.scale_index is None else self.scale_index[(arch.depth, arch.embed_dim)]
+        return arch.num_heads[i], arch.mlp_hidden[i], scale
 
     def arch_views(self, arch: Arch, i: int) -> dict[str, torch.Tensor]:
-        """`views` of layer `i` of `arch`."""
-        return self.views(arch.embed_dim, arch.num_heads[i], arch.mlp_hidden[i])
+        """`views` of layer `i` of `arch`; with layer scales, the projection and the second MLP
+        layer come scaled (copies, not views: the scale folded in)."""
+        v = self.views(arch.embed_dim, arch.num_heads[i], arch.mlp_hidden[i])
+        scale = self.plan(arch, i)[2]
+        if scale is not None:
+            d = arch.embed_dim
+            for name, g in (("attn.proj.", self.ls1[scale, :d]), ("mlp.fc2.", self.ls2[scale, :d])):
+                v[name + "weight"] = v[name + "weight"] * g[:, None]
+                v[name + "bias"] = v[name + "bias"] * g
+        return v
 
-    def forward(self, x: torch.Tensor, dim: int, heads: int, hidden: int, drop: float) -> torch.Tensor:
-        if drop > 0.0 and self.training:
-            x = x + drop_path(self.attn(self.norm1(x, dim), heads, dim), drop, True)
-            return x + drop_path(self.mlp(self.norm2(x, dim), hidden, dim), drop, True)
-        x = x + self.attn(self.norm1(x, dim), heads, dim)
-        return x + self.mlp(self.norm2(x, dim), hidden, dim)
+    def forward(self, x: torch.Tensor, dim: int, heads: int, hidden: int, scale: int | None,
+                drop: float) -> torch.Tensor:
+        a = self.attn(self.norm1(x, dim), heads, dim)
+        if scale is not None:
+            a = a * self.ls1[scale, :dim]
+        x = x + (drop_path(a, drop, True) if drop > 0.0 and self.training else a)
+        m = self.mlp(self.norm2(x, dim), hidden, dim)
+        if scale is not None:
+            m = m * self.ls2[scale, :dim]
+        return x + (drop_path(m, drop, True) if drop > 0.0 and self.training else m)
 
 
 def arch_mismatch(space: SearchSpace, arch: Arch) -> str | None:
@@ -139,7 +163,8 @@ class Supernet(nn.Module):
     `h` heads ("grouped", vitnas's own, where bias and weight rows always agree).
     """
 
-    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0, *, qkv_bias_layout: str = "grouped") -> None:
+    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0, *, qkv_bias_layout: str = "grouped",
+                 layer_scale: float | None = None) -> None:
         super().__init__()
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space: expected a vitnas.SearchSpace, got {type(space).__name__}")
@@ -149,7 +174,10 @@ class Supernet(nn.Module):
             raise ValueError(f"qkv_bias_layout: expected one of {', '.join(QKV_BIAS_LAYOUTS)}, got {qkv_bias_layout!r}")
         if qkv_bias_layout != "grouped" and space.family.refusal("qkv_prefix"):
             raise ValueError(f"qkv_bias_layout: {space.family.refusal('qkv_prefix')}")
+        if layer_scale is not None and (space.family.refusal("layer_scale") or not layer_scale > 0):
+            raise ValueError(f"layer_scale: {space.family.refusal('layer_scale') or f'must be > 0, got {layer_scale}'}")
         self.space = space
+        self.layer_scale = layer_scale
         self.qkv_bias_layout = qkv_bias_layout
         self.drop_path_rate = float(drop_path_rate)
         largest = space.largest()
@@ -166,7 +194,8 @@ class Supernet(nn.Module):
         self.num_heads, self.head_dim = space.family.super_heads(space)
         self.blocks = nn.ModuleList(
             space.family.super_block(space, i, dim=self.embed_dim, hidden=self.mlp_hidden,
-                                     qkv_bias_layout=qkv_bias_layout) for i in range(self.depth))
+                                     qkv_bias_layout=qkv_bias_layout, layer_scale=layer_scale)
+            for i in range(self.depth))
         self.norm = SlicedLayerNorm(self.embed_dim, space.norm_eps)
         self.head = SlicedLinear(self.embed_dim, self.num_classes)
         # As timm's VisionTransformer.init_weights; the layers init themselves.
@@ -207,8 +236,10 @@ class Supernet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Kept out of weight decay by timm's optimizer factory, as in timm's ViT."""
-        return {"pos_embed", "cls_token"}
+        """Kept out of weight decay by timm's optimizer factory, as in timm's ViT (and the layer
+        scales, as CaiT's)."""
+        scales = {f"blocks.{i}.{n}" for i in range(self.depth) for n in ("ls1", "ls2")} if self.layer_scale else set()
+        return {"pos_embed", "cls_token"} | scales
 
     def set_arch(self, arch: Arch | Mapping[str, Any]) -> None:
         """Make `forward(x)` run `arch` (validated here, so a bad arch fails at once)."""
@@ -266,6 +297,7 @@ class Supernet(nn.Module):
             "format": FORMAT,
             "space": self.space.to_dict(),
             "qkv_bias_layout": self.qkv_bias_layout,
+            "layer_scale": self.layer_scale,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "meta": meta,
         }
@@ -311,9 +343,15 @@ class Supernet(nn.Module):
             layout = payload.get("qkv_bias_layout", "grouped")
             if layout not in QKV_BIAS_LAYOUTS:
                 raise ValueError(f"qkv_bias_layout {layout!r}")
+            scale = payload.get("layer_scale")
+            if scale is not None and not isinstance(scale, (int, float)):
+                raise ValueError(f"layer_scale {scale!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise SupernetFileError(f"{path}: malformed supernet file ({type(e).__name__}: {e})") from None
-        net = cls(space, drop_path_rate=drop_path_rate, qkv_bias_layout=layout)
+        try:
+            net = cls(space, drop_path_rate=drop_path_rate, qkv_bias_layout=layout, layer_scale=scale)
+        except ValueError as e:
+            raise SupernetFileError(f"{path}: malformed supernet file ({e})") from None
         try:
             net.load_state_dict(state, strict=True)
         except (RuntimeError, TypeError, AttributeError) as e:
