@@ -228,6 +228,9 @@ class SearchConfig(_Section):
 
 
 class SlimConfig(_Section):
+    # vit-slim: soft masks on widths (and tokens) cut to a budget; dynamicvit: per-image token
+    # predictors keeping token_keep_ratio ** k of the patch tokens after the k-th (DynamicViT)
+    method: Literal["vit-slim", "dynamicvit"] = "vit-slim"
     target_flops_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
     target_params_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
     epochs: Epochs = 10
@@ -498,6 +501,9 @@ def _check(p: Params) -> None:
     if sl.target_flops_ratio is not None and sl.target_params_ratio is not None:
         raise ConfigError("slim.target_params_ratio: set only one of slim.target_flops_ratio and "
                           "slim.target_params_ratio")
+    if sl.method == "dynamicvit" and (sl.token_keep_ratio is None or sl.token_keep_ratio >= 1):
+        raise ConfigError("slim.token_keep_ratio: slim.method dynamicvit keeps rho, rho^2, rho^3 of the patch "
+                          f"tokens; set rho in (0, 1), e.g. 0.7 (got {sl.token_keep_ratio})")
     seen: set[str] = set()
     for i, t in enumerate(p.transfer.targets):
         key = f"transfer.targets.{i}"

@@ -43,6 +43,7 @@ class VitFamily(BlockFamily):
         return (f"Arch(embed={arch.embed_dim}, depth={arch.depth}, heads={list(arch.num_heads)}, "
                 f"mlp={list(ratios)}, head_dim={arch.to_dict()['head_dim']}"
                 + (f", tokens={list(arch.keep_tokens)}" if arch.keep_tokens is not None else "")
+                + (" per image" if arch.token_predictors else "")
                 + model_summary(arch.model_fields()) + ")")
 
     # ---- spaces ---------------------------------------------------------------------------
@@ -135,7 +136,7 @@ class VitFamily(BlockFamily):
         extra = {}
         if arch.keep_tokens is not None:
             extra = {"tokens_in": arch.tokens_in(i - 1) - 1 if i else arch.num_patches,
-                     "tokens_out": arch.keep_tokens[i]}
+                     "tokens_out": arch.keep_tokens[i], "predictor": arch.token_predictors}
         if arch.rel_pos:
             extra["rel_pos"] = (arch.img_size // arch.patch_size, arch.rel_pos_clip)
         block = self.load(self.block_class)

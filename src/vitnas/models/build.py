@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vitnas.models import hub
 from vitnas.models.relpos import RelPosTables, rel_pos_attention
+from vitnas.models.token_predictor import TokenPredictor
 from vitnas.space.arch import Arch
 
 # A relative-position block's table weights, relative to the block (the same in every layer).
@@ -70,17 +71,23 @@ class Block(TimmBlock):
 
     A token-pruned block (`tokens_out < tokens_in`, ViT-Slim) first keeps CLS and the patch
     tokens at `token_rows` (positions in its input sequence, a buffer saved with the weights):
-    the others are gone, so they cost nothing and are no keys or values for anyone.
+    the others are gone, so they cost nothing and are no keys or values for anyone. With
+    `predictor` (DynamicViT) a `TokenPredictor` picks each image's `tokens_out` tokens instead.
     """
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, *,
                  qkv_bias: bool = True, drop_path: float = 0.0, proj_drop: float = 0.0,
                  attn_drop: float = 0.0, norm_layer=nn.LayerNorm, act_layer=nn.GELU,
                  tokens_in: int | None = None, tokens_out: int | None = None,
-                 rel_pos: tuple[int, int] | None = None) -> None:
+                 rel_pos: tuple[int, int] | None = None, predictor: bool = False) -> None:
         nn.Module.__init__(self)
         self.token_rows: torch.Tensor | None
-        if tokens_out is not None and tokens_in is not None and tokens_out < tokens_in:
+        self.predictor: TokenPredictor | None = None
+        self.tokens_out = tokens_out
+        if predictor and tokens_out is not None and tokens_in is not None and tokens_out < tokens_in:
+            self.predictor = TokenPredictor(dim)
+            self.token_rows = None
+        elif tokens_out is not None and tokens_in is not None and tokens_out < tokens_in:
             # evenly spread until trained positions are loaded
             rows = torch.linspace(0, tokens_in - 1, tokens_out).round().long()
             self.register_buffer("token_rows", rows)
@@ -99,6 +106,9 @@ class Block(TimmBlock):
                 is_causal: bool = False) -> torch.Tensor:
         if self.token_rows is not None:
             x = torch.cat((x[:, :1], x[:, 1:].index_select(1, self.token_rows)), dim=1)
+        elif self.predictor is not None:
+            keep = self.predictor.keep(x[:, 1:], self.tokens_out)
+            x = torch.cat((x[:, :1], x[:, 1:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))), dim=1)
         return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
 
 

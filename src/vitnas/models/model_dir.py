@@ -55,8 +55,8 @@ def load_weights(arch: Arch, path: str | Path, *, map_location: str | torch.devi
     if pruned:
         arch = arch.replace(keep_tokens=None)
 
-    def drop(key: str) -> bool:  # a token-pruned model loaded with every token: no token rows
-        return pruned and key.endswith(".token_rows")
+    def drop(key: str) -> bool:  # a token-pruned model loaded with every token: no token rows or predictors
+        return pruned and (key.endswith(".token_rows") or ".predictor." in key)
     safetensors = path.suffix == ".safetensors"
     if safetensors:  # shapes from the header against the arch, before anything is read or built
         header = safetensors_header(path)

@@ -37,6 +37,21 @@ def _param_groups(masked: MaskedViT, lr: float, weight_decay: float) -> list[dic
             {"params": masked.mask_parameters(), "weight_decay": 0.0, "lr": lr}]
 
 
+def epoch_means(step, loader, dist: DistInfo, desc: str, progress: bool) -> dict[str, float]:
+    """`step(x, y, where)` over `loader` on `dist.device`, with a bar; the means of what the steps
+    returned, as `train_<name>`."""
+    sums: dict[str, float] = {}
+    n = 0
+    bar = progress_bar(loader, desc=desc, unit="steps", lines=False, enabled=progress and dist.is_main)
+    for x, y in bar:
+        s = step(x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True), f"{desc} step {n + 1}")
+        for k, v in s.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        bar.set_postfix(loss=f"{s['loss']:.3f}")
+    return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+
+
 class SlimTrainer:
     """Trains a `MaskedViT` (masks + weights) for ViT-Slim's budgeted pruning."""
 
@@ -83,19 +98,7 @@ class SlimTrainer:
         return out
 
     def train_epoch(self, loader, epoch: int = 0, progress: bool = True) -> dict[str, float]:
-        dev = self.dist.device
-        sums: dict[str, float] = {}
-        n = 0
-        bar = progress_bar(loader, desc=f"slim epoch {epoch + 1}", unit="steps", lines=False,
-                           enabled=progress and self.dist.is_main)
-        for x, y in bar:
-            s = self.step(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
-                          f"slim epoch {epoch + 1} step {n + 1}")
-            for k, v in s.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            bar.set_postfix(loss=f"{s['loss']:.3f}")
-        out = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+        out = epoch_means(self.step, loader, self.dist, f"slim epoch {epoch + 1}", progress)
         out.update(self.mask_stats())
         return out
 

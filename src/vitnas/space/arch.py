@@ -19,7 +19,7 @@ from vitnas.files import read_json
 
 _PLAIN_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "mlp_hidden", "head_dim",
-    "patch_size", "img_size", "in_chans", "num_classes", "keep_tokens",
+    "patch_size", "img_size", "in_chans", "num_classes", "keep_tokens", "token_predictors",
 } | {"global_pool", "rel_pos", "rel_pos_clip", "norm_eps"}
 # How the network around the searched widths is built (same for every arch of a space). timm's ViT
 # defaults; AutoFormer / TF-TAS use avg pooling, relative position (clip 14) and LayerNorm eps 1e-5.
@@ -155,6 +155,8 @@ class Arch:
     mlp_ratio: tuple[float, ...] | None = field(default=None)
     # Slimmed models only: patch tokens (CLS excluded) that enter each block; non-increasing.
     keep_tokens: tuple[int, ...] | None = field(default=None)
+    # DynamicViT: where keep_tokens drops, a predictor picks each image's tokens (else fixed positions)
+    token_predictors: bool = False
     # GLiT global-local blocks only (None for plain ViT archs). A block's channels are `units` units
     # of `embed_dim / units` channels: `local_units[i]` go to convolution (local) units, the other
     # `num_heads[i]` are attention heads of head dim `qkv_ratio[i] * unit width`. Settings of a
@@ -196,6 +198,8 @@ class Arch:
         for k, v in check_model_fields(self.global_pool, self.rel_pos, self.rel_pos_clip, self.norm_eps,
                                        block_family=fam).items():
             object.__setattr__(self, k, v)
+        if self.token_predictors is not False and (self.token_predictors is not True or self.keep_tokens is None):
+            raise ArchError("token_predictors: true only with keep_tokens (the per-layer counts the predictors keep)")
         if self.rel_pos and self.keep_tokens is not None:
             raise ArchError("keep_tokens: token pruning does not combine with relative position (rel_pos) yet; "
                             "slim without tokens")
@@ -217,6 +221,7 @@ class Arch:
         in_chans: int = 3,
         num_classes: int = 1000,
         keep_tokens: int | Sequence[int] | None = None,
+        token_predictors: bool = False,
         units: int | None = None,
         local_units: int | Sequence[int] | None = None,
         qkv_ratio: float | Sequence[float] | None = None,
@@ -255,7 +260,8 @@ class Arch:
         tokens = None if keep_tokens is None else per_layer("keep_tokens", keep_tokens, depth, int)
         return cls(embed_dim=embed_dim, depth=depth, num_heads=heads, mlp_hidden=hidden,
                    head_dim=hdim, patch_size=patch_size, img_size=img_size, in_chans=in_chans,
-                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens, global_pool=global_pool,
+                   num_classes=num_classes, mlp_ratio=ratios, keep_tokens=tokens, token_predictors=token_predictors,
+                   global_pool=global_pool,
                    rel_pos=rel_pos, rel_pos_clip=rel_pos_clip, norm_eps=norm_eps, **own)
 
     @classmethod
@@ -282,6 +288,8 @@ class Arch:
                  num_classes=self.num_classes)
         if self.keep_tokens is not None:
             d["keep_tokens"] = list(self.keep_tokens)
+        if self.token_predictors:
+            d["token_predictors"] = True
         d.update(self.model_fields())
         d.update(self.family.arch_dict(self))
         return d
@@ -320,6 +328,8 @@ class Arch:
         d.update(changes)
         if d.get("keep_tokens") is None:
             d.pop("keep_tokens", None)
+            if "token_predictors" not in changes:
+                d.pop("token_predictors", None)  # no counts, nothing to predict
         return Arch.from_dict(d)
 
     # ---- derived ------------------------------------------------------------------------
@@ -361,6 +371,8 @@ class Arch:
         """A canonical string, equal for equal architectures (dedupe, caching, file names)."""
         fields = [self.embed_dim, self.depth, self.num_heads, self.mlp_hidden, self.head_dim,
                   self.patch_size, self.img_size, self.in_chans, self.num_classes, self.keep_tokens]
+        if self.token_predictors:  # keys of archs without them stay what they were
+            fields.append("token_predictors")
         fields += [getattr(self, k) for k in self.family.arch_keys]
         variant = {k: v for k, v in self.model_fields().items() if MODEL_DEFAULTS[k] != v}
         if variant:  # keys of timm-default archs stay what they were before these fields existed

@@ -4,6 +4,8 @@ Search rejects candidates by params/FLOPs before evaluating them, so these must 
 agree with the built model: params exactly, multiply-adds with `torch.utils.flop_counter` (which
 counts matmuls, convolutions and attention, not norms, softmax or activations). Token pruning
 (`Arch.keep_tokens`) changes FLOPs, not params: the position embedding keeps every position.
+DynamicViT's predictors (`Arch.token_predictors`) add their parameters, and their multiply-adds on
+the patch tokens they score, at every block where the count drops (`predicted_layers`).
 
 What a block has besides attention and MLP is its family's (`BlockFamily.block_params` /
 `block_flops`; GLiT's local branch, see `vitnas.families.glit`), and so is the width its attention
@@ -25,6 +27,29 @@ if TYPE_CHECKING:  # annotations only: arch.py imports the memory check, which i
     from vitnas.space.arch import Arch
 
 
+def predicted_layers(arch: Arch) -> list[tuple[int, int]]:
+    """(block, patch tokens scored) for each block whose kept tokens a predictor chooses."""
+    if not arch.token_predictors:
+        return []
+    out, before = [], arch.num_patches
+    for i, k in enumerate(arch.keep_tokens):
+        if k < before:
+            out.append((i, before))
+        before = k
+    return out
+
+
+def predictor_params(d: int) -> int:
+    """DynamicViT's predictor: LN, Linear(d, d), then d -> d/2 -> d/4 -> 2."""
+    h, q = d // 2, d // 4
+    return 2 * d + d * d + d + d * h + h + h * q + q + q * 2 + 2
+
+
+def predictor_macs(d: int) -> int:
+    h, q = d // 2, d // 4
+    return d * d + d * h + h * q + q * 2
+
+
 def count_params(arch: Arch) -> int:
     """Trainable parameters of `vitnas.build(arch)`."""
     d, c, p = arch.embed_dim, arch.in_chans, arch.patch_size
@@ -44,7 +69,7 @@ def count_params(arch: Arch) -> int:
         n += d * m + m + m * d + d  # fc1, fc2
     n += 2 * d  # final norm
     n += d * arch.num_classes + arch.num_classes  # classifier
-    return n
+    return n + len(predicted_layers(arch)) * predictor_params(d)
 
 
 def count_flops(arch: Arch) -> int:
@@ -62,4 +87,4 @@ def count_flops(arch: Arch) -> int:
         macs += fam.block_flops(arch, i)
         macs += 2 * t * d * m  # fc1 + fc2
     macs += d * arch.num_classes  # classifier on the pooled token (CLS or the patch-token mean)
-    return macs
+    return macs + sum(n * predictor_macs(d) for _, n in predicted_layers(arch))

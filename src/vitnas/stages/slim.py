@@ -1,4 +1,5 @@
-"""Slim stage: ViT-Slim soft masks on the searched arch, cut to a FLOPs/params budget, pruned.
+"""Slim stage: ViT-Slim soft masks on the searched arch, cut to a FLOPs/params budget, pruned; or
+DynamicViT's per-image token predictors (`slim.method: dynamicvit`, `_run_dynamic`).
 
 Input model: the searched `arch.json` with weights inherited from the supernet (`extract`), or
 a model directory (`arch.json` + `model.safetensors`, e.g. retrain's output or any
@@ -28,6 +29,7 @@ from vitnas.data import PreparedData
 from vitnas.errors import ConfigError
 from vitnas.models.model_dir import ARCH_FILE, save_model
 from vitnas.slim import BudgetError, BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
+from vitnas.slim.dynamic import DynamicTrainer, from_model
 from vitnas.space import Arch, count_flops, count_params
 from vitnas.stages._inputs import check_fits_data, load_input_model, train_dataset
 from vitnas.stages._io import atomic_dir, claim_output, flat_metrics, write_json
@@ -91,6 +93,9 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     model, arch, source = load_input_model(arch_path, supernet_path, dev)
     where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
     check_fits_data(arch, data, where)
+    if cfg.method == "dynamicvit":
+        return _run_dynamic(params, data, model, arch, out, dist, where, track=track, progress=progress,
+                            inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path}, source=source)
     check_reachable(cfg, arch, where)
     train_ds = train_dataset(data, params)
     steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
@@ -137,6 +142,55 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                 (metrics["params_before"], metrics["params_after"])
             print(f"slim: {kind} {before_n:,} -> {after_n:,} ({after_n / before_n:.3f}, target {ratio:g}); val acc "
                   f"{acc_before:.3f} -> {metrics['val_acc_after']:.3f}; {after}", flush=True)
+        dist.barrier()
+    return metrics
+
+
+def _run_dynamic(params: Params, data: PreparedData, model, arch: Arch, out: Path, dist, where: Path, *,
+                 track: bool | None, progress: bool, inputs: dict, source: str) -> dict[str, float]:
+    """DynamicViT (`slim.method: dynamicvit`): predictors trained on the input model (its frozen copy
+    the teacher) for `slim.epochs`; the output model prunes each image's tokens itself."""
+    cfg, dev = params.slim, dist.device
+    reseed(cfg.seed, "init")  # the predictors' initialisation
+    try:
+        dyn, new = from_model(model.to(dev).eval(), arch, cfg.token_keep_ratio)
+    except ValueError as e:
+        raise ConfigError(f"{e} ({where})") from None
+    train_ds = train_dataset(data, params)
+    steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
+    xv, yv = data.eval_tensors("val")
+
+    def val_acc(forward) -> float:
+        return evaluate(forward, batches(xv, yv, max(cfg.batch_size, 256)), dev)["acc"]
+
+    acc_before = val_acc(model) if dist.is_main else float("nan")
+    trainer = DynamicTrainer(dyn, model, lr=cfg.lr, dist=dist)
+    loop = EpochRunner("slim", trainer, train_ds, cfg, dist, model=dyn, hint="Nothing was written. Lower slim.lr")
+    t0 = time.time()
+    with open_run("slim", params, track, main=dist.is_main, system_metrics=True, inputs=inputs,
+                  tags={"vitnas.slim.source": source, "vitnas.slim.method": "dynamicvit"}) as run_:
+        loop.run(run_, progress=progress, describe=lambda r: f"kept {r['train_kept']:.3f} (last stage)",
+                 evaluate=lambda epoch, stats: {"val_acc_pruned": val_acc(dyn.model.eval())})
+        metrics: dict[str, float] = {}
+        if dist.is_main:
+            pb, pa, fb, fa = count_params(arch), count_params(new), count_flops(arch), count_flops(new)
+            metrics = flat_metrics({
+                "params_before": pb, "params_after": pa, "params_ratio": pa / pb, "flops_before": fb,
+                "flops_after": fa, "flops_ratio": fa / fb, "val_acc_before": acc_before,
+                "val_acc_after": loop.history[-1]["val_acc_pruned"], "token_keep_ratio": cfg.token_keep_ratio,
+                "tokens_kept": sum(new.keep_tokens) / (arch.depth * arch.num_patches), "epochs": cfg.epochs,
+                "slim_seconds": round(time.time() - t0, 2)})
+            with atomic_dir(out, "slim") as tmp:
+                save_model(dyn.model, new, tmp, dataset=data.meta)
+                write_json(tmp / "metrics.json", metrics)
+                plot_widths(arch, new, tmp / "widths.png")
+            run_.log_metrics(metrics)
+            log_model_dir(run_, dyn.model, out, new, model_example(data, new))
+            for name in ("arch.json", "widths.png"):
+                run_.log_artifact(out / name)
+            print(f"slim (dynamicvit): patch tokens per block {list(new.keep_tokens)} chosen per image; FLOPs "
+                  f"{fb:,} -> {fa:,} ({fa / fb:.3f}); val acc {acc_before:.3f} -> {metrics['val_acc_after']:.3f}",
+                  flush=True)
         dist.barrier()
     return metrics
 
