@@ -93,16 +93,15 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     model, arch, source = load_input_model(arch_path, supernet_path, dev)
     where = Path(arch_path) / ARCH_FILE if Path(arch_path).is_dir() else Path(arch_path)
     check_fits_data(arch, data, where)
-    if cfg.method == "dynamicvit":
-        return _run_dynamic(params, data, model, arch, out, dist, where, track=track, progress=progress,
-                            inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path}, source=source)
     check_reachable(cfg, arch, where)
     train_ds = train_dataset(data, params)
     steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
     xv, yv = data.eval_tensors("val")
-
-    def val_acc(forward) -> float:
-        return evaluate(forward, batches(xv, yv, max(cfg.batch_size, 256)), dev)["acc"]
+    inputs = {"data": data_dir, "supernet": supernet_path, "arch": arch_path}
+    val_acc = accuracy_on(xv, yv, max(cfg.batch_size, 256), dev)
+    if cfg.method == "dynamicvit":
+        return _run_dynamic(params, data, train_ds, val_acc, model, arch, out, dist, where, track=track,
+                            progress=progress, inputs=inputs, source=source)
 
     reseed(cfg.seed, "init")
     model = model.to(dev).eval()
@@ -121,7 +120,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
 
     t0 = time.time()
     with open_run("slim", params, track, main=dist.is_main, system_metrics=True, tags={"vitnas.slim.source": source},
-                  inputs={"data": data_dir, "supernet": supernet_path, "arch": arch_path}) as run_:
+                  inputs=inputs) as run_:
         history = loop.run(run_, progress=progress, evaluate=evaluate_masked, before=fading, describe=describe_epoch)
         metrics: dict[str, float] = {}
         if dist.is_main:
@@ -146,8 +145,8 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
     return metrics
 
 
-def _run_dynamic(params: Params, data: PreparedData, model, arch: Arch, out: Path, dist, where: Path, *,
-                 track: bool | None, progress: bool, inputs: dict, source: str) -> dict[str, float]:
+def _run_dynamic(params: Params, data: PreparedData, train_ds, val_acc, model, arch: Arch, out: Path, dist,
+                 where: Path, *, track: bool | None, progress: bool, inputs: dict, source: str) -> dict[str, float]:
     """DynamicViT (`slim.method: dynamicvit`): predictors trained on the input model (its frozen copy
     the teacher) for `slim.epochs`; the output model prunes each image's tokens itself."""
     cfg, dev = params.slim, dist.device
@@ -156,13 +155,6 @@ def _run_dynamic(params: Params, data: PreparedData, model, arch: Arch, out: Pat
         dyn, new = from_model(model.to(dev).eval(), arch, cfg.token_keep_ratio)
     except ValueError as e:
         raise ConfigError(f"{e} ({where})") from None
-    train_ds = train_dataset(data, params)
-    steps_per_epoch(len(train_ds), cfg.batch_size, dist.world_size, "slim.batch_size")
-    xv, yv = data.eval_tensors("val")
-
-    def val_acc(forward) -> float:
-        return evaluate(forward, batches(xv, yv, max(cfg.batch_size, 256)), dev)["acc"]
-
     acc_before = val_acc(model) if dist.is_main else float("nan")
     trainer = DynamicTrainer(dyn, model, lr=cfg.lr, dist=dist)
     loop = EpochRunner("slim", trainer, train_ds, cfg, dist, model=dyn, hint="Nothing was written. Lower slim.lr")
@@ -223,9 +215,16 @@ class Fading:
         return {} if self.plan is None else {"fade_level": self.level}
 
 
+def accuracy_on(x: torch.Tensor, y: torch.Tensor, batch_size: int, device):
+    """`val_acc(forward)`: top-1 of a model (or any forward) on (x, y)."""
+    return lambda forward: evaluate(forward, batches(x, y, batch_size), device)["acc"]
+
+
 def check_reachable(cfg, arch: Arch, where: Path) -> None:
     """An impossible target fails before any training (the scores do not change the bounds; with
-    tokens, one token per layer bounds what any token plan can save)."""
+    tokens, one token per layer bounds what any token plan can save). ViT-Slim's only."""
+    if cfg.method != "vit-slim":
+        return
     cfg.check_fade()
     kind, ratio = cfg.target
     tokens = cfg.token_keep_ratio is not None
