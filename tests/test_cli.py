@@ -18,6 +18,15 @@ def test_help_lists_the_stages():
     assert "--out" in run("data", "--help").stdout
 
 
+def test_help_in_a_log_is_plain_and_whole():
+    # not a terminal (a pipe, as in a CI log or a pod's log): no boxes cutting option help at 80 columns
+    r = run("pipeline", "compile", "--help")
+    assert r.returncode == 0 and "╭" not in r.stdout and "│" not in r.stdout
+    assert "MLFLOW_TRACKING_URI" in r.stdout and "PersistentVolumeClaim" in r.stdout
+    assert "..." not in r.stdout.replace("torchrun --nproc_per_node N -m vitnas", "")
+    assert max(len(line) for line in r.stdout.splitlines()) <= 100
+
+
 def test_data_command_writes_output_and_bad_params_fail_in_one_line(tmp_path, repo, cli):
     out = tmp_path / "d"
     r = cli("data", "--params", str(repo / "params.yaml"), "--out", str(out), "--no-track")

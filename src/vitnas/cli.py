@@ -11,11 +11,15 @@ import typer
 from vitnas.errors import ConfigError, VitnasError
 from vitnas.stages.contract import ARTIFACTS, stage_dir
 
+# Boxed rich help on a terminal; plain, wrapped help in a log or a pipe, where boxes cut option
+# help at 80 columns ("MLFLOW_TRACKING_U...").
+HELP_MARKUP = "rich" if sys.stdout.isatty() else None
+
 app = typer.Typer(
     help="Vision Transformer architecture search: one command per pipeline stage.\n\n"
          "Stages, in pipeline order: data -> supernet -> proxy -> search -> slim -> retrain -> transfer.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=HELP_MARKUP,
 )
 
 
@@ -36,7 +40,8 @@ def _root(_: bool = typer.Option(False, "--version", "-V", callback=_version, is
     """Vision Transformer architecture search: one command per pipeline stage."""
 
 
-pipeline_app = typer.Typer(help="Compile, run locally or submit the Kubeflow pipeline.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Compile, run locally or submit the Kubeflow pipeline.", no_args_is_help=True,
+                           rich_markup_mode=HELP_MARKUP)
 app.add_typer(pipeline_app, name="pipeline")
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
@@ -150,7 +155,8 @@ def search(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path
                None, help="Per-generation checkpoints (default: OUT-checkpoints beside the output)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last generation checkpoint."),
            device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
-    """Evolutionary (or random) search under params/FLOPs/latency constraints.
+    """Evolutionary (or random) search, or greedy latency-driven slimming (EfficientFormer), under
+    params/FLOPs/latency constraints.
 
     Data-parallel: `torchrun --nproc_per_node N -m vitnas search ...` evaluates each generation's
     candidates on N processes, with the same result as one."""
@@ -186,7 +192,8 @@ def slim(params: Path = ParamsOpt, sets: list[str] | None = SetOpt, data: Path =
                                         "(arch.json + model.safetensors)."),
          out: Path = typer.Option(stage_dir("slim"), "--out", "-o", help="Output directory."),
          device: str = DeviceOpt, track: bool | None = TrackOpt, force: bool = ForceOpt) -> None:
-    """ViT-Slim soft-mask search to a FLOPs/params budget, then physical pruning."""
+    """ViT-Slim soft-mask search to a FLOPs/params budget, then physical pruning; or DynamicViT's
+    per-image token pruning (slim.method: dynamicvit)."""
     from vitnas.stages import slim as stage
 
     _report(out, stage.run(_params(params, out, "slim", force, sets), data, supernet, arch, out, device=device,
