@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -113,8 +114,41 @@ def _num(v: float) -> float:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
 
 
+def cached_values(fn: Fitness, cache: dict[str, float], archs: Sequence[Arch]) -> list[float]:
+    """`fn` of each arch, evaluating only those not in `cache` (by `Arch.key()`), which it fills."""
+    todo = [a for a in archs if a.key() not in cache]
+    if todo:
+        values = fn(todo)
+        if len(values) != len(todo):
+            raise RuntimeError(f"fitness returned {len(values)} values for {len(todo)} archs")
+        for a, v in zip(todo, values, strict=True):
+            cache[a.key()] = float(v)
+    return [cache[a.key()] for a in archs]
+
+
+class Stepwise(ABC):
+    """A search that runs step by step (a generation, a slimming step): `run()` is shared."""
+
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """Whether no step is left."""
+
+    @abstractmethod
+    def step(self) -> dict[str, float]:
+        """Run the next step; its statistics (also appended to `stats`)."""
+
+    def run(self, on_generation: Callable[[Any, dict[str, float]], None] | None = None):
+        """Run the remaining steps; `on_generation(search, stats)` after each (checkpointing)."""
+        while not self.done:
+            stats = self.step()
+            if on_generation is not None:
+                on_generation(self, stats)
+        return self
+
+
 # ---- the search ---------------------------------------------------------------------------------
-class Search:
+class Search(Stepwise):
     """One evolutionary (or random) search; `step()` runs one generation, `run()` all of them.
 
     `fitness(archs) -> list[float]` scores candidates (higher is better); `proxy`, when given, is a
@@ -229,16 +263,6 @@ class Search:
             self._propose(missing, lambda: space.sample(rng), "random", pending, out)
         return out, cfg.per_generation
 
-    def _cached(self, fn: Fitness, cache: dict[str, float], archs: list[Arch]) -> list[float]:
-        todo = [a for a in archs if a.key() not in cache]
-        if todo:
-            values = fn(todo)
-            if len(values) != len(todo):
-                raise RuntimeError(f"fitness returned {len(values)} values for {len(todo)} archs")
-            for a, v in zip(todo, values, strict=True):
-                cache[a.key()] = float(v)
-        return [cache[a.key()] for a in archs]
-
     def step(self) -> dict[str, float]:
         """Run the next generation; returns its statistics (also appended to `stats`)."""
         if self.done:
@@ -248,7 +272,7 @@ class Search:
         proposed, wanted = self._proposals(g, ratio)
         scores: list[float | None] = [None] * len(proposed)
         if self.proxy is not None and proposed:
-            scores = self._cached(self.proxy, self.proxy_cache, [a for a, _, _ in proposed])
+            scores = cached_values(self.proxy, self.proxy_cache, [a for a, _, _ in proposed])
             self.proxy_evaluations += len(proposed)
             for arch, _, _ in proposed:  # proxy-scored and filtered out: seen, never proposed again
                 self.seen.add(arch.key())
@@ -256,7 +280,7 @@ class Search:
             keep.sort()
             proposed, scores = [proposed[i] for i in keep], [scores[i] for i in keep]
         archs = [a for a, _, _ in proposed]
-        values = self._cached(self.fitness, self.fitness_cache, archs) if archs else []
+        values = cached_values(self.fitness, self.fitness_cache, archs) if archs else []
         self.evaluations += len(archs)
         self.shortfall += max(0, wanted - len(archs))
         for (arch, origin, costs), value, score in zip(proposed, values, scores, strict=True):
@@ -287,14 +311,6 @@ class Search:
         }
         self.stats.append(stats)
         return stats
-
-    def run(self, on_generation: Callable[[Search, dict[str, float]], None] | None = None) -> Search:
-        """Run the remaining generations; `on_generation(search, stats)` after each (checkpointing)."""
-        while not self.done:
-            stats = self.step()
-            if on_generation is not None:
-                on_generation(self, stats)
-        return self
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from vitnas.errors import ConfigError
 from vitnas.search.budgets import driving_cost
 from vitnas.search.constraints import Constraints, Costs
+from vitnas.search.evolution import Stepwise, _num, cached_values
 from vitnas.search.fitness import Fitness
 from vitnas.space import Arch, SearchSpace
 
@@ -50,7 +50,7 @@ def mes(costs: Costs, alpha: float) -> float:
     return 100.0 * (costs.latency_ms or math.inf) ** -alpha * (costs.params / 1e6) ** -(1 - alpha)
 
 
-class GreedySlimming:
+class GreedySlimming(Stepwise):
     """The search, step by step; the interface of `Search` where the stage reads it (`run`, `history`,
     `stats`, `best`, `best_arch`, `population`, `state_dict`). Every evaluated arch is a record of
     `history` ({"arch", "generation": step, "origin": the action, costs, "fitness", "chosen"}); the
@@ -106,21 +106,17 @@ class GreedySlimming:
         return mes(costs, self.config.mes_alpha) if self.cost == "mes" else float(getattr(costs, self.cost))
 
     def _evaluate(self, archs: list[Arch]) -> list[float]:
-        todo = [a for a in archs if a.key() not in self.fitness_cache]
-        if todo:
-            for a, v in zip(todo, self.fitness(todo), strict=True):
-                self.fitness_cache[a.key()] = float(v)
-            self.evaluations += len(todo)
-        return [self.fitness_cache[a.key()] for a in archs]
+        self.evaluations += len({a.key() for a in archs} - set(self.fitness_cache))
+        return cached_values(self.fitness, self.fitness_cache, archs)
 
     def _record(self, arch: Arch, origin: str, costs: Costs, fitness: float) -> int:
         self.history.append({"arch": arch.to_dict(), "generation": self.next_generation, "origin": origin,
                              **costs.to_dict(), "fitness": fitness, "chosen": False})
         return len(self.history) - 1
 
-    def _candidates(self, current: Arch) -> list[tuple[str, Arch, Costs]]:
-        """The current arch's actions that save cost and cross no floor (the others counted)."""
-        cur = self._value(self.constraints.costs(current))
+    def _candidates(self, current: Arch, cur: float) -> list[tuple[str, Arch, Costs]]:
+        """The actions from `current` (of cost value `cur`) that save cost and cross no floor (the
+        others counted)."""
         out = []
         for name, arch in self.space.family.shrink_actions(self.space, current):
             costs = self.constraints.costs(arch)
@@ -138,19 +134,20 @@ class GreedySlimming:
             raise RuntimeError("the search is finished")
         if not self.path:
             top = self.space.largest()
-            if _below_floor(self.constraints, self.constraints.costs(top)):
+            costs = self.constraints.costs(top)
+            if _below_floor(self.constraints, costs):
                 raise ConfigError(f"{self.constraints.first_key()}: the largest arch of the space is below it")
-            self.path.append(self._record(top, "largest", self.constraints.costs(top), self._evaluate([top])[0]))
+            self.path.append(self._record(top, "largest", costs, self._evaluate([top])[0]))
             self.history[-1]["chosen"] = True
             return self._finish([self.history[-1]["fitness"]])
         current, cur = self.best_arch(), self.best()
-        cands = self._candidates(current)
+        base = self._value(self.constraints.costs(current))
+        cands = self._candidates(current, base)
         if not cands:
             c = self.constraints
             raise ConfigError(f"{c.first_key()}: greedy slimming stopped at {current}: no action saves "
                               f"{self.cost} without crossing a floor, and the constraints ({c.describe()}) are not met")
         values = self._evaluate([a for _, a, _ in cands])
-        base = self._value(self.constraints.costs(current))
         scores = [(cur["fitness"] - v) / abs(self._value(c) - base) for (_, _, c), v in zip(cands, values, strict=True)]
         pick = min(range(len(cands)), key=lambda i: (scores[i] if math.isfinite(scores[i]) else math.inf, i))
         idx = [self._record(a, name, c, v) for (name, a, c), v in zip(cands, values, strict=True)]
@@ -170,13 +167,6 @@ class GreedySlimming:
         self.stats.append(stats)
         self.next_generation += 1
         return stats
-
-    def run(self, on_generation: Callable[[GreedySlimming, dict[str, float]], None] | None = None) -> GreedySlimming:
-        while not self.done:
-            stats = self.step()
-            if on_generation is not None:
-                on_generation(self, stats)
-        return self
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -202,7 +192,3 @@ class GreedySlimming:
 def _below_floor(c: Constraints, costs: Costs) -> bool:
     return (c.params_min is not None and costs.params < c.params_min) or \
         (c.flops_min is not None and costs.flops < c.flops_min)
-
-
-def _num(v: float) -> float:
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf

@@ -38,7 +38,7 @@ from vitnas.search import (
     ShardedFitness,
     SupernetFitness,
 )
-from vitnas.search.evolution import pareto_front
+from vitnas.search.evolution import _num, pareto_front
 from vitnas.search.fitness import check_proxy
 from vitnas.search.report import candidate_rows, columns, html_report, plot_pareto
 from vitnas.space import SearchSpace
@@ -99,11 +99,6 @@ def write_figures(directory: Path, history: list[dict[str, Any]], stats: list[di
     """pareto.png and the self-contained report.html (also the Kubeflow HTML view) of a search."""
     plot_pareto(history, directory / "pareto.png", label, best)
     (directory / "report.html").write_text(html_report(history, stats, best, label, title=title, summary=metrics))
-
-
-def _or_minus_inf(v: float) -> float:
-    """A fitness or cost that is not a finite number ranks last."""
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
 
 
 def _fingerprint(params: Params, space: SearchSpace, data: PreparedData, supernet_path: Path | None,
@@ -174,7 +169,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                                           "world_size": info.world_size}
         if proxy is not None or cfg.fitness == "proxy":
             values["proxy_evaluations"] = search.proxy_evaluations if proxy is not None else search.evaluations
-        metrics = flat_metrics({k: v for k, v in values.items() if _or_minus_inf(v) != -math.inf})
+        metrics = flat_metrics({k: v for k, v in values.items() if _num(v) != -math.inf})
         if not info.is_main:  # rank 0 writes, logs and reports
             info.barrier()
             return {}
@@ -269,7 +264,7 @@ def search_values(search: Search) -> dict[str, Any]:
     if "proxy" in best:
         values["best_proxy"] = best["proxy"]
     return values | {
-        "population_mean_fitness": sum(_or_minus_inf(r["fitness"]) for r in pop) / len(pop),
+        "population_mean_fitness": sum(_num(r["fitness"]) for r in pop) / len(pop),
         "evaluations": search.evaluations,
         "budget": search.budget,
         "shortfall": search.shortfall,
@@ -382,7 +377,7 @@ def _hierarchical_metrics(search1: Search, search2: Search, loop2: EpochRunner, 
         "level2_supernet_train_seconds": round(loop2.seconds, 2),
         "seconds": round(seconds, 2),
     }
-    return flat_metrics({k: v for k, v in values.items() if _or_minus_inf(v) != -math.inf})
+    return flat_metrics({k: v for k, v in values.items() if _num(v) != -math.inf})
 
 
 def _evolve(search: Search, desc: str, progress: bool, run_, prefix: str, checkpoint) -> None:
