@@ -31,7 +31,7 @@ import vitnas
 from vitnas import Arch
 from vitnas.search.latency import interleaved_median_ms
 from vitnas.slim import BudgetSolver, MaskedViT, SlimTrainer, prune, token_plan
-from vitnas.slim.dynamic import DynamicTrainer, default_layers, from_model, keep_counts
+from vitnas.slim.dynamic import DynamicTrainer, dynamic_arch, from_model, keep_counts
 from vitnas.train import DistInfo
 
 RATIOS = (0.9, 0.7, 0.5)
@@ -43,15 +43,8 @@ def base_arch(patch: int) -> Arch:
 
 
 def slot_share(arch: Arch, rho: float) -> float:
-    """The share of (layer, patch) token slots DynamicViT keeps at `rho` (its stages' counts)."""
-    layers = default_layers(arch.depth)
-    counts = keep_counts(arch.num_patches, rho, len(layers))
-    per_layer, n = [], arch.num_patches
-    for i in range(arch.depth):
-        if i in layers:
-            n = counts[layers.index(i)]
-        per_layer.append(n)
-    return sum(per_layer) / (arch.depth * arch.num_patches)
+    """The share of (layer, patch) token slots DynamicViT keeps at `rho` (its arch's per-layer counts)."""
+    return sum(dynamic_arch(arch, rho).keep_tokens) / (arch.depth * arch.num_patches)
 
 
 def trained_base(arch: Arch, t, epochs: int, seed: int) -> torch.nn.Module:

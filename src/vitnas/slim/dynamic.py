@@ -32,11 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitnas.models.build import build
-from vitnas.slim.train import epoch_means
+from vitnas.slim.train import apply_loss, epoch_means
 from vitnas.space import Arch
 from vitnas.space.cost import predicted_layers
-from vitnas.train import DistInfo, Precision, average_gradients
-from vitnas.train.loop import check_finite
+from vitnas.train import DistInfo, Precision
 
 RATIO_WEIGHT = 2.0
 DISTILL_WEIGHT = 0.5
@@ -220,12 +219,7 @@ class DynamicTrainer:
                 t_logits = self.teacher.forward_head(feats)
             # timm's forward_features ends with the final norm: the student's features are normed too
             loss, parts = dynamic_loss(outputs, y, t_logits, feats[:, 1:], self.dyn.targets, ce=self.ce)
-        check_finite(loss, where)
-        self.opt.zero_grad(set_to_none=True)
-        self.precision.backward(loss)
-        if self.dist.world_size > 1:
-            average_gradients([p for g in self.opt.param_groups for p in g["params"]], self.dist.world_size)
-        self.precision.step(self.opt)
+        apply_loss(loss, self.opt, self.precision, self.dist, where)
         return {"loss": loss.item(), **parts}
 
     def train_epoch(self, loader, epoch: int = 0, progress: bool = True) -> dict[str, float]:

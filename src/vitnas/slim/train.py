@@ -37,6 +37,18 @@ def _param_groups(masked: MaskedViT, lr: float, weight_decay: float) -> list[dic
             {"params": masked.mask_parameters(), "weight_decay": 0.0, "lr": lr}]
 
 
+def apply_loss(loss: torch.Tensor, opt: torch.optim.Optimizer, precision: Precision, dist: DistInfo,
+               where: str) -> None:
+    """One update from `loss`: refused when not finite (`where` says which step), then backward,
+    gradients averaged over ranks, an AMP-aware optimizer step."""
+    check_finite(loss, where)
+    opt.zero_grad(set_to_none=True)
+    precision.backward(loss)
+    if dist.world_size > 1:
+        average_gradients([p for g in opt.param_groups for p in g["params"]], dist.world_size)
+    precision.step(opt)
+
+
 def epoch_means(step, loader, dist: DistInfo, desc: str, progress: bool) -> dict[str, float]:
     """`step(x, y, where)` over `loader` on `dist.device`, with a bar; the means of what the steps
     returned, as `train_<name>`."""
@@ -86,12 +98,7 @@ class SlimTrainer:
                 task = 0.5 * task + 0.5 * kd
         l1 = m.sparsity_loss(*self.w).float()
         loss = task + l1
-        check_finite(loss, where)
-        self.opt.zero_grad(set_to_none=True)
-        self.precision.backward(loss)
-        if self.dist.world_size > 1:
-            average_gradients([p for g in self.opt.param_groups for p in g["params"]], self.dist.world_size)
-        self.precision.step(self.opt)
+        apply_loss(loss, self.opt, self.precision, self.dist, where)
         out = {"loss": loss.item(), "l1": l1.item()}
         if kd is not None:
             out["kd"] = kd.item()

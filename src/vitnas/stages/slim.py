@@ -128,14 +128,7 @@ def _run(params: Params, data_dir: str | Path, supernet_path: str | Path | None,
                                           acc_soft=history[-1]["val_acc_masked"])
             metrics = flat_metrics(metrics | {"val_acc_before": acc_before, "slim_seconds": round(time.time() - t0, 2)})
             check_cut(cfg, metrics)
-            with atomic_dir(out, "slim") as tmp:
-                save_model(pruned, after, tmp, dataset=data.meta)
-                write_json(tmp / "metrics.json", metrics)
-                plot_widths(arch, after, tmp / "widths.png")
-            run_.log_metrics(metrics)
-            log_model_dir(run_, pruned, out, after, model_example(data, after))
-            run_.log_artifact(out / "arch.json")
-            run_.log_artifact(out / "widths.png")
+            _write_outputs(out, run_, data, pruned, arch, after, metrics)
             kind, ratio = cfg.target
             before_n, after_n = (metrics["flops_before"], metrics["flops_after"]) if kind == "flops" else \
                 (metrics["params_before"], metrics["params_after"])
@@ -165,26 +158,36 @@ def _run_dynamic(params: Params, data: PreparedData, train_ds, val_acc, model, a
                  evaluate=lambda epoch, stats: {"val_acc_pruned": val_acc(dyn.model.eval())})
         metrics: dict[str, float] = {}
         if dist.is_main:
-            pb, pa, fb, fa = count_params(arch), count_params(new), count_flops(arch), count_flops(new)
-            metrics = flat_metrics({
-                "params_before": pb, "params_after": pa, "params_ratio": pa / pb, "flops_before": fb,
-                "flops_after": fa, "flops_ratio": fa / fb, "val_acc_before": acc_before,
+            metrics = flat_metrics(cost_metrics(arch, new) | {
+                "val_acc_before": acc_before,
                 "val_acc_after": loop.history[-1]["val_acc_pruned"], "token_keep_ratio": cfg.token_keep_ratio,
                 "tokens_kept": sum(new.keep_tokens) / (arch.depth * arch.num_patches), "epochs": cfg.epochs,
                 "slim_seconds": round(time.time() - t0, 2)})
-            with atomic_dir(out, "slim") as tmp:
-                save_model(dyn.model, new, tmp, dataset=data.meta)
-                write_json(tmp / "metrics.json", metrics)
-                plot_widths(arch, new, tmp / "widths.png")
-            run_.log_metrics(metrics)
-            log_model_dir(run_, dyn.model, out, new, model_example(data, new))
-            for name in ("arch.json", "widths.png"):
-                run_.log_artifact(out / name)
+            _write_outputs(out, run_, data, dyn.model, arch, new, metrics)
             print(f"slim (dynamicvit): patch tokens per block {list(new.keep_tokens)} chosen per image; FLOPs "
-                  f"{fb:,} -> {fa:,} ({fa / fb:.3f}); val acc {acc_before:.3f} -> {metrics['val_acc_after']:.3f}",
-                  flush=True)
+                  f"{metrics['flops_before']:,} -> {metrics['flops_after']:,} ({metrics['flops_ratio']:.3f}); "
+                  f"val acc {acc_before:.3f} -> {metrics['val_acc_after']:.3f}", flush=True)
         dist.barrier()
     return metrics
+
+
+def cost_metrics(before: Arch, after: Arch) -> dict[str, float]:
+    """Params and FLOPs before and after slimming, and their ratios (exact counts)."""
+    pb, pa, fb, fa = count_params(before), count_params(after), count_flops(before), count_flops(after)
+    return {"params_before": pb, "params_after": pa, "params_ratio": pa / pb,
+            "flops_before": fb, "flops_after": fa, "flops_ratio": fa / fb}
+
+
+def _write_outputs(out: Path, run_, data: PreparedData, model, before: Arch, after: Arch, metrics: dict) -> None:
+    """The slim contract (model directory, metrics.json, widths.png) written at once, then logged."""
+    with atomic_dir(out, "slim") as tmp:
+        save_model(model, after, tmp, dataset=data.meta)
+        write_json(tmp / "metrics.json", metrics)
+        plot_widths(before, after, tmp / "widths.png")
+    run_.log_metrics(metrics)
+    log_model_dir(run_, model, out, after, model_example(data, after))
+    for name in ("arch.json", "widths.png"):
+        run_.log_artifact(out / name)
 
 
 def describe_epoch(r: dict) -> str:
@@ -278,10 +281,7 @@ def _cut(cfg, arch: Arch, masked: MaskedViT, val_acc, probe: torch.Tensor, plan=
     with torch.no_grad():
         diff = (pruned(probe) - masked(probe)).abs().max().item() if len(probe) else 0.0
     after = plan.arch
-    pb, pa, fb, fa = count_params(arch), count_params(after), count_flops(arch), count_flops(after)
-    return pruned, after, {
-        "params_before": pb, "params_after": pa, "params_ratio": pa / pb,
-        "flops_before": fb, "flops_after": fa, "flops_ratio": fa / fb,
+    return pruned, after, cost_metrics(arch, after) | {
         "target_ratio": ratio, "target_is_flops": int(kind == "flops"),
         "target_rel_error": plan.rel_error,
         "val_acc_masked": acc_soft, "val_acc_binarized": acc_binary, "val_acc_after": acc_after,
