@@ -378,8 +378,9 @@ def test_training_stage_under_torchrun(tmp_path, digits_dir, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
-    """All seven stages with a tiny config, as the cluster runs them (one subprocess each)."""
+def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch, on_mlflow_server):
+    """All seven stages with a tiny config, as the cluster runs them (one subprocess each), logging
+    to a real `mlflow server`, read back through the REST API its UI reads."""
     from vitnas.pipeline.dag import run_local
 
     monkeypatch.chdir(tmp_path)
@@ -440,6 +441,48 @@ def test_pipeline_runs_locally_through_kfp_local(tmp_path, monkeypatch):
     assert "<svg" in reports["search-op"] and "best_fitness" in reports["search-op"]
     confusion = json.loads((Path(outputs["retrain"]) / "confusion.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 360 and len(confusion["classes"]) == 10
+    _what_the_mlflow_ui_shows(on_mlflow_server, params, tmp_path, monkeypatch)
+
+
+def _rest(server: str, path: str, body: dict | None = None) -> dict:
+    import urllib.parse
+    import urllib.request
+
+    if body is None:
+        with urllib.request.urlopen(f"{server}/api/2.0/mlflow/{path}", timeout=30) as r:
+            return json.loads(r.read())
+    req = urllib.request.Request(f"{server}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _parents(server: str, exp_id: str) -> dict[str, dict]:
+    runs = _rest(server, "runs/search", {"experiment_ids": [exp_id],
+                                         "filter": f"tags.`{tracking.ROLE_TAG}` = 'pipeline'"})["runs"]
+    return {next(t["value"] for t in r["data"]["tags"] if t["key"] == tracking.PIPELINE_TAG): r for r in runs}
+
+
+def _what_the_mlflow_ui_shows(server, params, tmp_path, monkeypatch):
+    """The experiment opens on the model-training pages; the parent of the whole run is FINISHED
+    with the headline results; a run stopped after its first stage says KILLED and what is missing."""
+    exp = _rest(server, "experiments/get-by-name?experiment_name=kfp-local")["experiment"]
+    assert {"key": tracking.EXPERIMENT_KIND_TAG, "value": "custom_model_development"} in exp["tags"]
+    parent = _parents(server, exp["experiment_id"])["kfp-local-test"]
+    assert parent["info"]["status"] == "FINISHED"
+    metrics = {m["key"] for m in parent["data"]["metrics"]}
+    assert metrics == {"supernet/val_acc_largest", "supernet/val_acc_smallest", "search/best_fitness",
+                       "search/best_params", "search/best_flops", "slim/params_ratio", "slim/flops_ratio",
+                       "slim/val_acc_after", "retrain/test_acc", "retrain/params", "retrain/flops",
+                       "transfer/digits-cifar.top1"}  # the headlines only: no series, no system metrics
+    from vitnas.stages import data as data_stage
+
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "kfp-local-stopped")
+    data_stage.run(params, tmp_path / "data-only")
+    stopped = _parents(server, exp["experiment_id"])["kfp-local-stopped"]
+    assert stopped["info"]["status"] == "KILLED"
+    missing = "proxy,retrain,search,slim,supernet,transfer"  # every stage after data
+    assert {"key": tracking.MISSING_TAG, "value": missing} in stopped["data"]["tags"]
 
 
 def _copy_project(repo: Path, dest: Path) -> None:

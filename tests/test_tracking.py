@@ -104,3 +104,74 @@ def test_log_model_is_a_no_op_when_tracking_is_off():
         assert run.log_model(torch.nn.Linear(2, 2), input_example=np.zeros((2, 2), np.float32),
                              registered_model="t-off-model") is None
     assert mlflow.get_experiment_by_name("t-off-model") is None
+
+
+_SHAPE = tracking.PipelineShape(downstream={"data": ("supernet",), "supernet": ("search",), "search": ()},
+                                headline={"supernet": ("val_acc_largest",), "search": ("best_*",)})
+
+
+def _parent(experiment: str):
+    return next(r for r in _runs(experiment) if r.data.tags.get(tracking.ROLE_TAG) == "pipeline")
+
+
+def _stage(name, experiment, metrics=None, fail=None):
+    with tracking.stage_run(name, experiment=experiment, shape=_SHAPE) as run:
+        run.log_metrics({"epoch_acc": 0.1}, step=1)  # a series: never rolled up
+        run.log_metrics(metrics or {})
+        if fail:
+            raise fail
+
+
+def test_experiment_is_marked_as_model_training_unless_a_user_chose_a_kind():
+    with tracking.stage_run("data", experiment="t-kind"):
+        pass
+    assert mlflow.get_experiment_by_name("t-kind").tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    untagged = mlflow.create_experiment("t-kind-old")  # made before vitnas set the kind
+    mine = mlflow.create_experiment("t-kind-mine", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
+    for name in ("t-kind-old", "t-kind-mine"):
+        with tracking.stage_run("data", experiment=name):
+            pass
+    assert mlflow.get_experiment(untagged).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert mlflow.get_experiment(mine).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_parent_says_a_pipeline_stopped_midway_and_rolls_up_results(monkeypatch):
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "run-stop")
+    _stage("data", "t-settle")
+    _stage("supernet", "t-settle", {"val_acc_largest": 0.9, "train_loss": 0.3})
+    parent = _parent("t-settle")
+    assert parent.info.status == "KILLED"  # search never ran
+    assert parent.data.tags[tracking.MISSING_TAG] == "search"
+    assert parent.data.metrics == {"supernet/val_acc_largest": 0.9}  # the headline only, no series
+    _stage("search", "t-settle", {"best_fitness": 0.95, "best_params": 1e4, "evaluations": 30})
+    parent = _parent("t-settle")
+    assert parent.info.status == "FINISHED" and parent.data.tags[tracking.MISSING_TAG] == "none"
+    assert parent.data.metrics == {"supernet/val_acc_largest": 0.9, "search/best_fitness": 0.95,
+                                   "search/best_params": 1e4}
+
+
+def test_parent_fails_with_a_stage_and_is_killed_by_ctrl_c(monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "run-fail")
+    _stage("data", "t-fail")
+    with pytest.raises(RuntimeError):
+        _stage("supernet", "t-fail", fail=RuntimeError("out of memory"))
+    assert _parent("t-fail").info.status == "FAILED"
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "run-ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        _stage("data", "t-fail", fail=KeyboardInterrupt())
+    parent = next(r for r in _runs("t-fail") if r.data.tags.get(tracking.PIPELINE_TAG) == "run-ctrl-c"
+                  and r.data.tags.get(tracking.ROLE_TAG) == "pipeline")
+    child = next(r for r in _runs("t-fail") if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id)
+    assert parent.info.status == child.info.status == "KILLED"
+
+
+def test_a_stage_rerun_that_finishes_clears_the_failure(monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("VITNAS_PIPELINE_RUN_ID", "run-retry")
+    with pytest.raises(RuntimeError):
+        _stage("search", "t-retry", fail=RuntimeError("boom"))
+    _stage("search", "t-retry", {"best_fitness": 0.5})
+    assert _parent("t-retry").info.status == "FINISHED"

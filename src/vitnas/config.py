@@ -340,6 +340,7 @@ class TransferConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: Annotated[str, Field(min_length=1)] = "vitnas"
+    system_metrics: bool = True  # CPU/GPU/memory use of the training stages' runs (MLflow's system/...)
 
 
 class Params(_Section):

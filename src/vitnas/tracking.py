@@ -17,6 +17,7 @@ import socket
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ CODE_VERSION_TAG = "vitnas.code_version"
 HOST_TAG = "vitnas.host"
 PID_TAG = "vitnas.pid"
 CODE_VERSION_ENV = "VITNAS_CODE_VERSION"  # set in pipeline pods (the image tag) and by `pipeline run-local`
+MISSING_TAG = "vitnas.pipeline.missing"  # on a parent: the stages its pipeline run has not finished
+# MLflow 3 opens an experiment on its GenAI pages unless this tag says it holds model training
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -99,6 +104,7 @@ class StageRun:
     def __init__(self, run_id: str | None = None, prefix: str = "") -> None:
         self.run_id = run_id
         self.prefix = prefix  # "<stage>/": metric names of one stage group together in MLflow
+        self.summary: dict[str, float] = {}  # the last value of each metric logged without a step
 
     @property
     def active(self) -> bool:
@@ -113,8 +119,12 @@ class StageRun:
             _mlflow().log_params({k: items[k] for k in keys[i:i + 100]})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log `metrics` (per epoch with `step`; a stage's results without one)."""
         if self.active and metrics:
-            _mlflow().log_metrics({self.prefix + k: float(v) for k, v in metrics.items()}, step=step)
+            values = {self.prefix + k: float(v) for k, v in metrics.items()}
+            _mlflow().log_metrics(values, step=step)
+            if step is None:
+                self.summary |= values
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
@@ -166,21 +176,24 @@ class StageRun:
 
 
 def _experiment_id(mlflow, name: str) -> str:
+    """The id of experiment `name`, created on first use, and marked as model training (MLflow 3's
+    experiment kind) when it has no kind yet; a kind a user chose is kept."""
     exp = mlflow.get_experiment_by_name(name)
-    if exp:
-        return exp.experiment_id
-    from mlflow.exceptions import MlflowException
+    if exp is None:
+        from mlflow.exceptions import MlflowException
 
-    with store_lock():
-        exp = mlflow.get_experiment_by_name(name)
-        if exp:
-            return exp.experiment_id
-        try:
-            return mlflow.create_experiment(name)
-        except MlflowException as e:  # another pod created it first
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return mlflow.get_experiment_by_name(name).experiment_id
+        with store_lock():
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                try:
+                    return mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                except MlflowException as e:  # another pod created it first
+                    if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    exp = mlflow.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _version_tags() -> dict[str, str]:
@@ -219,8 +232,7 @@ def _find_or_create_parent(mlflow, exp_id: str, pipeline_run_id: str, params: Ma
         items = [Param(k, str(v)) for k, v in _param_values(params).items()]
         for i in range(0, len(items), 100):  # MLflow's per-call limit
             client.log_batch(run.info.run_id, params=items[i:i + 100])
-    client.set_terminated(run.info.run_id)  # each stage that ends moves its end time
-    return run.info.run_id
+    return run.info.run_id  # RUNNING until a stage that ends settles it (`settle_parent`)
 
 
 def digest(path: str | Path) -> str:
@@ -286,19 +298,31 @@ def _log_dataset(client, run_id: str, data_dir: Path, value: str) -> None:
                                                      tags=[InputTag("mlflow.data.context", "training")])])
 
 
+@dataclass(frozen=True)
+class PipelineShape:
+    """What a parent run needs to know of its pipeline: the stages that follow each stage (the
+    parent is FINISHED only when no finished stage waits for one of them), and the metrics of each
+    stage copied onto the parent (names or fnmatch patterns), so the runs table compares pipelines."""
+
+    downstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    headline: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
 @contextmanager
 def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment: str = "vitnas",
               enabled: bool = True, tags: Mapping[str, str] | None = None,
               pipeline_params: Mapping[str, Any] | None = None,
               inputs: Mapping[str, str | Path | None] | None = None,
-              system_metrics: bool = False) -> Iterator[StageRun]:
+              system_metrics: bool = False, shape: PipelineShape | None = None) -> Iterator[StageRun]:
     """An MLflow run for one stage, a child of its pipeline run's parent (see `pipeline_id`).
 
     `params`: the stage's declared keys; `pipeline_params`: every key (logged on the parent when
     this stage creates it); `inputs`: the upstream artifacts consumed, recorded as digests
     (`vitnas.input.<name>` tags; the data as an MLflow dataset input). Metric names are prefixed
-    with `<stage>/`, so the experiment's charts group by stage. The parent's end time follows the
-    last stage that ends.
+    with `<stage>/`, so the experiment's charts group by stage. The stage's results (metrics logged
+    without a step) that `shape.headline` names are copied onto the parent; the parent is RUNNING
+    while a stage runs and settled by each stage that ends (`settle_parent`). Ctrl-C ends the run
+    KILLED, an error FAILED. System metrics (MLflow's `system/...`) go to the stage run only.
     """
     if not enabled:
         yield StageRun(None)
@@ -314,11 +338,13 @@ def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment
         all_tags[PIPELINE_TAG] = run_group
     if parent:
         all_tags[PARENT_TAG] = parent
+        client.update_run(parent, status="RUNNING")
     digests = {name: digest(p) for name, p in (inputs or {}).items() if p is not None and Path(p).exists()}
     all_tags |= {f"vitnas.input.{name}": d for name, d in digests.items()}
     all_tags |= {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     end_stale_runs(mlflow, exp_id, stage, run_group)
-    status = "FAILED"
+    shape = shape or PipelineShape()
+    status, handle = "FAILED", StageRun(None)
     try:
         with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags,
                               log_system_metrics=system_metrics or None) as run:
@@ -329,9 +355,52 @@ def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment
                     _log_dataset(client, run_id, Path(inputs["data"]), digests["data"])
             yield handle
             status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        if parent:  # the pipeline run lasts until its last stage ends
-            client.set_terminated(parent, status=status)
+        if status == "KILLED" and handle.active:  # MLflow ends a run left by any exception FAILED
+            client.set_terminated(handle.run_id, status="KILLED")
+        if parent:
+            if status == "FINISHED":
+                _roll_up(client, parent, handle, shape.headline.get(stage, ()))
+            settle_parent(client, exp_id, parent, shape)
+
+
+def _roll_up(client, parent: str, handle: StageRun, patterns: Sequence[str]) -> None:
+    """Copy the stage's results that `patterns` name onto the parent run."""
+    import fnmatch
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    picked = [Metric(k, v, now, 0) for k, v in handle.summary.items()
+              if any(fnmatch.fnmatchcase(k.removeprefix(handle.prefix), p) for p in patterns)]
+    for i in range(0, len(picked), 1000):  # MLflow's per-call limit
+        client.log_batch(parent, metrics=picked[i:i + 1000])
+
+
+def settle_parent(client, exp_id: str, parent: str, shape: PipelineShape) -> str:
+    """Set the parent's status from its stage runs (the latest run of each stage): RUNNING while
+    one runs; FAILED (KILLED) when one failed (was interrupted); KILLED when a finished stage is
+    followed by one that has not finished (the pipeline stopped before its end, the missing stages
+    in the `vitnas.pipeline.missing` tag); else FINISHED. Returns the status."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
+                              max_results=1000, order_by=["attributes.start_time DESC"])
+    latest: dict[str, str] = {}
+    for r in runs:
+        latest.setdefault(r.data.tags.get(STAGE_TAG, ""), r.info.status)
+    statuses = set(latest.values())
+    if "RUNNING" in statuses:
+        return "RUNNING"
+    missing = sorted({d for s, st in latest.items() if st == "FINISHED" for d in shape.downstream.get(s, ())
+                      if latest.get(d) != "FINISHED"})
+    status = ("FAILED" if "FAILED" in statuses else "KILLED" if "KILLED" in statuses or missing
+              else "FINISHED")
+    client.set_tag(parent, MISSING_TAG, ",".join(missing) or "none")
+    client.set_terminated(parent, status=status)
+    return status
 
 
 def _alive(pid: int) -> bool:

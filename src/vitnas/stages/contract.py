@@ -52,6 +52,8 @@ class Stage:
     extra_outputs: tuple[str, ...] = field(default=())  # written in some configurations only
     # keys inside a declared section that the stage does not read (data: how training reads the data)
     excludes: tuple[str, ...] = ()
+    # metrics.json names (fnmatch patterns) copied onto the pipeline's parent run in MLflow
+    headline: tuple[str, ...] = ()
 
     @property
     def files(self) -> frozenset[str]:
@@ -103,7 +105,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           plots=(Plot("supernet convergence", "history.json", "epoch",
                       ("val_acc_smallest", "val_acc_largest", "val_acc_random_mean"), "epoch", "val top-1"),
                  Plot("supernet curves", "curves.png")),
-          checkpoints=True,
+          checkpoints=True, headline=("val_acc_largest", "val_acc_smallest"),
           gpu=True, data_parallel=True, multinode=True),
     Stage("proxy", "vitnas proxy --data artifacts/data --out artifacts/proxy",
           inputs={"data": ("train.npz", "dataset.json", "shards.json")},
@@ -124,6 +126,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           report="report.html",
           checkpoints=True,
           extra_outputs=("level1_arch.json", "level1_pareto.png", "supernet_level2.pt"),
+          headline=("best_fitness", "best_params", "best_flops"),
           gpu=True, data_parallel=True),
     Stage("slim", "vitnas slim --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--arch artifacts/search/best_arch.json --out artifacts/slim",
@@ -131,6 +134,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           params=("slim", *READ_TIME_DATA_KEYS),
           outputs=("arch.json", "model.safetensors", "config.json", "widths.png"),
           plots=(Plot("slimming widths", "widths.png"),),
+          headline=("params_ratio", "flops_ratio", "val_acc_after"),
           gpu=True, data_parallel=True),
     Stage("retrain", "vitnas retrain --data artifacts/data --supernet artifacts/supernet/supernet.pt "
           "--arch artifacts/slim --out artifacts/retrain --checkpoints artifacts/checkpoints/retrain --resume",
@@ -141,16 +145,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                    "curves.png"),
           plots=(Plot("retrain curves", "history.json", "epoch", ("val_acc",), "epoch", "val top-1"),
                  Plot("retrain loss and accuracy", "curves.png")),
-          checkpoints=True,
+          checkpoints=True, headline=("test_acc", "params", "flops"),
           gpu=True, data_parallel=True, multinode=True),
     Stage("transfer", "vitnas transfer --data artifacts/data --model artifacts/retrain --out artifacts/transfer",
           inputs={"data": ("transfer",), "retrain": ("arch.json", "model.safetensors")},
           params=("transfer",),
           outputs=("detections.png",),
           plots=(Plot("detections", "detections.png"),),
+          headline=("*.top1", "*.AP"),
           gpu=True),
 )}
 ORDER = tuple(STAGES)
+
+
+def downstream() -> dict[str, tuple[str, ...]]:
+    """Each stage's direct consumers (the stages that read its output)."""
+    return {name: tuple(s.name for s in STAGES.values() if name in s.inputs) for name in STAGES}
 
 
 def stage_dir(stage: str) -> Path:
