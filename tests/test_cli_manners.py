@@ -12,8 +12,10 @@ from vitnas.errors import ConfigError
 
 def test_set_overrides_values_sections_and_list_entries(repo):
     p = load_params(repo / "params.yaml", ["supernet.epochs=12", "space.embed_dim=[32, 48]",
-                                           "transfer.targets.0.epochs=2", "retrain.teacher=null"])
-    assert p.supernet.epochs == 12 and p.transfer.targets[0].epochs == 2 and p.retrain.teacher is None
+                                           "transfer.targets.digits-cifar.epochs=2", "retrain.teacher=null",
+                                           "proxy.proxies.1=synflow"])
+    assert p.supernet.epochs == 12 and p.transfer.targets["digits-cifar"].epochs == 2 and p.retrain.teacher is None
+    assert p.proxy.proxies[1] == "synflow"  # a number in the key indexes a list
     assert p.search_space(num_classes=10, in_chans=1).embed_dim == (32, 48)
     raw = {"supernet": {"epochs": 1}}
     assert apply_override(raw, "supernet.lr=1e-3") == {"supernet": {"epochs": 1, "lr": 1e-3}}
@@ -24,7 +26,8 @@ def test_set_overrides_values_sections_and_list_entries(repo):
     ("supernet.epochs", "expected KEY=VALUE"),
     ("supernet.epochs=abc", "supernet.epochs"),
     ("supernet.epochz=3", "supernet.epochz: unknown key"),
-    ("transfer.targets.9.epochs=1", "no entry 9"),
+    ("proxy.proxies.9=dss", "no entry 9"),
+    ("transfer.targets.imagenet.epochs=1", "transfer.targets.imagenet: input should be .cifar10."),
     ("supernet.epochs.x=1", "supernet.epochs is a value"),
 ])
 def test_a_bad_override_is_one_error_naming_the_key(repo, item, message):

@@ -397,25 +397,25 @@ def test_stage_bad_inputs_are_one_line_errors_with_no_output(transfer_data, digi
 
 
 @pytest.mark.parametrize("target, message", [
-    ({"name": "digits-cifar", "detector": "retinanet"}, "transfer.targets.0.detector: not used by classification"),
-    ({"name": "digits-coco", "img_size": 32}, "transfer.targets.0.img_size: not used by detection"),
-    ({"name": "coco", "root": "/x", "canvas_size": 64}, "transfer.targets.0.canvas_size: only for 'digits-coco'"),
-    ({"name": "digits-coco", "root": "/x"}, "transfer.targets.0.root: not used for 'digits-coco'"),
-    ({"name": "digits-coco", "epochs": 2, "warmup_epochs": 2}, "warmup_epochs: must be < transfer.targets.0.epochs"),
-    ({"name": "digits-coco", "min_size": 64, "max_size": 32}, "transfer.targets.0.max_size: must be >="),
-    ({"name": "digits-coco", "canvas_size": 16}, "transfer.targets.0.canvas_size"),
-    ({"name": "digits-coco", "detector": "yolo"}, "transfer.targets.0.detector"),
+    ({"name": "digits-cifar", "detector": "retinanet"}, "digits-cifar.detector: not used by classification"),
+    ({"name": "digits-coco", "img_size": 32}, "transfer.targets.digits-coco.img_size: not used by detection"),
+    ({"name": "coco", "root": "/x", "canvas_size": 64}, "transfer.targets.coco.canvas_size: only for 'digits-coco'"),
+    ({"name": "digits-coco", "root": "/x"}, "transfer.targets.digits-coco.root: not used for 'digits-coco'"),
+    ({"name": "digits-coco", "epochs": 2, "warmup_epochs": 2}, "must be < transfer.targets.digits-coco.epochs"),
+    ({"name": "digits-coco", "min_size": 64, "max_size": 32}, "transfer.targets.digits-coco.max_size: must be >="),
+    ({"name": "digits-coco", "canvas_size": 16}, "transfer.targets.digits-coco.canvas_size"),
+    ({"name": "digits-coco", "detector": "yolo"}, "transfer.targets.digits-coco.detector"),
 ])
 def test_transfer_params_are_validated(target, message):
     with pytest.raises(ConfigError, match=message):
         parse_params(targets_params(target))
-    with pytest.raises(ConfigError, match="transfer.targets.1.name: target 'digits-cifar' is listed twice"):
+    with pytest.raises(ConfigError, match="transfer.targets: target 'digits-cifar' is listed twice"):
         parse_params(targets_params({"name": "digits-cifar"}, {"name": "digits-cifar"}))
 
 
 def test_transfer_params_fill_task_defaults_and_survive_a_round_trip():
     p = parse_params(targets_params({"name": "digits-cifar"}, {"name": "digits-coco"}, {"name": "coco", "root": "/c"}))
-    cls, digits, coco = p.transfer.targets
+    cls, digits, coco = p.transfer.targets.values()
     assert (cls.label_smoothing, cls.detector, cls.canvas_size) == (0.1, None, None)
     assert (digits.detector, digits.canvas_size, digits.fpn_channels, digits.label_smoothing) == (
         "faster_rcnn", 64, 64, None)
@@ -451,7 +451,7 @@ def test_a_3_channel_model_trained_on_grey_images_sees_the_target_grey(tmp_path)
     x = CocoDetection(ann, tmp_path / "val", grey=True)[0][0]
     assert x.shape == (3, 48, 64) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
     assert not torch.equal(*CocoDetection(ann, tmp_path / "val")[0][0][:2])
-    target = parse_params({"transfer": {"targets": [{"name": "digits-cifar"}]}}).transfer.targets[0]
+    target = parse_params({"transfer": {"targets": [{"name": "digits-cifar"}]}}).transfer.targets["digits-cifar"]
     assert target.colour == "auto" and stage.grey_input(target, _grey_source([0.3] * 3))
     assert not stage.grey_input(target.model_copy(update={"colour": "rgb"}), _grey_source([0.3] * 3))
 

@@ -250,9 +250,9 @@ def check_params(params: Path = ParamsOpt, sets: list[str] | None = SetOpt) -> N
             and not Path(p.data.root).exists():
         raise ConfigError(f"data.root: {p.data.root} does not exist on this machine (the data stage would stop "
                           "there; set data.download: true to fetch a downloadable dataset)")
-    for i, t in enumerate(p.transfer.targets):
+    for t in p.transfer.targets.values():
         if t.root and not Path(t.root).exists():
-            raise ConfigError(f"transfer.targets.{i}.root: {t.root} does not exist on this machine")
+            raise ConfigError(f"transfer.targets.{t.name}.root: {t.root} does not exist on this machine")
     typer.echo(f"{params}: ok")
     typer.echo(str(p.search_space()))
 

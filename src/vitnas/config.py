@@ -294,7 +294,7 @@ _TASK_KEYS = {"classification": ("img_size", "label_smoothing"),
 class TransferTarget(_Section):
     """One transfer dataset: fine-tune the retrained model on it and report top-1 or COCO AP."""
 
-    name: Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
+    name: Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]  # its key in transfer.targets
     root: str | None = None  # cifar10/cifar100/coco; digits-* live in the data stage's output
     epochs: Epochs = 5
     batch_size: Batch = 64
@@ -333,8 +333,43 @@ class TransferTarget(_Section):
         return "detection" if self.name in DETECTION_TARGETS else "classification"
 
 
+TargetName = Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
+
+
 class TransferConfig(_Section):
-    targets: list[TransferTarget] = []
+    """`targets`: target name -> its settings, so each key shows in `dvc exp diff` and `dvc params
+    diff` on its own. A list of targets each with a `name` (the earlier form) reads the same."""
+
+    targets: dict[TargetName, TransferTarget] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keyed_by_name(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "targets" not in data:
+            return data
+        targets = data["targets"]
+        if isinstance(targets, list):
+            for i, t in enumerate(targets):
+                if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+                    raise ConfigError(f"transfer.targets.{i}: each listed target needs a name (or write "
+                                      "transfer.targets as a mapping: name -> settings)")
+            names = [t["name"] for t in targets]
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice:
+                raise ConfigError(f"transfer.targets: target '{twice}' is listed twice")
+            targets = {t["name"]: {k: v for k, v in t.items() if k != "name"} for t in targets}
+        if isinstance(targets, dict):
+            keyed = {}
+            for name, t in targets.items():
+                t = {} if t is None else t
+                if isinstance(t, dict):
+                    if t.get("name", name) != name:
+                        raise ConfigError(f"transfer.targets.{name}.name: '{t['name']}' under key '{name}'; "
+                                          "the key is the target's name")
+                    t = {**t, "name": name}
+                keyed[name] = t
+            data = {**data, "targets": keyed}
+        return data
 
 
 class TrackingConfig(_Section):
@@ -505,19 +540,15 @@ def _check(p: Params) -> None:
     if sl.method == "dynamicvit" and (sl.token_keep_ratio is None or sl.token_keep_ratio >= 1):
         raise ConfigError("slim.token_keep_ratio: slim.method dynamicvit keeps rho, rho^2, rho^3 of the patch "
                           f"tokens; set rho in (0, 1), e.g. 0.7 (got {sl.token_keep_ratio})")
-    seen: set[str] = set()
-    for i, t in enumerate(p.transfer.targets):
-        key = f"transfer.targets.{i}"
+    for t in p.transfer.targets.values():
+        key = f"transfer.targets.{t.name}"
         if t.name in ("cifar10", "cifar100", "coco") and not t.root:
             raise ConfigError(f"{key}.root: required for target '{t.name}'")
         if t.name.startswith("digits-") and t.root:
             raise ConfigError(f"{key}.root: not used for '{t.name}' (the data stage writes it)")
         if t.name.startswith("digits-") and p.data.dataset == "imagefolder":
             raise ConfigError(f"{key}: '{t.name}' would fine-tune your image-folder model on the embedded digits; "
-                              "set transfer.targets to your own targets (cifar10, cifar100, coco with a root) or []")
-        if t.name in seen:
-            raise ConfigError(f"{key}.name: target '{t.name}' is listed twice")
-        seen.add(t.name)
+                              "set transfer.targets to your own targets (cifar10, cifar100, coco with a root) or {}")
         other = "detection" if t.task == "classification" else "classification"
         for k in _TASK_KEYS[other]:
             if getattr(t, k) is not None:
@@ -653,11 +684,13 @@ def _check_slim(p: Params, space: SearchSpace) -> None:
 
 def _format(err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+    loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-") and x != "[key]")
     if e["type"] == "extra_forbidden":
         return f"{loc}: unknown key"
     if e["type"] == "missing":
         return f"{loc}: required"
+    if isinstance(e.get("ctx", {}).get("error"), ConfigError):  # a validator's own message names its key
+        return str(e["ctx"]["error"])
     msg = e["msg"].removeprefix("Value error, ")
     return f"{loc}: {msg[0].lower() + msg[1:]} (got {e.get('input')!r})"
 
@@ -761,7 +794,7 @@ def read_value(text: str, where: str) -> Any:
 
 def apply_override(raw: Any, item: str) -> dict[str, Any]:
     """`section.key=value` (the value read as YAML: 3, 1e-3, true, null, [1, 2]); a number in the path
-    indexes a list (`transfer.targets.0.epochs=2`). Unknown keys are left to validation to name."""
+    indexes a list. Unknown keys are left to validation to name."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set supernet.epochs=3")

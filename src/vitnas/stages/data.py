@@ -30,7 +30,7 @@ def write_transfer_targets(params: Params, raw: RawDataset, splits: dict, out: P
     """Write the digits-* targets listed in `transfer.targets` under `out/transfer/<name>/`, and
     `out/transfer/targets.json` (their counts; `{}` when none, so the folder always exists).
     Returns the counts as metrics (`transfer_digits_coco_val_boxes`, ...)."""
-    wanted = {t.name: t for t in params.transfer.targets if t.name.startswith("digits-")}
+    wanted = {t.name: t for t in params.transfer.targets.values() if t.name.startswith("digits-")}
     (out / "transfer").mkdir()
     written: dict[str, dict[str, int]] = {}
     if wanted:

@@ -218,14 +218,14 @@ def run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | 
     """Fine-tune `model_dir` (arch.json + model.safetensors) on each transfer target; writes
     `out/metrics.json` (+ `detections.png`). Returns the metrics. `force`: replace `out` even when
     vitnas did not write it (a directory only)."""
-    inputs = [data_dir, model_dir, *(t.root for t in params.transfer.targets)]
+    inputs = [data_dir, model_dir, *(t.root for t in params.transfer.targets.values())]
     with claim_output(out, "transfer", force=force, inputs=inputs):
         return _run(params, data_dir, model_dir, out, device=device, track=track, progress=progress)
 
 
 def _run(params: Params, data_dir: str | Path, model_dir: str | Path, out: str | Path, *, device: str,
          track: bool | None, progress: bool) -> dict[str, float]:
-    targets = params.transfer.targets
+    targets = list(params.transfer.targets.values())
     model_dir, out = Path(model_dir), Path(out)
     dev = resolve_device(device)
     source, arch = load_model(model_dir)  # fail on a missing/corrupt model before any dataset work
