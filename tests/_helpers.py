@@ -16,8 +16,8 @@ TINY = {
     "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1},
     "slim": {"epochs": 1, "batch_size": 128},
     "retrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128},
-    "transfer": {"targets": [{"name": "digits-cifar", "epochs": 1, "warmup_epochs": 0, "batch_size": 128,
-                              "max_train_images": 64, "max_eval_images": 64}]},
+    "transfer": {"targets": {"digits-cifar": {"epochs": 1, "warmup_epochs": 0, "batch_size": 128,
+                                              "max_train_images": 64, "max_eval_images": 64}}},
 }
 
 VITNAS = str(Path(sys.executable).parent / "vitnas")  # the installed console script, as a user's shell runs it

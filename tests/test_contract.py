@@ -180,7 +180,10 @@ def _dvc(repo: Path, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_dvc_experiments_show_and_diff_every_stage_metric(tmp_path):
+def test_dvc_experiments_show_and_diff_every_stage_metric_plot_and_param(tmp_path):
+    """The tiny pipeline as a git + DVC project, then two experiments: `dvc exp show` has every
+    stage's metrics for each, `dvc plots diff` draws every declared curve for both (their files are
+    git's), and `dvc params diff` shows a transfer target's setting as a key of its own."""
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -189,22 +192,27 @@ def test_dvc_experiments_show_and_diff_every_stage_metric(tmp_path):
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY.items():
         base[section] = base.get(section, {}) | values
+    base["proxy"]["num_candidates"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(base))
 
     def git(*args):
-        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
     git("init", "-q")
     git("config", "user.email", "ci@vitnas"), git("config", "user.name", "ci")
     _dvc(repo, "init", "-q")
-    _dvc(repo, "repro", "-q", "supernet")
+    _dvc(repo, "repro", "-q")
     git("add", "-A")
     git("commit", "-qm", "baseline")
-    assert (repo / "artifacts/supernet/metrics.json").exists()
-    assert "artifacts/supernet/metrics.json" in subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True,
-                                                               text=True).stdout  # git sees the metrics
-    for lr in ("1e-3", "5e-3"):
-        _dvc(repo, "exp", "run", "-q", "supernet", "-S", f"supernet.lr={lr}", "-S", "supernet.min_lr=1e-6")
+    tracked = git("ls-files").split()
+    for f in ["artifacts/supernet/metrics.json", *(f"artifacts/{s.name}/{p.file}" for s in STAGES.values()
+                                                   for p in s.plots if p.x is not None)]:
+        assert f in tracked  # git sees the metrics and the plotted series
+    names = []
+    for lr, batch in (("1e-3", 64), ("5e-3", 32)):  # retrain and transfer rerun, the rest is the baseline's
+        out = _dvc(repo, "exp", "run", "-S", f"retrain.lr={lr}",
+                   "-S", f"transfer.targets.digits-cifar.batch_size={batch}")
+        names.append(out.split("Ran experiment(s): ")[1].split()[0])
     shown = json.loads(_dvc(repo, "exp", "show", "--json"))
     metrics = []
 
@@ -220,12 +228,20 @@ def test_dvc_experiments_show_and_diff_every_stage_metric(tmp_path):
                 walk(v)
 
     walk(shown)
-    with_supernet = [m for m in metrics if "artifacts/supernet/metrics.json" in m and
-                     "artifacts/data/metrics.json" in m]
-    assert len(with_supernet) >= 3, metrics  # the baseline and both experiments, every stage run so far
-    assert len({m["artifacts/supernet/metrics.json"]["train_loss"] for m in with_supernet}) >= 2
+    complete = [m for m in metrics if {f"artifacts/{s}/metrics.json" for s in STAGES} <= set(m)]
+    assert len(complete) >= 3, metrics  # the baseline and both experiments, every stage's metrics
+    assert len({m["artifacts/retrain/metrics.json"]["train_loss"] for m in complete}) >= 2
     diff = _dvc(repo, "metrics", "diff", "--json")
     assert json.loads(diff) is not None
+    plots = json.loads(_dvc(repo, "plots", "diff", "--json", "--split", *names))
+    assert not plots.get("errors"), plots["errors"]
+    curves = [p.title for s in STAGES.values() for p in s.plots if p.x is not None]
+    for title in curves:  # each curve, drawn with the points of both experiments
+        (plot,) = [v for k, v in plots["data"].items() if title in k]
+        revs = {d["rev"] for d in plot[0]["anchor_definitions"]["<DVC_METRIC_DATA>"]}
+        assert revs == set(names), (title, revs)
+    params = json.loads(_dvc(repo, "params", "diff", "--json", names[0], names[1]))["params.yaml"]
+    assert params["transfer.targets.digits-cifar.batch_size"] | {"diff": 0} == {"old": 64, "new": 32, "diff": 0}
 
 
 def test_compiled_pipeline_gives_each_step_only_its_keys(tmp_path, monkeypatch):
@@ -270,3 +286,54 @@ def test_the_cli_takes_every_option_the_contract_commands_use():
         upstream = {"data": "--data", "supernet": "--supernet", "search": "--arch", "slim": "--arch",
                     "retrain": "--model"}
         assert {upstream[u] for u in s.inputs} <= used, name  # each declared input arrives by an option
+
+
+def test_the_committed_dvc_lock_is_a_clean_baseline():
+    """On a fresh clone `dvc status` lists no stage as changed by code, params or command, and every
+    output has a hash in dvc.lock: only the artifacts a clone lacks (DVC's cache) are missing."""
+    status = json.loads(_dvc(REPO, "status", "--json"))
+    stale = []
+    for stage, entries in status.items():
+        for e in entries:
+            if isinstance(e, str):  # "changed command", "always changed"
+                stale.append(f"{stage}: {e}")
+                continue
+            for kind, items in e.items():
+                for path, what in items.items():
+                    if kind == "changed deps" and path.startswith("artifacts/"):
+                        continue  # an upstream output: checked as that stage's output
+                    if kind == "changed outs" and what in ("not in cache", "deleted"):
+                        continue  # a clone has no DVC cache; a git-tracked output that differs is "modified"
+                    stale.append(f"{stage}: {kind} {path}: {what}")
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    for name, entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        locked = {o["path"]: o for o in lock.get(name, {}).get("outs", [])}
+        for out in entry["outs"] + entry["metrics"]:
+            path = out if isinstance(out, str) else next(iter(out))
+            if "md5" not in locked.get(path, {}):
+                stale.append(f"{name}: {path} has no hash in dvc.lock")
+    assert not stale, "dvc.lock is stale; commit, then run scripts/refresh-baseline.sh:\n" + "\n".join(stale)
+
+
+def test_ctrl_c_in_the_demo_puts_back_the_tracked_files_dvc_removed(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts/restore-tracked.sh", repo / "scripts")
+    (repo / "artifacts/slim").mkdir(parents=True)
+    (repo / "artifacts/slim/metrics.json").write_text('{"a": 1}')
+    (repo / "artifacts/slim/history.json").write_text("[]")
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.email=ci@vitnas", "-c", "user.name=ci", "commit", "-qm", "baseline")
+    (repo / "artifacts/slim/metrics.json").unlink()  # what DVC does before rerunning slim
+    (repo / "artifacts/slim/history.json").write_text("[1]")  # written by the interrupted run: kept
+    (repo / "artifacts/slim/new.json").write_text("{}")  # untracked: kept
+    assert "@scripts/restore-tracked.sh artifacts" in "@" + (REPO / "scripts/demo.sh").read_text().split("trap '")[1]
+    subprocess.run(["bash", "scripts/restore-tracked.sh", "artifacts"], cwd=repo, check=True, capture_output=True)
+    assert (repo / "artifacts/slim/metrics.json").read_text() == '{"a": 1}'
+    assert (repo / "artifacts/slim/history.json").read_text() == "[1]"
+    assert (repo / "artifacts/slim/new.json").exists()

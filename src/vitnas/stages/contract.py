@@ -23,7 +23,8 @@ UNDECLARED_OK = ("tracking",)
 
 @dataclass(frozen=True)
 class Plot:
-    """A DVC plot of one of the stage's JSON files (a curve) or an image."""
+    """A curve of one of the stage's JSON files (a DVC plot, its file kept in git so `dvc plots diff`
+    draws it for any two revisions), or an image (an output; the HTML report's figure)."""
 
     title: str
     file: str
@@ -204,12 +205,13 @@ def dvc_yaml() -> dict[str, Any]:
         base = f"{ARTIFACTS}/{s.name}"
         deps = [f"{ARTIFACTS}/{up}/{f}" for up, files in s.inputs.items() for f in files]
         deps += code_deps(s.name)  # the source files the stage's module imports, found from its imports
+        series = {p.file for p in s.plots if p.x is not None}
         outs: list[Any] = []
         for f in s.outputs:
             if f in s.persist:
                 outs.append({f"{base}/{f}": {"persist": True}})
-            elif f.endswith(".png"):
-                continue  # images are declared as plots below
+            elif f in series:  # git's, like metrics.json: `dvc plots diff` finds it in every commit and experiment
+                outs.append({f"{base}/{f}": {"cache": False}})
             else:
                 outs.append(f"{base}/{f}")
         if s.checkpoints:
@@ -223,9 +225,6 @@ def dvc_yaml() -> dict[str, Any]:
             # `dvc metrics diff` find it for every commit and experiment
             "metrics": [{f"{base}/{s.metrics}": {"cache": False}}],
         }
-        images = [p for p in s.plots if p.x is None]
-        if images:
-            entry["plots"] = [f"{base}/{p.file}" for p in images]
         stages[s.name] = entry
     plots = []
     for s in STAGES.values():
