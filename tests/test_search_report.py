@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 
+import pytest
+
 from vitnas.numbers import human
 from vitnas.search.report import best_index, candidate_rows, columns, html_report, plot_pareto
 
@@ -41,3 +43,23 @@ def test_candidate_table_has_one_type_per_column():
 def test_counts_read_like_counts():
     assert [human(v) for v in (40_200, 60_700, 1_404_768, 12, 0.8125, 2.5e9)] == \
         ["40.2k", "60.7k", "1.4M", "12", "0.8125", "2.5G"]
+
+
+def test_a_candidate_without_a_finite_fitness_is_a_failed_trial(tmp_path):
+    import optuna
+
+    from vitnas.search.trials import write_study
+
+    arch = {"embed_dim": 32, "depth": 2, "num_heads": [1, 2], "patch_size": 4}
+    hist = [{"arch": arch, "generation": 0, "origin": "random", "fitness": 0.5, "params": 10, "flops": 20,
+             "latency_ms": 1.5},
+            {"arch": arch | {"embed_dim": 48, "depth": 1, "num_heads": [2]}, "generation": 1, "origin": "mutation",
+             "fitness": float("-inf"), "params": 12, "flops": 30, "latency_ms": 2.0, "level": 2}]
+    assert write_study(hist, tmp_path / "s.db") == 2
+    study = optuna.load_study(study_name="vitnas-search", storage=f"sqlite:///{tmp_path / 's.db'}")
+    ok, failed = study.get_trials()
+    assert study.metric_names == ["fitness", "params", "flops", "latency_ms"]
+    assert ok.values == [0.5, 10, 20, 1.5] and failed.state.name == "FAIL" and failed.values is None
+    assert failed.params == {"embed_dim": 48, "depth": 1, "num_heads.0": 2} and failed.user_attrs["level"] == 2
+    with pytest.raises(FileExistsError):  # never over a file
+        write_study(hist, tmp_path / "s.db")

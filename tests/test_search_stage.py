@@ -57,6 +57,38 @@ def test_stage_writes_the_contract_and_every_candidate_is_feasible(digits_dir, s
     assert report.count("<tr id='c") == len(hist) and f"<tr id='c{chosen}' class=sel>" in report
     assert report.count("<svg") == 3 and "selected: #" in report  # params, FLOPs, progress; the star
     assert "src=" not in report and "href" not in report  # nothing fetched from anywhere
+    _optuna_dashboard_shows_every_candidate(out / "optuna.db", hist)
+
+
+def _optuna_dashboard_shows_every_candidate(db: Path, hist: list[dict]) -> None:
+    """optuna.db is a study of every evaluated candidate that optuna-dashboard's own API serves."""
+    import io
+    import wsgiref.util
+
+    import optuna
+    from optuna_dashboard import wsgi
+
+    study = optuna.load_study(study_name="vitnas-search", storage=f"sqlite:///{db}")
+    assert study.metric_names == ["fitness", "params", "flops"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    trials = study.get_trials()
+    assert [t.values for t in trials] == [[r["fitness"], r["params"], r["flops"]] for r in hist]
+    assert [t.user_attrs["generation"] for t in trials] == [r["generation"] for r in hist]
+    assert [t.user_attrs["origin"] for t in trials] == [r["origin"] for r in hist]
+    for t, r in zip(trials, hist, strict=True):  # each varying gene, a per-layer one per layer
+        assert t.params["embed_dim"] == r["arch"]["embed_dim"]
+        assert [t.params.get(f"num_heads.{i}") for i in range(r["arch"]["depth"])] == r["arch"]["num_heads"]
+        assert f"num_heads.{r['arch']['depth']}" not in t.params and "patch_size" not in t.params  # fixed: no param
+    assert {tuple(v) for v in (t.values for t in study.best_trials)}  # a Pareto front
+    app = wsgi(optuna.storages.RDBStorage(f"sqlite:///{db}"))
+    environ = {"PATH_INFO": f"/api/studies/{study._study_id}", "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    wsgiref.util.setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, h, exc=None: status.append(s)))
+    assert status == ["200 OK"]
+    served = json.loads(body)
+    assert len(served["trials"]) == len(hist) and served["objective_names"] == ["fitness", "params", "flops"]
+    assert {p["name"] for p in served["intersection_search_space"]} >= {"embed_dim", "depth"}
 
 
 def test_resume_after_interruption_equals_uninterrupted(digits_dir, supernet_file, tmp_path, monkeypatch,

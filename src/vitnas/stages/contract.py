@@ -120,7 +120,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"data": _DATA_SPLITS, "supernet": ("supernet.pt",)},
           params=("search", "space", "data.img_size", *READ_TIME_DATA_KEYS, "proxy.batch_size", "proxy.seed",
                   "supernet"),
-          outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json", "report.html"),
+          outputs=("best_arch.json", "history.jsonl", "pareto.png", "generations.json", "report.html", "optuna.db"),
           plots=(Plot("search progress", "generations.json", "generation",
                       ("best_fitness", "population_mean_fitness"), "generation", "fitness (val top-1)"),
                  Plot("search pareto front", "pareto.png")),

@@ -41,6 +41,7 @@ from vitnas.search import (
 from vitnas.search.evolution import _num, pareto_front
 from vitnas.search.fitness import check_proxy
 from vitnas.search.report import candidate_rows, columns, html_report, plot_pareto
+from vitnas.search.trials import write_study
 from vitnas.space import SearchSpace
 from vitnas.stages import _checkpoint
 from vitnas.stages._inputs import calibration_images, check_data, eval_batches, reading_fingerprint, train_dataset
@@ -225,7 +226,8 @@ def val_tensors(data: PreparedData) -> tuple[torch.Tensor, torch.Tensor]:
 def _write_outputs(out: Path, history: list[dict], stats: list[dict], best: dict, label: str,
                    metrics: dict[str, float], title: str, run_, *, shown: tuple[list, list] | None = None, extra=None,
                    artifacts: tuple[str, ...] = ()) -> None:
-    """The search contract (best_arch.json, history.jsonl, generations.json, figures, metrics.json),
+    """The search contract (best_arch.json, history.jsonl, generations.json, figures, the Optuna study
+    optuna.db, metrics.json),
     written at once, then logged. `shown`: the (history, stats) the figures show (default all);
     `extra(tmp)` adds a strategy's own files."""
     with atomic_dir(out, "search") as tmp:
@@ -235,12 +237,13 @@ def _write_outputs(out: Path, history: list[dict], stats: list[dict], best: dict
                 f.write(json.dumps(rec) + "\n")
         write_json(tmp / "generations.json", stats)
         write_figures(tmp, *(shown or (history, stats)), best, label, metrics, title)
+        write_study(history, tmp / "optuna.db")
         if extra is not None:
             extra(tmp)
         write_json(tmp / "metrics.json", metrics)
     run_.log_metrics({k: v for k, v in metrics.items() if not k.endswith("generations")})
     run_.log_table(columns(candidate_rows(history)), "candidates.json")
-    for name in ("pareto.png", "report.html", "history.jsonl", "best_arch.json", *artifacts):
+    for name in ("pareto.png", "report.html", "history.jsonl", "best_arch.json", "optuna.db", *artifacts):
         run_.log_artifact(out / name)
 
 
