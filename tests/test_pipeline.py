@@ -179,8 +179,7 @@ def test_compiled_pipeline_carries_cluster_settings(tmp_path):
     for stage in ("supernet", "proxy", "search", "slim", "retrain"):
         assert tasks[f"{stage}-op"]["inputs"]["parameters"]["nproc_per_node"]["runtimeValue"]["constant"] == 4
     caching = {t: v["cachingOptions"].get("enableCache", False) for t, v in tasks.items()}
-    assert caching == {"init-op": False, "supernet-op": False, **{f"{s}-op": True for s in STAGES
-                                                                  if s != "supernet"}}
+    assert caching == {"init-op": False, **{f"{s}-op": True for s in STAGES}}  # init opens the MLflow parent
     assert tasks["init-op"]["taskInfo"]["name"] == "init"
     assert sorted(tasks["transfer-op"]["dependentTasks"]) == ["data-op", "init-op", "retrain-op"]
     assert sorted(tasks["search-op"]["dependentTasks"]) == ["data-op", "init-op", "proxy-op", "supernet-op"]
@@ -230,7 +229,10 @@ def test_cpu_only_compile_requests_no_gpus(tmp_path):
     from vitnas.pipeline.dag import ClusterOptions, compile_pipeline
 
     spec, platform = _load(compile_pipeline(parse_params({}), tmp_path / "cpu.yaml",
-                                            ClusterOptions(gpus=0, shm_size=None, cpu=None, memory=None)))
+                                            ClusterOptions(gpus=0, shm_size=None, cpu=None, memory=None,
+                                                           cache_supernet=False, image="reg.example/v:1")))
+    caching = {t: v["cachingOptions"].get("enableCache", False) for t, v in spec["root"]["dag"]["tasks"].items()}
+    assert not caching["supernet-op"] and caching["search-op"]  # --no-cache-supernet: it trains again
     for ex in _executors(spec).values():
         assert "accelerator" not in ex["container"].get("resources", {})
     for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
@@ -259,7 +261,7 @@ def test_compile_command_options(tmp_path, repo, cli):
     r = cli("pipeline", "compile", "--out", str(out), "--params", str(repo / "params.yaml"),
             "--image", "reg.example/vitnas", "--image-tag", "latest", "--gpus", "2",
             "--node-selector", "pool=gpu", "--toleration", "nvidia.com/gpu:NoSchedule",
-            "--secret", "creds", "--shm-size", "2Gi", "--cache-supernet", cwd=tmp_path)
+            "--secret", "creds", "--shm-size", "2Gi", "--no-cache-supernet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"wrote {out} (image reg.example/vitnas:latest)"
     assert "KFP caching is turned off" in r.stderr

@@ -484,8 +484,9 @@ ProxyShardsOpt = typer.Option(1, "--proxy-shards", min=1, help="Fan proxy scorin
 NodesOpt = typer.Option(1, "--nodes", min=1, help="Run supernet and retrain as Kubeflow Trainer TrainJobs of this "
                         "many nodes x --gpus (needs --checkpoint-pvc, a ReadWriteMany volume).",
                         rich_help_panel="Cluster")
-CacheSupernetOpt = typer.Option(False, "--cache-supernet/--no-cache-supernet",
-                                help="Let KFP reuse a supernet trained with the same params and image.",
+CacheSupernetOpt = typer.Option(True, "--cache-supernet/--no-cache-supernet",
+                                help="Let KFP reuse a supernet trained with the same params, inputs and image "
+                                     "(its cache key); --no-cache-supernet trains it again.",
                                 rich_help_panel="Cluster")
 
 

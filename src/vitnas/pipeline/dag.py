@@ -141,7 +141,7 @@ class ClusterOptions:
     shm_size: str | None = "8Gi"  # memory-backed /dev/shm of GPU stages (DataLoader workers, NCCL)
     cpu: str | None = "4"  # CPU request of every stage but init
     memory: str | None = "16Gi"  # memory request of every stage but init
-    cache_supernet: bool = False
+    cache_supernet: bool = True  # False: the supernet trains again even when KFP holds one of equal key
     caching: bool = True  # KFP caching of the other stages (never for init: it opens the MLflow parent
     # run; never with a ':latest' image, which could hold another code version)
     code_version: str | None = None  # VITNAS_CODE_VERSION of every pod (an MLflow tag of each run)
