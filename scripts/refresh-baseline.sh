@@ -10,7 +10,9 @@ if ! git diff --quiet HEAD -- src params.yaml dvc.yaml; then
   exit 2
 fi
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT  # the temporary clone this script made, nothing else
+# the temporary clone this script made, nothing else; KEEP_CLONE=1 keeps it (its artifacts, its
+# optuna.db, its mlflow.db: what the docs' screenshots show)
+[ "${KEEP_CLONE:-0}" = 1 ] && echo "keeping $work" || trap 'rm -rf "$work"' EXIT
 git clone -q . "$work/clone"
 (cd "$work/clone" && VITNAS_PIPELINE_RUN_ID="baseline-$(git rev-parse --short HEAD)" \
   MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" ./scripts/demo.sh)
