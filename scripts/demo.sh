@@ -12,4 +12,4 @@ trap 'scripts/restore-tracked.sh artifacts; exit 130' INT TERM
 "${UV[@]}" run --frozen dvc repro "$@"
 "${UV[@]}" run --frozen dvc metrics show
 echo "MLflow: ${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} (pipeline run ${VITNAS_PIPELINE_RUN_ID}); browse with:"
-echo "  uv run mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+echo "  uv run mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}   # then \"Model training\" at the top left"
