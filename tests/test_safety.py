@@ -135,7 +135,8 @@ def _first_use(args):
 
 @pytest.mark.slow
 def test_concurrent_first_use_of_a_new_store_and_one_parent(tmp_path):
-    """Six processes start together on a new sqlite store: no alembic race, one parent run."""
+    """Six processes start together on a new sqlite store: no alembic race, one parent run, settled
+    FINISHED by the stages that end together."""
     uri = f"sqlite:///{tmp_path / 'new.db'}"
     with mp.get_context("spawn").Pool(6) as pool:
         parents = pool.map(_first_use, [(uri, "p-1")] * 6)
@@ -147,6 +148,7 @@ def test_concurrent_first_use_of_a_new_store_and_one_parent(tmp_path):
     runs = client.search_runs([exp.experiment_id], max_results=100)
     assert sum(r.data.tags.get(tracking.ROLE_TAG) == "pipeline" for r in runs) == 1
     assert sum(r.data.tags.get(tracking.ROLE_TAG) == "stage" for r in runs) == 6
+    assert client.get_run(parents[0]).info.status == "FINISHED"
 
 
 def test_a_killed_stage_run_is_marked_killed_on_the_next_start(monkeypatch):

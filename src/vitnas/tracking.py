@@ -362,9 +362,10 @@ def stage_run(stage: str, *, params: Mapping[str, Any] | None = None, experiment
         if status == "KILLED" and handle.active:  # MLflow ends a run left by any exception FAILED
             client.set_terminated(handle.run_id, status="KILLED")
         if parent:
-            if status == "FINISHED":
-                _roll_up(client, parent, handle, shape.headline.get(stage, ()))
-            settle_parent(client, exp_id, parent, shape)
+            with store_lock():  # stages ending together on this machine settle it one after the other
+                if status == "FINISHED":
+                    _roll_up(client, parent, handle, shape.headline.get(stage, ()))
+                settle_parent(client, exp_id, parent, shape)
 
 
 def _roll_up(client, parent: str, handle: StageRun, patterns: Sequence[str]) -> None:
@@ -398,7 +399,15 @@ def settle_parent(client, exp_id: str, parent: str, shape: PipelineShape) -> str
                       if latest.get(d) != "FINISHED"})
     status = ("FAILED" if "FAILED" in statuses else "KILLED" if "KILLED" in statuses or missing
               else "FINISHED")
-    client.set_tag(parent, MISSING_TAG, ",".join(missing) or "none")
+    from mlflow.exceptions import MlflowException
+
+    for attempt in (1, 2):  # a stage of another machine may write the tag at the same moment (one insert wins)
+        try:
+            client.set_tag(parent, MISSING_TAG, ",".join(missing) or "none")
+            break
+        except MlflowException:
+            if attempt == 2:
+                raise
     client.set_terminated(parent, status=status)
     return status
 
