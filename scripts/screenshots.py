@@ -4,7 +4,9 @@ and optuna-dashboard on the search's study, taken in headless Chromium through t
 Needs Debian's `chromium` and `chromium-driver`, and selenium in the Python that runs this script
 (any venv: `python3 -m venv /tmp/s && /tmp/s/bin/pip install selenium`); mlflow and optuna-dashboard
 come from the project's environment. After `KEEP_CLONE=1 scripts/refresh-baseline.sh` (which prints
-the folder it kept):
+the folder it kept; for the Compare screen, a second pipeline run in it:
+`cd FOLDER/clone && PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI=sqlite:///FOLDER/mlflow.db
+.venv/bin/dvc exp run -S retrain.epochs=30`):
 
     /tmp/s/bin/python scripts/screenshots.py --run /tmp/tmp.XXXX
 """
@@ -16,6 +18,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -125,11 +128,18 @@ def main() -> None:
         with urllib.request.urlopen(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name="
                                     f"{args.experiment}") as r:
             exp = json.loads(r.read())["experiment"]["experiment_id"]
-        (parent,) = _post(f"{mlflow_url}/api/2.0/mlflow/runs/search",
-                          {"experiment_ids": [exp], "filter": "tags.`vitnas.role` = 'pipeline'"})["runs"]
+        parents = _post(f"{mlflow_url}/api/2.0/mlflow/runs/search",
+                        {"experiment_ids": [exp], "filter": "tags.`vitnas.role` = 'pipeline'",
+                         "order_by": ["attributes.start_time ASC"]})["runs"]
         _runs_table(driver, f"{mlflow_url}/#/experiments/{exp}/runs", args.out / "mlflow-runs.png")
-        _shoot(driver, f"{mlflow_url}/#/experiments/{exp}/runs/{parent['info']['run_id']}",
+        _shoot(driver, f"{mlflow_url}/#/experiments/{exp}/runs/{parents[0]['info']['run_id']}",
                args.out / "mlflow-parent.png")
+        if len(parents) > 1:  # e.g. after `dvc exp run -S retrain.epochs=30` in the kept clone
+            ids = urllib.parse.quote(json.dumps([p["info"]["run_id"] for p in parents]))
+            driver.get(f"{mlflow_url}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp]))}")
+            time.sleep(3)
+            driver.refresh()  # the compare page reads its runs on load
+            _shoot(driver, driver.current_url, args.out / "mlflow-compare.png", wait=10)
         driver.set_window_size(1800, 1500)  # the Pareto front and the history, one above the other
         _shoot(driver, f"{optuna_url}/dashboard/studies/1", args.out / "optuna-dashboard.png", wait=10)
     finally:
