@@ -291,10 +291,13 @@ _TASK_KEYS = {"classification": ("img_size", "label_smoothing"),
               "detection": ("detector", "canvas_size", "min_size", "max_size", "fpn_channels")}
 
 
+TargetName = Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
+
+
 class TransferTarget(_Section):
     """One transfer dataset: fine-tune the retrained model on it and report top-1 or COCO AP."""
 
-    name: Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]  # its key in transfer.targets
+    name: TargetName  # its key in transfer.targets
     root: str | None = None  # cifar10/cifar100/coco; digits-* live in the data stage's output
     epochs: Epochs = 5
     batch_size: Batch = 64
@@ -333,9 +336,6 @@ class TransferTarget(_Section):
         return "detection" if self.name in DETECTION_TARGETS else "classification"
 
 
-TargetName = Literal["cifar10", "cifar100", "digits-cifar", "coco", "digits-coco"]
-
-
 class TransferConfig(_Section):
     """`targets`: target name -> its settings, so each key shows in `dvc exp diff` and `dvc params
     diff` on its own. A list of targets each with a `name` (the earlier form) reads the same."""
@@ -357,7 +357,7 @@ class TransferConfig(_Section):
             twice = next((n for n in names if names.count(n) > 1), None)
             if twice:
                 raise ConfigError(f"transfer.targets: target '{twice}' is listed twice")
-            targets = {t["name"]: {k: v for k, v in t.items() if k != "name"} for t in targets}
+            targets = {t["name"]: t for t in targets}
         if isinstance(targets, dict):
             keyed = {}
             for name, t in targets.items():

@@ -378,8 +378,8 @@ def _roll_up(client, parent: str, handle: StageRun, patterns: Sequence[str]) -> 
     now = int(time.time() * 1000)
     picked = [Metric(k, v, now, 0) for k, v in handle.summary.items()
               if any(fnmatch.fnmatchcase(k.removeprefix(handle.prefix), p) for p in patterns)]
-    for i in range(0, len(picked), 1000):  # MLflow's per-call limit
-        client.log_batch(parent, metrics=picked[i:i + 1000])
+    if picked:  # a few headline values: one call
+        client.log_batch(parent, metrics=picked)
 
 
 def settle_parent(client, exp_id: str, parent: str, shape: PipelineShape) -> str:

@@ -51,6 +51,8 @@ def write_study(history: Sequence[Mapping[str, Any]], path: str | Path, *, name:
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState, create_trial
 
+    from vitnas.search.evolution import _num
+
     path = Path(path)
     if path.exists():
         raise FileExistsError(path)
@@ -66,8 +68,8 @@ def write_study(history: Sequence[Mapping[str, Any]], path: str | Path, *, name:
         study.set_user_attr("objectives", objectives)
         trials = []
         for i, (rec, p) in enumerate(zip(history, params, strict=True)):
-            values = [float(rec[k]) for k in objectives]
-            ok = all(math.isfinite(v) for v in values)
+            values = [_num(rec[k]) for k in objectives]
+            ok = -math.inf not in values  # evolution's rule: what is not a finite number ranks last
             attrs = {"candidate": i} | {k: rec[k] for k in ATTRS if k in rec}
             trials.append(create_trial(
                 state=TrialState.COMPLETE if ok else TrialState.FAIL, values=values if ok else None,

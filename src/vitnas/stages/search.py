@@ -227,9 +227,8 @@ def _write_outputs(out: Path, history: list[dict], stats: list[dict], best: dict
                    metrics: dict[str, float], title: str, run_, *, shown: tuple[list, list] | None = None, extra=None,
                    artifacts: tuple[str, ...] = ()) -> None:
     """The search contract (best_arch.json, history.jsonl, generations.json, figures, the Optuna study
-    optuna.db, metrics.json),
-    written at once, then logged. `shown`: the (history, stats) the figures show (default all);
-    `extra(tmp)` adds a strategy's own files."""
+    optuna.db, metrics.json), written at once, then logged. `shown`: the (history, stats) the figures
+    show (default all); `extra(tmp)` adds a strategy's own files."""
     with atomic_dir(out, "search") as tmp:
         write_json(tmp / "best_arch.json", best["arch"])
         with open(tmp / "history.jsonl", "w") as f:
